@@ -1,0 +1,27 @@
+"""Path safety: names from configuration, catalogues and XML never leave their directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import FormatError
+
+
+def safe_join(base: Path, name: str, *, what: str = "path", source: Path | None = None) -> Path:
+    """``base / name`` made absolute; a :class:`FormatError` if it escapes ``base``.
+
+    ``name`` may be absolute only when it lies inside ``base``. Symbolic
+    links are not followed here: the check is lexical, so it also holds for
+    files that do not exist yet. ``what`` and ``source`` make the message
+    ("<source>: part '../x' escapes the cluster directory <base>").
+    """
+    if not name or "\x00" in name:
+        raise FormatError(f"empty or invalid {what} name {name!r}", path=source)
+    root = Path(os.path.normpath(os.path.abspath(base)))
+    candidate = Path(os.path.normpath(os.path.join(root, name)))
+    if candidate != root and root not in candidate.parents:
+        raise FormatError(f"{what} {name!r} escapes the directory {root}", path=source)
+    if candidate == root:
+        raise FormatError(f"{what} {name!r} names the directory itself", path=source)
+    return candidate
