@@ -287,6 +287,18 @@ def build_settings(cls: type[T], source: ConfigFile, *, values: Mapping[str, Any
     for key in data:
         if key not in known:
             log.debug("%s: setting %s is not used", source.path, key)
+    for fld in attrs.fields(cls):  # type: ignore[arg-type]
+        name = fld.alias or fld.name
+        converter = getattr(fld.converter, "converter", fld.converter)
+        if name in kwargs and callable(converter):
+            try:
+                converter(kwargs[name])
+            except (ValueError, TypeError) as exc:
+                used = next((n for n in (fld.name, *fld.metadata.get("aliases", ())) if n in data), fld.name)
+                message = str(exc)
+                if message.startswith(f"{fld.name}:"):
+                    message = message[len(fld.name) + 1 :].strip()
+                raise source.error(used, message) from None
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:

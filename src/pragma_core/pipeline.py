@@ -1,0 +1,150 @@
+"""The boot pipeline: resolve -> stage -> allocate -> render -> deploy.
+
+Each stage is announced through the ``pragma_stage_event`` hook (start,
+done or failed, with its duration). Anything that fails after the driver
+allocated the cluster -- including Ctrl-C -- makes core call
+:meth:`Driver.rollback` and then re-raise the *first* cause; a rollback
+failure is logged, never hides the cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from attrs import frozen
+
+from .errors import PragmaError
+from .events import StageEvent
+from .model import Allocation, BootRequest, StagedCluster
+from .plugins import call_observers
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from .config import SiteConfig
+    from .interfaces import Driver, Repository
+    from .staging import Stager
+
+log = logging.getLogger(__name__)
+
+
+@frozen(kw_only=True)
+class BootResult:
+    """What a successful boot made: the allocation, the staged images, the vc-out files."""
+
+    allocation: Allocation
+    cluster: StagedCluster
+    vcout: dict[str, bytes]
+    vcout_format: int
+
+
+class Pipeline:
+    """Runs commands against one site's driver and repository, announcing stages to hooks."""
+
+    def __init__(
+        self,
+        *,
+        site: SiteConfig,
+        driver: Driver | None,
+        repository: Repository | None,
+        hooks: pluggy.PluginManager,
+        stager: Stager | None = None,
+    ) -> None:
+        self.site = site
+        self.driver = driver
+        self.repository = repository
+        self.pm = hooks
+        self._stager = stager
+
+    @property
+    def stager(self) -> Stager:
+        if self._stager is None:
+            from .staging import ProcessorRegistry, Stager
+
+            registry = ProcessorRegistry()
+            registry.load_hooks(self.pm.hook)
+            self._stager = Stager(processors=registry, delete_parts=self.site.delete_parts_after_staging)
+        return self._stager
+
+    @contextlib.contextmanager
+    def stage(self, name: str, image: str, allocation: str | None = None) -> Iterator[None]:
+        """Announce one stage, time it, and announce how it ended."""
+        call_observers(self.pm, "pragma_stage_event", event=StageEvent(stage=name, status="start", cluster=image, allocation=allocation))
+        started = time.monotonic()
+        try:
+            yield
+        except BaseException as exc:
+            seconds = time.monotonic() - started
+            text = str(exc) if isinstance(exc, PragmaError) else f"{type(exc).__name__}: {exc}"
+            call_observers(
+                self.pm,
+                "pragma_stage_event",
+                event=StageEvent(stage=name, status="failed", cluster=image, allocation=allocation, duration=seconds, error=text),
+            )
+            log.info("stage %s failed after %.2f s", name, seconds)
+            raise
+        seconds = time.monotonic() - started
+        call_observers(
+            self.pm,
+            "pragma_stage_event",
+            event=StageEvent(stage=name, status="done", cluster=image, allocation=allocation, duration=seconds),
+        )
+        log.info("stage %s done in %.2f s", name, seconds)
+
+    def _require_driver(self) -> Driver:
+        if self.driver is None:
+            raise PragmaError("no driver configured (site_ve_driver)")
+        return self.driver
+
+    def _require_repository(self) -> Repository:
+        if self.repository is None:
+            raise PragmaError("no repository configured (repository_settings)")
+        return self.repository
+
+    def prepare(self, request: BootRequest) -> BootRequest:
+        """Let hook plugins validate and adjust a request."""
+        self.pm.hook.pragma_validate_request(request=request, site=self.site)
+        adjusted = self.pm.hook.pragma_adjust_request(request=request, site=self.site)
+        return adjusted if adjusted is not None else request
+
+    def stage_images(self, image: str) -> StagedCluster:
+        """Resolve and stage one cluster image without booting it."""
+        repository = self._require_repository()
+        with self.stage("resolve", image):
+            description = repository.describe(image)
+        with self.stage("stage", image):
+            return repository.stage(description, self.stager)
+
+    def boot(self, request: BootRequest) -> BootResult:
+        """Boot a cluster: resolve, stage, allocate, render vc-out, deploy; roll back on failure."""
+        from .vcout import choose_format, render
+
+        driver = self._require_driver()
+        request = self.prepare(request)
+        staged = self.stage_images(request.image)
+        fmt = choose_format(self.site.vcout_format, staged.description.vcout_format)
+        with self.stage("allocate", request.image):
+            allocation = driver.allocate(request, staged)
+        try:
+            with self.stage("render", request.image, allocation.cluster):
+                files = render(allocation, format=fmt, hooks=self.pm.hook)
+            with self.stage("deploy", request.image, allocation.cluster):
+                driver.deploy(allocation, staged, files)
+        except BaseException:
+            self.rollback(allocation, request.image)
+            raise
+        return BootResult(allocation=allocation, cluster=staged, vcout=files, vcout_format=fmt)
+
+    def rollback(self, allocation: Allocation, image: str) -> None:
+        """Undo an allocation; a failure here is logged and does not replace the first cause."""
+        driver = self._require_driver()
+        try:
+            with self.stage("rollback", image, allocation.cluster):
+                driver.rollback(allocation)
+        except Exception as exc:  # noqa: BLE001 - the first cause is what the user must see
+            log.error("rollback of cluster %s failed: %s", allocation.cluster, exc)
+            log.debug("rollback traceback", exc_info=exc)

@@ -1,0 +1,1 @@
+"""The repositories that ship with core: ``local``, ``http`` and ``cloudfront``."""

@@ -1,0 +1,271 @@
+"""``fake``: a driver that boots nothing -- a test double, registered as ``fake``.
+
+It exists so that core's pipeline, CLI and conformance kit can be exercised
+without a virtualization engine, and so a demo site can run anywhere. It
+keeps its "clusters" in a JSON file (``state_file``, default
+``<temp_directory>/pragma-fake-driver.json``) under a file lock, so
+separate ``pragma`` processes see the same state, and it writes each node's
+vc-out.xml next to that file so tests can read what a guest would get.
+
+**Never use it on a real site: it starts no VM.**
+
+Settings (``fake.conf``, all optional): ``total_cpus`` (64),
+``cpus_per_node`` (4), ``public_ips`` (``192.0.2.10``-``.29``),
+``public_network`` (``192.0.2.0/24``), ``private_network``
+(``10.1.0.0/16``), ``dns`` (``8.8.8.8``), ``state_file``, ``fail_deploy``
+(``True`` makes every deploy fail, to exercise rollback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from attrs import field, frozen
+
+from ..config import to_bool, to_int, to_optional_path, to_str_list
+from ..errors import CapacityError, DriverError, NotFoundError
+from ..interfaces import Driver
+from ..model import (
+    Allocation,
+    BootRequest,
+    ClusterStatus,
+    Interface,
+    Network,
+    Node,
+    NodeStatus,
+    StagedCluster,
+)
+
+
+def _network(value: Any) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"must be an IPv4 network such as 10.1.0.0/16, not {value!r}") from None
+
+
+def _ips(value: Any) -> tuple[str, ...]:
+    items = to_str_list(value)
+    for item in items:
+        try:
+            ipaddress.IPv4Address(item)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IPv4 address") from None
+    return items
+
+
+@frozen(kw_only=True)
+class FakeConfig:
+    """Settings of the fake driver (``fake.conf``)."""
+
+    total_cpus: int = field(default=64, converter=to_int)
+    cpus_per_node: int = field(default=4, converter=to_int)
+    public_ips: tuple[str, ...] = field(default=tuple(f"192.0.2.{i}" for i in range(10, 30)), converter=_ips)
+    public_network: ipaddress.IPv4Network = field(default="192.0.2.0/24", converter=_network)
+    private_network: ipaddress.IPv4Network = field(default="10.1.0.0/16", converter=_network)
+    dns: tuple[str, ...] = field(default=("8.8.8.8",), converter=_ips)
+    state_file: Path | None = field(default=None, converter=to_optional_path)
+    fail_deploy: bool = field(default=False, converter=to_bool)
+
+    @cpus_per_node.validator
+    def _positive(self, attribute: Any, value: int) -> None:
+        if value <= 0:
+            raise ValueError("cpus_per_node: must be at least 1")
+
+
+class FakeDriver(Driver):
+    """A test double that records clusters in a JSON file instead of starting VMs."""
+
+    name = "fake"
+    config_class = FakeConfig
+
+    def __init__(self, config: FakeConfig | None, *, site: Any) -> None:
+        super().__init__(config or FakeConfig(), site=site)
+        state = self.config.state_file
+        if state is None:
+            base = getattr(site, "temp_directory", None)
+            if base is None:
+                raise DriverError("fake driver: set state_file in fake.conf or temp_directory in site_conf.conf")
+            state = Path(base) / "pragma-fake-driver.json"
+        self.state_file = Path(state)
+
+    # ------------------------------------------------------------------ state
+
+    @contextlib.contextmanager
+    def _state(self) -> Iterator[dict[str, Any]]:
+        from filelock import FileLock
+
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.state_file) + ".lock"):
+            try:
+                state = json.loads(self.state_file.read_text())
+            except FileNotFoundError:
+                state = {"clusters": {}, "serial": 0}
+            before = json.dumps(state, sort_keys=True)
+            yield state
+            after = json.dumps(state, sort_keys=True, indent=1)
+            if after != before:
+                tmp = self.state_file.with_name(self.state_file.name + f".tmp{os.getpid()}")
+                tmp.write_text(after)
+                os.replace(tmp, self.state_file)
+
+    def vcout_dir(self, cluster: str) -> Path:
+        """Where deploy writes the vc-out files of ``cluster`` (for tests and demos)."""
+        return self.state_file.parent / "pragma-fake-vcout" / cluster
+
+    # ------------------------------------------------------------------ Driver
+
+    def allocate(self, request: BootRequest, cluster: StagedCluster) -> Allocation:
+        from ..addressing import plan_addresses
+
+        cfg = self.config
+        per_node = cfg.cpus_per_node
+        counts = [min(per_node, request.cpus - i) for i in range(0, request.cpus, per_node)]
+        with self._state() as state:
+            used_cpus = sum(sum(n["cpus"] for n in c["nodes"] if n["role"] == "compute") for c in state["clusters"].values())
+            free = cfg.total_cpus - used_cpus
+            if request.cpus > free:
+                raise CapacityError(f"not enough capacity: requested {request.cpus} CPUs, {free} available")
+            used_ips = {c["public_ip"] for c in state["clusters"].values()}
+            public_ip = next((ip for ip in cfg.public_ips if ip not in used_ips), None)
+            if public_ip is None:
+                raise CapacityError(f"no free public IP ({len(cfg.public_ips)} configured, all in use)")
+            state["serial"] += 1
+            serial = state["serial"]
+            name = f"vc{serial}"
+            plan = plan_addresses(cfg.private_network, len(counts))
+            fe_mem = request.memory.frontend_mib or 2048
+            cn_mem = request.memory.compute_mib or 2048
+            public = Network(name="public", subnet=cfg.public_network, gateway=next(cfg.public_network.hosts()))
+            private = Network(name="private", subnet=cfg.private_network, vlan=serial)
+
+            def mac(index: int) -> str:
+                return "52:54:00:%02x:%02x:%02x" % ((serial >> 8) & 0xFF, serial & 0xFF, index)
+
+            frontend = Node(
+                name=name,
+                hostname=name,
+                role="frontend",
+                cpus=1,
+                memory_mib=fe_mem,
+                interfaces=(
+                    Interface(network="private", ip=plan.frontend, mac=mac(0)),
+                    Interface(network="public", ip=ipaddress.IPv4Address(public_ip), mac=mac(1)),
+                ),
+                gateway=public.gateway,
+                host="fake-host",
+            )
+            computes = tuple(
+                Node(
+                    name=f"{name}-compute-{i}",
+                    hostname=f"compute-{i}",
+                    role="compute",
+                    cpus=count,
+                    memory_mib=cn_mem,
+                    interfaces=(Interface(network="private", ip=plan.computes[i], mac=mac(2 + i)),),
+                    gateway=plan.frontend,
+                    host="fake-host",
+                )
+                for i, count in enumerate(counts)
+            )
+            allocation = Allocation(
+                cluster=name,
+                image=request.image,
+                fqdn=f"{name}.fake.invalid",
+                frontend=frontend,
+                computes=computes,
+                networks=(private, public),
+                dns=cfg.dns,
+                key=request.key,
+                vlan=serial,
+            )
+            state["clusters"][name] = {
+                "public_ip": public_ip,
+                "image": request.image,
+                "nodes": [
+                    {"name": n.name, "role": n.role, "cpus": n.cpus, "memory_mib": n.memory_mib, "state": "allocated",
+                     "private_ip": str(n.interfaces[0].ip)}
+                    for n in allocation.nodes
+                ],
+            }
+        return allocation
+
+    def deploy(self, allocation: Allocation, cluster: StagedCluster, vcout: Mapping[str, bytes]) -> None:
+        for node in allocation.nodes:
+            if node.name not in vcout:
+                raise DriverError(f"no vc-out.xml for node {node.name}")
+        directory = self.vcout_dir(allocation.cluster)
+        directory.mkdir(parents=True, exist_ok=True)
+        for node_name, data in vcout.items():
+            (directory / f"{node_name}.xml").write_bytes(data)
+        if self.config.fail_deploy:
+            raise DriverError(f"fake driver: deploy of {allocation.cluster} failed (fail_deploy is set)")
+        with self._state() as state:
+            entry = state["clusters"].get(allocation.cluster)
+            if entry is None:
+                raise DriverError(f"cluster {allocation.cluster} vanished during deploy")
+            for node in entry["nodes"]:
+                node["state"] = "running"
+
+    def rollback(self, allocation: Allocation) -> None:
+        with self._state() as state:
+            state["clusters"].pop(allocation.cluster, None)
+        self._remove_vcout(allocation.cluster)
+
+    def _remove_vcout(self, name: str) -> None:
+        directory = self.vcout_dir(name)
+        if directory.is_dir():
+            for path in directory.iterdir():
+                path.unlink()
+            directory.rmdir()
+
+    def list_clusters(self, name: str | None = None) -> list[ClusterStatus]:
+        with self._state() as state:
+            clusters = state["clusters"]
+            names = sorted(clusters) if name is None else [name] if name in clusters else []
+            return [
+                ClusterStatus(
+                    name=n,
+                    public_ip=clusters[n]["public_ip"],
+                    nodes=tuple(
+                        NodeStatus(
+                            name=node["name"],
+                            role=node["role"],
+                            state=node["state"],
+                            host="fake-host",
+                            cpus=node["cpus"],
+                            memory_mib=node["memory_mib"],
+                            public_ip=clusters[n]["public_ip"] if node["role"] == "frontend" else None,
+                            private_ip=node["private_ip"],
+                        )
+                        for node in clusters[n]["nodes"]
+                    ),
+                )
+                for n in names
+            ]
+
+    def shutdown(self, name: str) -> ClusterStatus:
+        with self._state() as state:
+            entry = state["clusters"].get(name)
+            if entry is None:
+                raise NotFoundError(f"no virtual cluster named {name!r}")
+            for node in entry["nodes"]:
+                node["state"] = "shutoff"
+        return self.list_clusters(name)[0]
+
+    def clean(self, name: str) -> None:
+        with self._state() as state:
+            entry = state["clusters"].get(name)
+            if entry is None:
+                raise NotFoundError(f"no virtual cluster named {name!r}")
+            running = [n["name"] for n in entry["nodes"] if n["state"] == "running"]
+            if running:
+                raise DriverError(f"cluster {name} is still running ({', '.join(running)}); shut it down first")
+            del state["clusters"][name]
+        self._remove_vcout(name)
