@@ -305,12 +305,18 @@ def build_request(image: str, cpus: str, params: dict[str, str]) -> BootRequest:
     mem = params.get("mem", params.get("memory"))
     if "mem" in params and "memory" in params and params["mem"] != params["memory"]:
         raise UsageError("give mem= or memory=, not both")
+    count = _parse_cpus(cpus)
+    memory = parse_memory(mem)
+    add_ifaces = parse_add_iface(params.get("add-iface"))
+    level = params.get("loglevel", "INFO").upper()
+    if level not in _LEVELS:
+        raise UsageError(f"loglevel must be one of {', '.join(_LEVELS)}, not {params['loglevel']!r}")
     return BootRequest(
         image=image,
-        cpus=_parse_cpus(cpus),
+        cpus=count,
         key=read_key(params.get("key")),
-        memory=parse_memory(mem),
-        add_ifaces=parse_add_iface(params.get("add-iface")),
+        memory=memory,
+        add_ifaces=add_ifaces,
         enable_ent=ent,
         params=params,
     )

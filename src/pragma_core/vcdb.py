@@ -1,0 +1,170 @@
+"""The ``vcdb.txt`` catalogue: which cluster images a repository holds.
+
+One image per line, ``<name>,<path to its cluster description XML>``::
+
+    # comments and blank lines are ignored
+    rocks-sge-ipop,rocks-sge-ipop/rocks-sge-ipop.xml
+    hku_biolinux,/state/partition1/vm-images/hku_biolinux/hku_biolinux.xml
+
+A relative path is relative to the repository directory; an absolute path is
+accepted only when it lies inside that directory (the legacy tool accepted any
+absolute path). Names are letters, digits and ``._-+``, not starting with a dot.
+
+Errors are :class:`~pragma_core.errors.FormatError` naming the file and line
+(``vcdb.txt line 7: ...``). A missing or unreadable catalogue is a
+:class:`~pragma_core.errors.RepositoryError` naming it, unless the caller
+passes ``missing_ok=True`` (the clonezilla repository, whose first sync starts
+from an empty catalogue). Repositories that fetch the catalogue from a remote
+side check for the file before reading it.
+
+This module is read at start-up by ``pragma list repository``: keep its
+imports to the standard library and :mod:`pragma_core.errors` / ``paths``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import FormatError, RepositoryError
+from .paths import safe_join
+
+__all__ = ["NAME_PATTERN", "is_valid_name", "read_vcdb", "write_vcdb"]
+
+#: What an image name may look like (the vc-name users type on ``pragma boot``).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9._+\-]*")
+
+
+def is_valid_name(name: str) -> bool:
+    """Whether ``name`` is a valid image name: letters, digits, ``._-+``, no leading dot."""
+    return NAME_PATTERN.fullmatch(name) is not None
+
+
+def _name_problem(name: str) -> str:
+    return f"invalid image name {name!r}: use letters, digits and '._-+', not starting with a dot"
+
+
+def read_vcdb(path: Path, repository_dir: Path, *, missing_ok: bool = False) -> dict[str, Path]:
+    """Read the catalogue at ``path``: image name -> absolute path of its cluster XML.
+
+    The result is in file order. Blank lines and lines whose first non-blank
+    character is ``#`` are skipped; fields are stripped of surrounding blanks.
+    Raises :class:`FormatError` (file and line) for a line that is not exactly
+    two non-empty comma-separated fields, an invalid name, a path that leaves
+    ``repository_dir``, or a name given twice (both lines named). A missing
+    file gives ``{}`` when ``missing_ok``, else :class:`RepositoryError`.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if missing_ok:
+            return {}
+        raise RepositoryError(f"{path}: image catalogue does not exist") from None
+    except OSError as exc:
+        raise RepositoryError(f"{path}: cannot read image catalogue: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad_line = data.count(b"\n", 0, exc.start) + 1
+        raise FormatError("not UTF-8 text", path=path, line=bad_line) from None
+
+    entries: dict[str, Path] = {}
+    first_line: dict[str, int] = {}
+    # split on "\n" only, so line numbers agree with editors (str.splitlines
+    # also breaks on form feeds and Unicode separators).
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split(",")
+        if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
+            raise FormatError(f"expected '<name>,<path to cluster xml>', got {line!r}", path=path, line=number)
+        name, rel = fields[0].strip(), fields[1].strip()
+        if not is_valid_name(name):
+            raise FormatError(_name_problem(name), path=path, line=number)
+        if name in first_line:
+            raise FormatError(
+                f"image {name!r} is listed twice (lines {first_line[name]} and {number})",
+                path=path,
+                line=number,
+            )
+        try:
+            entries[name] = safe_join(repository_dir, rel, what="cluster description path")
+        except FormatError as exc:
+            raise FormatError(str(exc), path=path, line=number) from None
+        first_line[name] = number
+    return entries
+
+
+def _relative_entry(name: str, value: Path | str, root: Path, target: Path) -> str:
+    if not is_valid_name(name):
+        raise FormatError(_name_problem(name), path=target)
+    text = os.fspath(value)
+    if any(c in text for c in ",\n\r"):
+        raise FormatError(f"image {name!r}: path {text!r} may not contain a comma or line break", path=target)
+    absolute = safe_join(root, text, what=f"image {name!r}: cluster description path", source=target)
+    return Path(os.path.relpath(absolute, root)).as_posix()
+
+
+def write_vcdb(
+    path: Path,
+    entries: Mapping[str, Path | str],
+    repository_dir: Path | None = None,
+) -> None:
+    """Atomically replace the catalogue at ``path`` with ``entries``, sorted by name.
+
+    Paths are written relative to ``repository_dir`` (default: the directory
+    of ``path``); an absolute path must lie inside it. The text goes to a
+    temporary file in the same directory, is flushed to disk and renamed over
+    ``path``, so a reader sees either the old or the new catalogue, never a
+    half-written one. No comment header is written: the legacy pragma_boot
+    reader fails on comment lines and may read the same file. An existing
+    file's permissions are kept; a new file is readable by everyone (``0644``).
+    """
+    path = Path(path)
+    root = Path(repository_dir) if repository_dir is not None else path.parent
+    lines = [f"{name},{_relative_entry(name, entries[name], root, path)}\n" for name in sorted(entries)]
+    payload = "".join(lines).encode("utf-8")
+
+    directory = path.parent
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o644
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise RepositoryError(f"{path}: cannot write image catalogue: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        if isinstance(exc, OSError):
+            raise RepositoryError(f"{path}: cannot write image catalogue: {exc.strerror or exc}") from None
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable; some filesystems refuse to sync a directory."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
