@@ -62,6 +62,7 @@ class Command:
         description: str = "",
         examples: Sequence[tuple[str, str]] = (),
         json_output: bool = False,
+        variadic: bool = False,
     ) -> None:
         self.words = words
         self.func = func
@@ -70,6 +71,7 @@ class Command:
         self.description = description.strip()
         self.examples = list(examples)
         self.json_output = json_output
+        self.variadic = variadic  # takes any number of arguments and parameters (plugin commands)
 
     def usage(self) -> str:
         items = [f"{{{n}}}" if req else f"[{n}]" for n, req, _ in self.args]
@@ -536,6 +538,7 @@ def _plugins(ctx: Context, args: list[str], params: dict[str, str]) -> int:
 @command(
     "help",
     args=[("words", False, "show only commands containing these words")],
+    variadic=True,
     description="List pragma commands, or those that contain the given words.",
     examples=[("help list", "the list commands")],
 )
@@ -607,7 +610,7 @@ def _plugin_commands(ctx: Context) -> dict[str, Command]:
         if words in COMMANDS or words in found:
             log.warning("plugin command %r clashes with an existing command; ignored", words)
             return
-        cmd = Command(words, lambda c, a, p: func(a, p, c), description=help)
+        cmd = Command(words, lambda c, a, p: func(a, p, c), description=help, variadic=True)
         cmd.usage = lambda: usage  # type: ignore[method-assign]
         found[words] = cmd
 
@@ -694,11 +697,16 @@ def run(argv: Sequence[str], *, out: TextIO, err: TextIO) -> int:
         if opts["version"]:
             ctx.print(f"pragma {__version__}")
             return 0
-        if opts["help"] or not tokens:
+        if opts["help"]:
+            # built-in commands only: --help stays fast and imports no plugin
             ctx.print("usage: pragma COMMAND [ARGS...] [key=value...] [--conf DIR] [--json]\n")
-            _list_help(ctx, [], {})
-            ctx.print("\n'pragma COMMAND help' explains one command; --version prints the version.")
+            for line in _help_lines(None, "", wrap=80):
+                ctx.print(line)
+            ctx.print("\n'pragma COMMAND help' explains one command; 'pragma list help' also lists")
+            ctx.print("commands added by plugins; --version prints the version.")
             return 0
+        if not tokens:
+            tokens = ["list", "help"]
         if len(tokens) == 1 and " " in tokens[0].strip():
             tokens = tokens[0].split()  # legacy quoted form: pragma "list repository"
         words, params = _split_params(tokens)
@@ -717,13 +725,13 @@ def run(argv: Sequence[str], *, out: TextIO, err: TextIO) -> int:
             raise UsageError(f"--json is not available for '{cmd.words}'")
         known = {name for name, _, _ in cmd.params} | ({"memory"} if cmd.words == "boot" else set())
         unknown = sorted(set(params) - known)
-        if unknown:
+        if unknown and not cmd.variadic:
             raise UsageError(f"unknown parameter {unknown[0]}= for '{cmd.words}' (usage: pragma {cmd.line()})")
         need = [name for name, required, _ in cmd.args if required]
         if len(rest) < len(need):
             missing = need[len(rest)]
             raise UsageError(f"missing argument {{{missing}}} (usage: pragma {cmd.line()})")
-        if len(rest) > len(cmd.args) and cmd.words != "help":
+        if len(rest) > len(cmd.args) and not cmd.variadic:
             raise UsageError(f"unexpected argument {rest[len(cmd.args)]!r} (usage: pragma {cmd.line()})")
         if "loglevel" in params and params["loglevel"].upper() == "DEBUG":
             ctx.debug = True

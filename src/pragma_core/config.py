@@ -39,7 +39,7 @@ import logging
 import os
 import re
 import stat
-import tomllib
+
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -203,9 +203,11 @@ _TOML_KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=", re.MULTILINE)
 
 def parse_toml(text: str, path: Path) -> ConfigFile:
     """Parse the TOML form of a config file."""
+    import tomllib
+
     try:
         values = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except tomllib.TOMLDecodeError as exc:  # noqa: F821 - imported above
         line = getattr(exc, "lineno", None)
         raise ConfigError(f"invalid TOML: {exc.msg if hasattr(exc, 'msg') else exc}", path=path, line=line) from None
     lines: dict[str, int] = {}

@@ -28,6 +28,7 @@ Environment controls:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterable
@@ -98,12 +99,21 @@ def strict_mode() -> bool:
     return os.environ.get("PRAGMA_PLUGINS_STRICT", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+@functools.cache
+def _all_entry_points() -> dict[str, dict[str, metadata.EntryPoint]]:
+    """One scan of the installed distributions for the three groups (first one found wins)."""
+    found: dict[str, dict[str, metadata.EntryPoint]] = {group: {} for group in GROUPS}
+    for dist in metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group in found:
+                found[ep.group].setdefault(ep.name, ep)
+    return found
+
+
 def entry_points(group: str) -> list[metadata.EntryPoint]:
-    """The entry points of ``group``, one per name (the first one found wins), sorted."""
-    seen: dict[str, metadata.EntryPoint] = {}
-    for ep in metadata.entry_points(group=group):
-        seen.setdefault(ep.name, ep)
-    return [seen[name] for name in sorted(seen)]
+    """The entry points of ``group``, one per name (the first one found wins), sorted by name."""
+    eps = _all_entry_points()[group]
+    return [eps[name] for name in sorted(eps)]
 
 
 def _dist(ep: metadata.EntryPoint) -> tuple[str, str]:
@@ -168,6 +178,9 @@ def _load_named(group: str, kind: str, name: str) -> type:
         raise PluginError(f"{kind} {name!r} is incompatible: {reason}")
     from stevedore import driver as stevedore_driver
     from stevedore.exception import NoMatches
+
+    # the failure is reported once, by us, with its cause; stevedore's own warning would repeat it
+    logging.getLogger("stevedore").setLevel(logging.ERROR)
 
     failure: list[BaseException] = []
 

@@ -1,0 +1,207 @@
+"""The pragma command: legacy contract, exit codes, one-line errors, JSON listings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import Site, build_site
+
+
+def test_bare_pragma_lists_every_command(site: Site) -> None:
+    result = site.run()
+    assert result.code == 0
+    assert "boot {vc-name} {num-cpus} [add-iface=string]" in result.out
+    for words in ("clean {vc-name}", "list cluster [vc-name]", "list repository", "shutdown {vc-name}", "sync repository", "plugins", "stage {vc-name}"):
+        assert words in result.out
+
+
+def test_help_filters_commands_by_words(site: Site) -> None:
+    result = site.run("help", "list")
+    assert result.code == 0
+    assert result.out.splitlines() == ["list cluster [vc-name]", "list help [subdir=string]", "list repository"]
+
+
+def test_list_help_subdir_and_wrapping(site: Site) -> None:
+    result = site.run("list", "help", "subdir=list")
+    assert [line.split()[1] for line in result.out.splitlines()] == ["cluster", "help", "repository"]
+    boot = site.run("list", "help")
+    assert any(line.startswith("\t") for line in boot.out.splitlines()), "long usage lines wrap at 80 columns"
+    assert all(len(line.expandtabs(1)) <= 80 for line in boot.out.splitlines())
+
+
+def test_command_help_describes_arguments_and_parameters(site: Site) -> None:
+    result = site.run("boot", "help")
+    assert result.code == 0
+    assert result.out.startswith("pragma boot {vc-name} {num-cpus}")
+    assert "Arguments:" in result.out and "Parameters:" in result.out and "[mem=string]" in result.out
+
+
+def test_incomplete_command_prints_its_subcommands_and_exits_2(site: Site) -> None:
+    result = site.run("list")
+    assert result.code == 2
+    assert "list cluster [vc-name]" in result.err
+
+
+def test_unknown_command_is_a_usage_error(site: Site) -> None:
+    result = site.run("frobnicate")
+    assert result.code == 2
+    assert result.err == 'Error: invalid pragma command "frobnicate"\n'
+
+
+def test_positional_arguments_fill_from_the_front(site: Site) -> None:
+    result = site.run("boot", "demo")
+    assert result.code == 2
+    assert "missing argument {num-cpus}" in result.err
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("boot", "demo", "x"), 2, "number of CPUs must be a whole number >= 0, not 'x'"),
+        (("boot", "demo", "-1"), 2, "unknown option -1"),
+        (("boot", "demo", "2", "enable-ipop-client=yes"), 1, "IPOP is not supported"),
+        (("boot", "demo", "2", "enable-ipop-server=1"), 1, "IPOP is not supported"),
+        (("boot", "demo", "2", "mem=lots"), 2, "mem must be N or FRONTEND:COMPUTE"),
+        (("boot", "demo", "2", "mem=4096:"), 2, "mem must be N or FRONTEND:COMPUTE"),
+        (("boot", "demo", "2", "add-iface=openflow:10.0.0.0/33"), 2, "add-iface: '10.0.0.0/33' is not an IPv4 CIDR"),
+        (("boot", "demo", "2", "add-iface=a,a"), 2, "add-iface: network 'a' given twice"),
+        (("boot", "demo", "2", "enable-ent=perhaps"), 2, "enable-ent must be true or false"),
+        (("boot", "demo", "2", "colour=blue"), 2, "unknown parameter colour="),
+        (("boot", "demo", "2", "loglevel=LOUD"), 2, "loglevel must be one of"),
+        (("boot", "demo", "2", "key=/nonexistent/key.pub"), 1, "key: file not found: /nonexistent/key.pub"),
+        (("clean",), 2, "missing argument {vc-name}"),
+        (("clean", "a", "b"), 2, "unexpected argument 'b'"),
+        (("list", "cluster", "--json", "--bogus"), 2, "unknown option --bogus"),
+        (("shutdown", "x", "--json"), 2, "--json is not available for 'shutdown'"),
+    ],
+)
+def test_bad_command_lines_give_one_error_line(site: Site, args: tuple[str, ...], code: int, message: str) -> None:
+    result = site.run(*args)
+    assert result.code == code, result
+    lines = result.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.err
+
+
+def test_version_option(site: Site) -> None:
+    from pragma_core import __version__
+
+    assert site.run("--version").out == f"pragma {__version__}\n"
+
+
+def test_list_repository_prints_header_then_sorted_names(site: Site) -> None:
+    result = site.run("list", "repository")
+    assert result.code == 0
+    assert result.out == "VIRTUAL IMAGE\nalpha\ndemo\nzeta\n"
+    assert json.loads(site.run("list", "repository", "--json").out) == ["alpha", "demo", "zeta"]
+    assert site.run('list repository').out == result.out, "legacy quoted form"
+
+
+def test_missing_site_conf_is_one_line_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pragma_core.cli", "--conf", str(tmp_path), "list", "repository"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr == f"Error: configuration file not found: {tmp_path / 'site_conf.conf'}\n"
+
+
+def test_bad_config_names_file_and_line(site: Site) -> None:
+    (site.etc / "site_conf.conf").write_text('site_ve_driver = "fake"\nrepository_settings = exec("x")\n')
+    result = site.run("list", "repository")
+    assert result.code == 1
+    assert result.err == f"Error: {site.etc / 'site_conf.conf'} line 2: call to exec() is not allowed (only range() is)\n"
+
+
+def test_unknown_driver_lists_installed_ones(site: Site) -> None:
+    (site.etc / "site_conf.conf").write_text(
+        (site.etc / "site_conf.conf").read_text().replace('site_ve_driver = "fake"', 'site_ve_driver = "vmware"')
+    )
+    result = site.run("list", "cluster")
+    assert result.code == 1
+    assert result.err.startswith("Error: unknown driver 'vmware' (installed: ")
+    assert "fake" in result.err
+
+
+def test_boot_list_shutdown_clean_round_trip(site: Site) -> None:
+    boot = site.run("boot", "demo", "6", f"key={site.key}", "mem=512:1024")
+    assert boot.code == 0, boot.err
+    assert boot.out.startswith("Cluster vc1 booted: frontend vc1, 2 compute nodes (6 CPUs)")
+    listing = site.run("list", "cluster")
+    lines = listing.out.splitlines()
+    assert lines[0].split() == ["FRONTEND", "COMPUTE", "NODES", "STATUS", "PUBLIC", "IP", "HOST", "VCPUS", "MEMORY"]
+    assert lines[1].split()[:4] == ["vc1:", "-" * 16, "running", "192.0.2.10"]
+    assert lines[2].split()[:4] == [":", "vc1-compute-0", "running", "-" * 15]
+    data = json.loads(site.run("list", "cluster", "vc1", "--json").out)
+    assert [n["name"] for n in data[0]["nodes"]] == ["vc1", "vc1-compute-0", "vc1-compute-1"]
+    assert [n["memory_mib"] for n in data[0]["nodes"]] == [512, 1024, 1024]
+    refused = site.run("clean", "vc1")
+    assert refused.code == 1 and "still running" in refused.err
+    assert site.run("shutdown", "vc1").out == "Shutting down virtual cluster vc1\nCluster vc1 successfully shutdown\n"
+    assert site.run("clean", "vc1").out == "Removing virtual cluster vc1\nCluster vc1 is successfully removed\n"
+    assert site.run("list", "cluster", "vc1").err == "Error: no virtual cluster named 'vc1'\n"
+
+
+def test_boot_writes_a_log_file_with_stage_timings(site: Site) -> None:
+    result = site.run("boot", "demo", "1", f"key={site.key}", f"logfile={site.root / 'boot.log'}")
+    assert result.code == 0, result.err
+    text = (site.root / "boot.log").read_text()
+    for stage in ("resolve", "stage", "allocate", "render", "deploy"):
+        assert f"stage {stage} done in" in text
+
+
+def test_failed_deploy_rolls_back_and_reports_the_cause(tmp_path: Path) -> None:
+    site = build_site(tmp_path, fake_conf="fail_deploy = True\n")
+    result = site.run("boot", "demo", "2", f"key={site.key}")
+    assert result.code == 1
+    assert result.err == "Error: fake driver: deploy of vc1 failed (fail_deploy is set)\n"
+    assert site.run("list", "cluster").out.splitlines()[1:] == []
+
+
+def test_debug_loglevel_shows_the_traceback(tmp_path: Path) -> None:
+    site = build_site(tmp_path, fake_conf="fail_deploy = True\n")
+    result = site.run("boot", "demo", "2", f"key={site.key}", "loglevel=DEBUG")
+    assert result.code == 1
+    assert "Traceback (most recent call last)" in result.err
+
+
+def test_boot_of_unknown_image_names_the_catalogue(site: Site) -> None:
+    result = site.run("boot", "nope", "2", f"key={site.key}")
+    assert result.code == 1
+    assert result.err == f"Error: virtual image 'nope' does not exist in {site.repo / 'vcdb.txt'}\n"
+
+
+def test_stage_prints_ready_image_paths(site: Site) -> None:
+    result = site.run("stage", "demo")
+    assert result.code == 0, result.err
+    assert result.out == f"frontend: {site.repo / 'demo' / 'demo-frontend.img'}\ncompute: {site.repo / 'demo' / 'demo-compute.img'}\n"
+    data = json.loads(site.run("stage", "demo", "--json").out)
+    assert data["frontend"]["path"] == str(site.repo / "demo" / "demo-frontend.img")
+
+
+def test_plugins_lists_core_backends_with_status(site: Site) -> None:
+    data = json.loads(site.run("plugins", "--json").out)
+    found = {(p["group"], p["name"]): p for p in data}
+    for key in (("pragma.repositories", "local"), ("pragma.repositories", "http"), ("pragma.repositories", "cloudfront"), ("pragma.drivers", "fake")):
+        assert key in found
+        assert found[key]["distribution"] == "pragma-core"
+    assert found[("pragma.repositories", "local")]["status"] == "ok"
+    table = site.run("plugins").out.splitlines()
+    assert table[0].split() == ["GROUP", "NAME", "DISTRIBUTION", "VERSION", "STATUS"]
+
+
+def test_help_imports_no_driver_sdk(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "pragma_core.cli", "--help"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    for heavy in ("libvirt", "requests", "botocore", "boto3", "rsa", "stevedore", "pluggy", "pycdlib"):
+        assert heavy not in imported, f"pragma --help imported {heavy}"
