@@ -1,0 +1,392 @@
+"""A small Google Drive client: list a folder, download a file (resumable, verified).
+
+Two modes, chosen by the ``api_key`` setting:
+
+* **API** (``api_key`` set): Drive API v3 ``files.list`` with
+  ``q="'<folder>' in parents and trashed=false"``, paged with ``pageToken``;
+  downloads with ``files/<id>?alt=media``. The key travels in the
+  ``X-Goog-Api-Key`` header, never in a URL, so no log line (ours, requests'
+  or urllib3's) and no error message can show it.
+* **Web** (no key): the public folder's embedded view page, and the
+  ``drive.usercontent.google.com/download`` endpoint, following the confirm
+  form large files get (:mod:`.drivepage`).
+
+Downloads go to ``<file>.part`` (with ``<file>.part.json`` naming the remote
+version it belongs to), resume with ``Range`` after a dropped connection or
+on the next sync, are retried with back-off on network errors, 5xx and rate
+limits, are checked against the listed size and MD5, then renamed into place
+with the remote modification time as their mtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin, urlsplit
+
+from attrs import frozen
+
+from pragma_core.errors import RepositoryError
+
+from .drivepage import parse_download_form, parse_folder_view, parse_modified
+
+if TYPE_CHECKING:
+    import requests
+
+    from .settings import ClonezillaSettings
+
+log = logging.getLogger(__name__)
+
+FOLDER_MIME = "application/vnd.google-apps.folder"
+_CHUNK = 1 << 20
+#: Small reads: a broken connection loses at most this much of what arrived.
+_READ = 64 * 1024
+_LIST_FIELDS = "nextPageToken,files(id,name,mimeType,modifiedTime,md5Checksum,size)"
+#: Drive error reasons worth waiting for; every other 403 is final.
+_RETRY_REASONS = {"userRateLimitExceeded", "rateLimitExceeded", "backendError", "internalError"}
+_QUOTA_REASONS = {"downloadQuotaExceeded", "quotaExceeded", "dailyLimitExceeded", "sharingRateLimitExceeded"}
+_MAX_DELAY = 60.0
+
+
+class DriveError(RepositoryError):
+    """Google Drive refused or failed a listing or a download (one line, no secret)."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class DriveQuotaError(DriveError):
+    """Drive's download quota for a file (or the key) is used up; retry on a later sync."""
+
+
+@frozen(kw_only=True)
+class DriveFile:
+    """One item of a Drive folder. ``modified`` is epoch seconds, ``None`` when unknown."""
+
+    id: str
+    name: str
+    mime_type: str = ""
+    modified: float | None = None
+    md5: str | None = None
+    size: int | None = None
+    is_folder: bool = False
+
+    def version(self) -> dict[str, Any]:
+        """What identifies this version of the file (for resuming a ``.part``)."""
+        return {"id": self.id, "modified": self.modified, "size": self.size, "md5": self.md5}
+
+
+def _parse_rfc3339(text: str | None) -> float | None:
+    if not text:
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class DriveClient:
+    """Lists and downloads from a Google Drive folder tree (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: ClonezillaSettings,
+        *,
+        session: requests.Session | None = None,
+        progress: bool | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        import requests
+
+        self.settings = settings
+        self.session = session or requests.Session()
+        self.session.headers.setdefault("User-Agent", "pragma-repo-clonezilla")
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self._sleep = sleep
+
+    # ------------------------------------------------------------------ requests
+
+    @property
+    def uses_api(self) -> bool:
+        return bool(self.settings.api_key)
+
+    def _headers(self) -> dict[str, str]:
+        return {"X-Goog-Api-Key": self.settings.api_key} if self.settings.api_key else {}
+
+    def _get(self, url: str, what: str, **kwargs: Any) -> requests.Response:
+        """GET with retries for network errors, 5xx and rate limits; a :class:`DriveError` otherwise."""
+        import requests
+
+        headers = {**self._headers(), **kwargs.pop("headers", {})}
+        attempts = self.settings.retries + 1
+        for attempt in range(attempts):
+            try:
+                response = self.session.get(url, headers=headers, timeout=self.settings.timeout, **kwargs)
+            except requests.RequestException as exc:
+                error: DriveError = DriveError(f"{what}: {_describe_exception(exc)}", retryable=True)
+            else:
+                if response.status_code < 400:
+                    return response
+                error = _http_error(response, what)
+                response.close()
+            if not error.retryable or attempt == attempts - 1:
+                raise error
+            delay = min(self.settings.retry_delay * 2**attempt, _MAX_DELAY)
+            log.debug("%s; retrying in %.1f s", error, delay)
+            self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ listing
+
+    def list_folder(self, folder_id: str, *, label: str = "") -> list[DriveFile]:
+        """The items of folder ``folder_id`` (not trashed), sorted by name."""
+        what = f"listing Google Drive folder {label or folder_id}"
+        files = self._list_api(folder_id, what) if self.uses_api else self._list_web(folder_id, what)
+        return sorted(files, key=lambda f: f.name)
+
+    def _list_api(self, folder_id: str, what: str) -> list[DriveFile]:
+        files: list[DriveFile] = []
+        token: str | None = None
+        seen_tokens: set[str] = set()
+        while True:
+            params = {
+                "q": f"'{folder_id}' in parents and trashed=false",
+                "fields": _LIST_FIELDS,
+                "pageSize": "1000",
+                "supportsAllDrives": "true",
+                "includeItemsFromAllDrives": "true",
+            }
+            if token:
+                params["pageToken"] = token
+            response = self._get(f"{self.settings.drive_api_url}/files", what, params=params)
+            try:
+                body = response.json()
+                items = body.get("files", [])
+                token = body.get("nextPageToken")
+            except (ValueError, AttributeError):
+                raise DriveError(f"{what}: the answer is not Drive API JSON") from None
+            for item in items:
+                try:
+                    size = int(item["size"]) if item.get("size") is not None else None
+                    files.append(
+                        DriveFile(
+                            id=str(item["id"]),
+                            name=str(item["name"]),
+                            mime_type=str(item.get("mimeType", "")),
+                            modified=_parse_rfc3339(item.get("modifiedTime")),
+                            md5=item.get("md5Checksum"),
+                            size=size,
+                            is_folder=item.get("mimeType") == FOLDER_MIME,
+                        )
+                    )
+                except (KeyError, TypeError, ValueError):
+                    raise DriveError(f"{what}: malformed file entry in the answer") from None
+            if not token:
+                return files
+            if token in seen_tokens:
+                raise DriveError(f"{what}: the server repeated page token {token!r}")
+            seen_tokens.add(token)
+
+    def _list_web(self, folder_id: str, what: str) -> list[DriveFile]:
+        response = self._get(f"{self.settings.drive_web_url}/embeddedfolderview", what, params={"id": folder_id})
+        entries = parse_folder_view(response.text)
+        if not entries and "flip-entry" not in response.text and "flip-list" not in response.text:
+            raise DriveError(f"{what}: the page is not a public folder view (is the folder shared with 'anyone with the link'?)")
+        return [
+            DriveFile(
+                id=e.id,
+                name=e.name,
+                mime_type=FOLDER_MIME if e.is_folder else "",
+                modified=parse_modified(e.modified_text),
+                is_folder=e.is_folder,
+            )
+            for e in entries
+        ]
+
+    # ------------------------------------------------------------------ download
+
+    def download(self, item: DriveFile, dest: Path) -> None:
+        """Fetch ``item`` to ``dest`` through ``dest.part``; resumable, verified, atomic.
+
+        On failure the ``.part`` stays for the next attempt when the data so
+        far is good (network error, quota), and is removed when it is not
+        (size or MD5 mismatch).
+        """
+        part = dest.with_name(dest.name + ".part")
+        meta = dest.with_name(dest.name + ".part.json")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._reuse_or_reset(part, meta, item)
+        attempts = self.settings.retries + 1
+        for attempt in range(attempts):
+            try:
+                self._fetch(item, part, dest.name)
+                self._verify(item, part, dest.name)
+                break
+            except DriveError as exc:
+                if not exc.retryable or attempt == attempts - 1:
+                    raise
+                delay = min(self.settings.retry_delay * 2**attempt, _MAX_DELAY)
+                log.debug("%s; resuming in %.1f s", exc, delay)
+                self._sleep(delay)
+        os.replace(part, dest)
+        meta.unlink(missing_ok=True)
+        if item.modified is not None:
+            os.utime(dest, (item.modified, item.modified))
+
+    def _reuse_or_reset(self, part: Path, meta: Path, item: DriveFile) -> None:
+        try:
+            previous = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous != item.version() or (item.modified is None and item.md5 is None):
+            part.unlink(missing_ok=True)
+        meta.write_text(json.dumps(item.version()))
+
+    def _fetch(self, item: DriveFile, part: Path, label: str) -> None:
+        import requests
+
+        offset = part.stat().st_size if part.exists() else 0
+        if item.size is not None and offset == item.size:
+            return
+        if item.size is not None and offset > item.size:
+            part.unlink()
+            offset = 0
+        what = f"downloading {label}"
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        response = self._open_download(item, what, headers)
+        with response:
+            if offset and response.status_code != 206:
+                offset = 0  # the server ignored Range: start over
+            elif offset:
+                start = _content_range_start(response.headers.get("Content-Range", ""))
+                if start != offset:
+                    raise DriveError(f"{what}: asked for bytes from {offset}, server sent from {start}", retryable=True)
+            expected = _expected_length(response, offset, item.size)
+            with open(part, "r+b" if offset else "wb") as out, self._bar(label, item.size, offset) as bar:
+                out.seek(offset)
+                out.truncate()
+                received = 0
+                try:
+                    for chunk in response.iter_content(_READ):
+                        out.write(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+                except (requests.RequestException, ConnectionError, TimeoutError):
+                    raise DriveError(f"{what}: connection broken after {offset + received} bytes", retryable=True) from None
+                except OSError as exc:
+                    raise DriveError(f"{what}: cannot write {part}: {exc.strerror or exc}") from None
+            if expected is not None and received < expected:
+                raise DriveError(f"{what}: connection closed after {offset + received} of {offset + expected} bytes", retryable=True)
+
+    def _open_download(self, item: DriveFile, what: str, headers: dict[str, str]) -> requests.Response:
+        if self.uses_api:
+            return self._get(f"{self.settings.drive_api_url}/files/{item.id}", what, params={"alt": "media"}, headers=headers, stream=True)
+        base = self.settings.drive_download_url
+        response = self._get(base, what, params={"id": item.id, "export": "download"}, headers=headers, stream=True)
+        if not response.headers.get("Content-Type", "").startswith("text/html"):
+            return response
+        page = response.text
+        response.close()
+        form, title = parse_download_form(page)
+        if form is None:
+            if _looks_like_quota(title + " " + page[:4000]):
+                raise DriveQuotaError(f"{what}: Google Drive download quota exceeded for this file; the next sync retries")
+            raise DriveError(f"{what}: Google Drive answered with a page ({title or 'no title'}) instead of the file")
+        action = urljoin(base, form.action or base)
+        if urlsplit(action)[:2] != urlsplit(base)[:2]:
+            raise DriveError(f"{what}: the confirm form points outside {urlsplit(base).netloc}; refused")
+        response = self._get(action, what, params=form.fields, headers=headers, stream=True)
+        if response.headers.get("Content-Type", "").startswith("text/html"):
+            _, title = parse_download_form(response.text)
+            response.close()
+            raise DriveError(f"{what}: Google Drive answered the confirm form with a page ({title or 'no title'})")
+        return response
+
+    def _verify(self, item: DriveFile, part: Path, label: str) -> None:
+        size = part.stat().st_size
+        if item.size is not None and size != item.size:
+            part.unlink(missing_ok=True)
+            raise DriveError(f"downloading {label}: got {size} bytes, Drive lists {item.size}", retryable=True)
+        if item.md5:
+            digest = hashlib.md5(usedforsecurity=False)
+            with open(part, "rb") as handle:
+                while block := handle.read(_CHUNK * 4):
+                    digest.update(block)
+            if digest.hexdigest() != item.md5.lower():
+                part.unlink(missing_ok=True)
+                raise DriveError(
+                    f"downloading {label}: MD5 {digest.hexdigest()} does not match Drive's {item.md5}", retryable=True
+                )
+
+    def _bar(self, label: str, total: int | None, initial: int) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(
+            total=total, initial=initial, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
+            disable=not self.progress, leave=False,
+        )
+
+
+def _content_range_start(value: str) -> int | None:
+    try:
+        return int(value.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _expected_length(response: requests.Response, offset: int, size: int | None) -> int | None:
+    length = response.headers.get("Content-Length")
+    if length is not None and length.isdigit() and "Content-Encoding" not in response.headers:
+        return int(length)
+    return size - offset if size is not None else None
+
+
+def _looks_like_quota(text: str) -> bool:
+    lowered = text.lower()
+    return "quota" in lowered or "too many users" in lowered
+
+
+def _describe_exception(exc: Exception) -> str:
+    import requests
+
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.ConnectionError):
+        return "cannot connect"
+    return type(exc).__name__
+
+
+def _http_error(response: requests.Response, what: str) -> DriveError:
+    """A one-line error for an HTTP error answer, from Drive's JSON error body when there is one."""
+    reason = ""
+    message = ""
+    try:
+        body = response.json()
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        errors = error.get("errors") or [{}]
+        reason = str(errors[0].get("reason", "") or error.get("status", ""))
+        message = str(error.get("message", "") or errors[0].get("message", ""))
+    except (ValueError, AttributeError, TypeError, IndexError):
+        pass
+    status = response.status_code
+    detail = f"HTTP {status}" + (f" {reason}" if reason else "") + (f": {message}" if message else "")
+    if reason in _QUOTA_REASONS:
+        return DriveQuotaError(f"{what}: Google Drive quota exceeded ({detail}); the next sync retries")
+    if reason in _RETRY_REASONS or status == 429 or status >= 500:
+        return DriveError(f"{what}: {detail}", retryable=True)
+    if status in (401, 403) and reason in ("keyInvalid", "forbidden", "") and not message:
+        detail += " (check api_key and that the folder is shared)"
+    if status == 404:
+        detail += " (no such file or folder, or it is not shared)"
+    return DriveError(f"{what}: {detail}")
+

@@ -1,0 +1,159 @@
+"""Reading files out of an ISO 9660 image without mounting or extracting it.
+
+:class:`IsoFile` opens a restore ISO with pycdlib, lists a directory by its
+Rock Ridge (else Joliet) names and streams a file's bytes straight from the
+ISO's extents. Anything wrong with the ISO itself is a :class:`BadImageError`
+(the sync then deletes the download so the next sync fetches it again).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from pragma_core.errors import RepositoryError
+
+#: ISO 9660 volume descriptors start at sector 16; each holds "CD001" at byte 1.
+_MAGIC_OFFSET = 16 * 2048 + 1
+_MAGIC = b"CD001"
+
+
+class BadImageError(RepositoryError):
+    """The ISO or the Clonezilla image in it is unusable; the download should be fetched again."""
+
+
+def is_iso9660(path: Path) -> bool:
+    """Whether ``path`` starts like an ISO 9660 image (the "CD001" volume descriptor)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(_MAGIC_OFFSET)
+            return handle.read(len(_MAGIC)) == _MAGIC
+    except OSError:
+        return False
+
+
+class _ExtentReader(io.RawIOBase):
+    """A file inside the ISO, read with ``pread`` from its extents; short data is an error."""
+
+    def __init__(self, fd: int, extents: list[tuple[int, int]], label: str) -> None:
+        self._fd = fd
+        self._extents = extents
+        self._index = 0
+        self._pos = 0
+        self._label = label
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        while self._index < len(self._extents):
+            offset, length = self._extents[self._index]
+            left = length - self._pos
+            if left <= 0:
+                self._index += 1
+                self._pos = 0
+                continue
+            wanted = min(left, len(view))
+            data = os.pread(self._fd, wanted, offset + self._pos)
+            if not data:
+                raise BadImageError(f"{self._label}: the ISO is truncated (file data missing)")
+            view[: len(data)] = data
+            self._pos += len(data)
+            return len(data)
+        return 0
+
+
+class IsoFile:
+    """An open ISO image: list directories and stream files by their long names."""
+
+    def __init__(self, path: Path) -> None:
+        import pycdlib
+        from pycdlib.pycdlibexception import PyCdlibException
+
+        self.path = Path(path)
+        if not is_iso9660(self.path):
+            raise BadImageError(f"{self.path.name}: not an ISO 9660 image")
+        self._iso = pycdlib.PyCdlib()
+        try:
+            self._iso.open(str(self.path))
+        except (PyCdlibException, OSError, ValueError, IndexError, struct_error()) as exc:
+            raise BadImageError(f"{self.path.name}: unreadable ISO 9660 image ({_first_line(exc)})") from None
+        if self._iso.has_rock_ridge():
+            self._kind = "rr_path"
+        elif self._iso.has_joliet():
+            self._kind = "joliet_path"
+        else:
+            self._iso.close()
+            raise BadImageError(f"{self.path.name}: the ISO has neither Rock Ridge nor Joliet names")
+        self._fd = os.open(self.path, os.O_RDONLY)
+        self._size = os.fstat(self._fd).st_size
+
+    def __enter__(self) -> IsoFile:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._iso.close()
+        finally:
+            os.close(self._fd)
+
+    def listdir(self, path: str) -> tuple[list[str], list[str]]:
+        """The sub-directory and file names in directory ``path``; ``([], [])`` when it does not exist."""
+        from pycdlib.pycdlibexception import PyCdlibException
+
+        try:
+            for _, dirs, files in self._iso.walk(**{self._kind: path}):
+                return sorted(dirs), sorted(files)
+        except PyCdlibException:
+            return [], []
+        return [], []
+
+    def _extents(self, path: str) -> list[tuple[int, int]]:
+        from pycdlib.pycdlibexception import PyCdlibException
+
+        try:
+            if hasattr(self._iso, "get_file_byte_extents"):
+                extents = list(self._iso.get_file_byte_extents(**{self._kind: path}))
+            else:  # pycdlib < 1.22: one extent per directory record
+                record = self._iso.get_record(**{self._kind: path})
+                extents = [(record.extent_location() * self._iso.logical_block_size, record.get_data_length())]
+        except PyCdlibException as exc:
+            raise BadImageError(f"{self.path.name}: {path}: {_first_line(exc)}") from None
+        return extents
+
+    def size(self, path: str) -> int:
+        """The length in bytes of file ``path``."""
+        return sum(length for _, length in self._extents(path))
+
+    def open(self, path: str) -> io.BufferedReader:
+        """A binary stream of file ``path``; reading past the end of a truncated ISO raises :class:`BadImageError`."""
+        extents = self._extents(path)
+        for offset, length in extents:
+            if offset + length > self._size:
+                raise BadImageError(f"{self.path.name}: {path} lies past the end of the ISO (truncated download)")
+        return io.BufferedReader(_ExtentReader(self._fd, extents, f"{self.path.name}: {path}"), buffer_size=1 << 20)
+
+    def read(self, path: str, limit: int = 1 << 20) -> bytes:
+        """The whole content of a small file (metadata files of the image)."""
+        if self.size(path) > limit:
+            raise BadImageError(f"{self.path.name}: {path} is larger than {limit} bytes")
+        with self.open(path) as handle:
+            return handle.read()
+
+
+def struct_error() -> type[Exception]:
+    import struct
+
+    return struct.error
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

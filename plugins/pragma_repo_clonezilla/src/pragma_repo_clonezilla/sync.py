@@ -1,0 +1,246 @@
+"""``pragma sync repository`` for the clonezilla repository.
+
+One run, under an exclusive lock (``<repository_dir>/.pragma-sync.lock``):
+
+1. list the Drive folder; each sub-folder that passes ``include_images`` /
+   ``exclude_images`` (``re.match``, as legacy) is a virtual cluster;
+2. per cluster: classify its files (one ``*.xml``; ``*.iso`` naming
+   ``frontend``, optionally one naming ``compute``), download those newer
+   than the local copy, restore each ISO whose target is missing or older,
+   write ``<name>-local.xml`` when its bytes change;
+3. rewrite ``vcdb.txt`` atomically, only when it changes, with the clusters
+   that succeeded (a cluster that failed this time keeps its previous entry
+   if it had one: its old images are untouched; a cluster never synced
+   successfully gets none).
+
+A failing cluster is one log line (ERROR) and does not stop the others; a
+bad ISO is deleted so the next sync downloads it again. Quiet otherwise:
+INFO lines only for what changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from attrs import define, field
+
+from pragma_core.clusterxml import parse_cluster_xml
+from pragma_core.errors import PragmaError, RepositoryError
+from pragma_core.paths import safe_join
+from pragma_core.vcdb import is_valid_name, read_vcdb, write_vcdb
+
+from .drive import DriveClient, DriveFile
+from .isofile import BadImageError, is_iso9660
+from .localxml import Role, local_xml_path, render_local_xml, write_if_changed
+from .restore import split_iso_name
+from .settings import ClonezillaSettings
+from .target import Target, cziso_restore, deliver, resolve_target, target_mtime
+
+log = logging.getLogger("pragma_repo_clonezilla.sync")
+
+LOCK_NAME = ".pragma-sync.lock"
+_SAFE_FILE = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*")
+
+
+@define
+class SyncReport:
+    """What one sync did: ``changed`` anything on disk; ``failures`` one line per failed cluster."""
+
+    changed: bool = False
+    synced: list[str] = field(factory=list)
+    failures: dict[str, str] = field(factory=dict)
+
+    def summary(self) -> str:
+        total = len(self.synced) + len(self.failures)
+        details = "; ".join(f"{name}: {message}" for name, message in self.failures.items())
+        return f"{len(self.failures)} of {total} clusters failed to sync: {details}"
+
+
+@define
+class ClusterFiles:
+    """The files of one cluster folder, classified."""
+
+    xml: DriveFile
+    isos: dict[Role, DriveFile]
+
+
+def classify(folder: str, files: list[DriveFile]) -> ClusterFiles:
+    """Pick the XML and the frontend/compute ISOs by anchored rules (legacy bug B36 used substrings)."""
+    xmls = [f for f in files if not f.is_folder and f.name.lower().endswith(".xml") and not f.name.lower().endswith("-local.xml")]
+    isos: dict[Role, list[DriveFile]] = {"frontend": [], "compute": []}
+    for item in files:
+        lowered = item.name.lower()
+        if item.is_folder or not lowered.endswith(".iso"):
+            continue
+        roles = [role for role in ("frontend", "compute") if role in lowered[: -len(".iso")]]
+        if len(roles) == 2:
+            raise RepositoryError(f"{item.name}: the name says both frontend and compute")
+        if roles:
+            isos[roles[0]].append(item)  # type: ignore[index]
+    if not xmls:
+        raise RepositoryError("no cluster description (*.xml) in the Drive folder")
+    if len(xmls) > 1:
+        raise RepositoryError(f"several cluster descriptions ({', '.join(f.name for f in xmls)}); keep one *.xml")
+    if not isos["frontend"]:
+        raise RepositoryError("no frontend restore ISO (*frontend*.iso) in the Drive folder")
+    chosen: dict[Role, DriveFile] = {}
+    for role, found in isos.items():
+        if len(found) > 1:
+            raise RepositoryError(f"several {role} ISOs ({', '.join(f.name for f in found)}); keep one")
+        if found:
+            chosen[role] = found[0]  # type: ignore[index]
+    for item in (xmls[0], *chosen.values()):
+        if not _SAFE_FILE.fullmatch(item.name):
+            raise RepositoryError(f"file name {item.name!r} is not safe (letters, digits, '._+-')")
+    return ClusterFiles(xml=xmls[0], isos=chosen)
+
+
+class Syncer:
+    """One ``sync`` of the repository at ``root`` from Drive folder ``folder_id``."""
+
+    def __init__(
+        self,
+        settings: ClonezillaSettings,
+        *,
+        root: Path,
+        vcdb_path: Path,
+        folder_id: str,
+        client: DriveClient,
+        restore: Callable[[Path, Target], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.root = Path(os.path.abspath(root))
+        self.vcdb_path = vcdb_path
+        self.folder_id = folder_id
+        self.client = client
+        self.work_dir = settings.work_dir or self.root / ".pragma-work"
+        self._restore = restore or self._restore_default
+
+    def run(self) -> SyncReport:
+        from filelock import FileLock, Timeout
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock_path = self.root / LOCK_NAME
+        lock = FileLock(str(lock_path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RepositoryError(f"another sync of {self.root} is running (lock {lock_path}); try again later") from None
+        try:
+            return self._run_locked()
+        finally:
+            lock.release()
+
+    def _run_locked(self) -> SyncReport:
+        report = SyncReport()
+        top = self.client.list_folder(self.folder_id, label="repository_url")
+        if not top:
+            raise RepositoryError("the remote repository (repository_url) is empty")
+        old = read_vcdb(self.vcdb_path, self.root, missing_ok=True)
+        entries = {name: path for name, path in old.items() if path.exists()}
+        for folder in top:
+            if not folder.is_folder or not self._wanted(folder.name):
+                log.debug("skipping %s", folder.name)
+                continue
+            try:
+                if not is_valid_name(folder.name):
+                    raise RepositoryError("the folder name is not a valid image name (letters, digits, '._-+')")
+                entry, changed = self.sync_cluster(folder)
+            except (PragmaError, OSError) as exc:
+                message = _one_line(exc)
+                report.failures[folder.name] = message
+                log.error("sync %s: %s", folder.name, message)
+                continue
+            report.synced.append(folder.name)
+            report.changed |= changed
+            entries[folder.name] = entry
+        if entries != old or not self.vcdb_path.exists():
+            write_vcdb(self.vcdb_path, entries, self.root)
+            log.info("updated %s (%d images)", self.vcdb_path, len(entries))
+            report.changed = True
+        return report
+
+    def _wanted(self, name: str) -> bool:
+        include, exclude = self.settings.include_images, self.settings.exclude_images
+        if include is not None and not include.match(name):
+            return False
+        return not (exclude is not None and exclude.match(name))
+
+    def sync_cluster(self, folder: DriveFile) -> tuple[Path, bool]:
+        """Sync one cluster folder; its ``-local.xml`` path and whether anything changed."""
+        files = classify(folder.name, self.client.list_folder(folder.id, label=folder.name))
+        cluster_dir = safe_join(self.root, folder.name, what="cluster folder")
+        cluster_dir.mkdir(parents=True, exist_ok=True)
+        changed = False
+        for item in (files.xml, *files.isos.values()):
+            changed |= self._fetch(item, cluster_dir / item.name, folder.name)
+
+        targets: dict[Role, Target] = {}
+        for role, iso in files.isos.items():
+            iso_path = cluster_dir / iso.name
+            imagename, _ = split_iso_name(iso.name)
+            target = resolve_target(
+                self.settings.local_image_url,
+                imagename=imagename,
+                repository_dir=self.root,
+                cluster=folder.name,
+                cluster_dir=cluster_dir,
+            )
+            targets[role] = target
+            current = target_mtime(target, ssh=self.settings.ssh)
+            if current is not None and current >= iso_path.stat().st_mtime:
+                continue
+            try:
+                if not is_iso9660(iso_path):
+                    raise BadImageError(f"{iso.name}: not an ISO 9660 image")
+                self._restore(iso_path, target)
+            except BadImageError:
+                iso_path.unlink(missing_ok=True)  # the next sync downloads it again
+                raise
+            log.info("restored %s to %s", iso.name, target.url)
+            changed = True
+
+        xml_path = cluster_dir / files.xml.name
+        local = local_xml_path(xml_path)
+        data = render_local_xml(xml_path, targets, cluster_dir)
+        if write_if_changed(local, data):
+            log.info("wrote %s", local)
+            changed = True
+        if all(t.kind == "file" for t in targets.values()):
+            try:
+                parse_cluster_xml(local, folder.name)  # what boot will read must parse
+            except PragmaError:
+                local.unlink(missing_ok=True)
+                raise
+        return local, changed
+
+    def _fetch(self, item: DriveFile, local: Path, cluster: str) -> bool:
+        try:
+            mtime: float | None = local.stat().st_mtime
+        except FileNotFoundError:
+            mtime = None
+        if mtime is not None and (item.modified is None or item.modified <= mtime):
+            return False
+        self.client.download(item, local)
+        log.info("downloaded %s/%s", cluster, item.name)
+        return True
+
+    def _restore_default(self, iso: Path, target: Target) -> None:
+        if self.settings.restore_with == "cziso":
+            assert self.settings.cziso is not None
+            imagename, _ = split_iso_name(iso.name)
+            cziso_restore(self.settings.cziso, iso, target, size_setting=self.settings.size, log_file=iso.parent / f"{imagename}-restore.log")
+            return
+        deliver(iso, target, size_setting=self.settings.size, work_dir=self.work_dir, ssh=self.settings.ssh)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, PragmaError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,126 @@
+"""The Drive client against the loopback simulator: listing, paging, download, resume, checks, faults."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from pragma_repo_clonezilla.drive import DriveClient, DriveError, DriveQuotaError
+from pragma_repo_clonezilla.drivepage import parse_modified
+from pragma_repo_clonezilla.settings import ClonezillaSettings
+
+
+def client(sim, *, api: bool = True, **extra) -> DriveClient:
+    settings = ClonezillaSettings(
+        api_key=sim.api_key if api else None,
+        drive_api_url=f"{sim.url}/drive/v3",
+        drive_web_url=sim.url,
+        drive_download_url=f"{sim.url}/download",
+        retry_delay=0,
+        timeout=5,
+        **extra,
+    )
+    return DriveClient(settings, progress=False)
+
+
+def test_api_listing_follows_page_tokens_and_keeps_the_key_out_of_urls_and_logs(drive_sim, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    names = [f"file-{i}.xml" for i in range(5)]
+    for name in names:
+        drive_sim.add_file(name, drive_sim.root, b"x")
+    drive_sim.add_folder("sub", drive_sim.root)
+    items = client(drive_sim).list_folder(drive_sim.root)
+    assert [i.name for i in items] == sorted([*names, "sub"])
+    assert [i.is_folder for i in items if i.name == "sub"] == [True]
+    assert len([r for r in drive_sim.requests if r["path"] == "/drive/v3/files"]) == 3  # 6 items, 2 per page
+    assert all(drive_sim.api_key not in r["raw"] for r in drive_sim.requests)
+    assert all(r["headers"].get("X-Goog-Api-Key") == drive_sim.api_key for r in drive_sim.requests)
+    assert drive_sim.api_key not in caplog.text
+
+
+def test_wrong_api_key_is_one_line_without_the_key(drive_sim) -> None:
+    drive_sim.api_key = "the-right-key"
+    with pytest.raises(DriveError) as info:
+        client(drive_sim, api=False).__class__(
+            ClonezillaSettings(api_key="wrong-secret-key", drive_api_url=f"{drive_sim.url}/drive/v3", retry_delay=0), progress=False
+        ).list_folder(drive_sim.root)
+    assert "keyInvalid" in str(info.value) and "wrong-secret-key" not in str(info.value)
+
+
+def test_api_download_resumes_after_a_dropped_connection_and_checks_md5(drive_sim, tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    ident = drive_sim.add_file("big-frontend.iso", drive_sim.root, data, modified=1_600_000_000)
+    drive_sim.fail(ident, "drop", "error500", "rate")
+    c = client(drive_sim)
+    item = next(i for i in c.list_folder(drive_sim.root) if i.id == ident)
+    dest = tmp_path / "big-frontend.iso"
+    c.download(item, dest)
+    assert dest.read_bytes() == data
+    assert dest.stat().st_mtime == 1_600_000_000
+    assert not list(tmp_path.glob("*.part*"))
+    ranges = [r["headers"].get("Range") for r in drive_sim.media_requests(ident)]
+    assert ranges[0] is None and ranges[-1].startswith("bytes=") and ranges[-1] != "bytes=0-"
+
+
+def test_md5_mismatch_removes_the_part_and_fails(drive_sim, tmp_path: Path) -> None:
+    ident = drive_sim.add_file("a.iso", drive_sim.root, os.urandom(1000))
+    drive_sim.fail(ident, *["corrupt"] * 10)
+    c = client(drive_sim, retries=1)
+    item = c.list_folder(drive_sim.root)[0]
+    with pytest.raises(DriveError, match="MD5"):
+        c.download(item, tmp_path / "a.iso")
+    assert not (tmp_path / "a.iso").exists() and not (tmp_path / "a.iso.part").exists()
+
+
+def test_download_quota_is_a_one_line_error_and_not_retried(drive_sim, tmp_path: Path) -> None:
+    ident = drive_sim.add_file("q.iso", drive_sim.root, b"data")
+    drive_sim.fail(ident, "quota")
+    c = client(drive_sim)
+    with pytest.raises(DriveQuotaError) as info:
+        c.download(c.list_folder(drive_sim.root)[0], tmp_path / "q.iso")
+    assert "downloadQuotaExceeded" in str(info.value) and "\n" not in str(info.value)
+    assert len(drive_sim.media_requests(ident)) == 1
+    assert not (tmp_path / "q.iso").exists()
+
+
+def test_web_mode_lists_the_embedded_view_and_follows_the_confirm_form(drive_sim, tmp_path: Path) -> None:
+    small, large = b"<vc/>", os.urandom(200_000)
+    folder = drive_sim.add_folder("demo", drive_sim.root)
+    drive_sim.add_file("demo.xml", folder, small)
+    big = drive_sim.add_file("demo-frontend.iso", folder, large)
+    c = client(drive_sim, api=False)
+    top = c.list_folder(drive_sim.root)
+    assert [(i.name, i.is_folder, i.id) for i in top] == [("demo", True, folder)]
+    items = {i.name: i for i in c.list_folder(folder)}
+    assert set(items) == {"demo.xml", "demo-frontend.iso"}
+    assert items["demo.xml"].modified is not None
+    c.download(items["demo.xml"], tmp_path / "demo.xml")
+    c.download(items["demo-frontend.iso"], tmp_path / "demo-frontend.iso")
+    assert (tmp_path / "demo.xml").read_bytes() == small
+    assert hashlib.sha256((tmp_path / "demo-frontend.iso").read_bytes()).digest() == hashlib.sha256(large).digest()
+    confirmed = [r for r in drive_sim.media_requests(big) if "uuid" in r["query"]]
+    assert len(confirmed) == 1 and confirmed[0]["query"]["confirm"] == ["t"]
+    assert not any("X-Goog-Api-Key" in r["headers"] for r in drive_sim.requests)
+
+
+def test_web_mode_quota_page_is_a_quota_error(drive_sim, tmp_path: Path) -> None:
+    ident = drive_sim.add_file("x.xml", drive_sim.root, b"<vc/>")
+    drive_sim.fail(ident, "quota")
+    c = client(drive_sim, api=False)
+    with pytest.raises(DriveQuotaError):
+        c.download(c.list_folder(drive_sim.root)[0], tmp_path / "x.xml")
+
+
+def test_folder_view_dates_are_read_without_the_locale() -> None:
+    now = 1_700_000_000.0  # 2023-11-14
+    from datetime import datetime
+
+    assert datetime.fromtimestamp(parse_modified("Nov 3, 2021", now=now)).date().isoformat() == "2021-11-03"
+    assert datetime.fromtimestamp(parse_modified("Nov 3", now=now)).date().isoformat() == "2023-11-03"
+    assert datetime.fromtimestamp(parse_modified("Dec 25", now=now)).date().isoformat() == "2022-12-25"
+    assert datetime.fromtimestamp(parse_modified("3:05 PM", now=now)).strftime("%H:%M") == "15:05"
+    assert parse_modified("", now=now) is None and parse_modified("yesterday-ish", now=now) is None
