@@ -1,0 +1,300 @@
+"""The ``http`` repository: a ``vcdb.txt`` catalogue and images on a web server.
+
+Settings (``repository_settings`` in ``site_conf.conf``)::
+
+    repository_settings = {
+        "repository_class": "http",
+        "repository_dir": "/state/partition1/vm-images",   # the local cache
+        "repository_url": "https://images.example.org/pragma",
+        # optional:
+        "timeout": 30,      # seconds to connect, and between two reads
+        "retries": 5,       # extra attempts after a connection error, timeout or HTTP 5xx
+        "backoff": 0.5,     # seconds before the first retry, doubled each time (at most 30)
+    }
+
+The remote side mirrors the local layout: the catalogue is
+``<repository_url>/<vcdb_filename>`` and a catalogue path ``a/b.xml`` is
+``<repository_url>/a/b.xml`` remotely and ``<repository_dir>/a/b.xml``
+locally; a cluster's parts and images are named relative to its XML, on both
+sides (the legacy tool fetched the XML by its base name and joined the
+absolute *local* path onto the URL -- bugs B1 and B3).
+
+What is fetched, and when:
+
+* the catalogue, when it is missing and then on the first use in each run,
+  with a conditional request (``If-None-Match`` / ``If-Modified-Since``; the
+  validators are kept in ``.<vcdb_filename>.http.json``), so an unchanged
+  catalogue costs one ``304``. When the server cannot be reached and a copy
+  exists, the copy is used (with a warning);
+* a cluster's XML, the same way, when the cluster is described;
+* only the images of the cluster being staged. Parts are **streamed** from
+  the server into the staging engine (download, join, decompress and sparse
+  write in one pass); they are not stored -- the staged image is the cache,
+  and a second boot finds it ready and fetches nothing. A dropped connection
+  is resumed with ``Range`` + ``If-Range``; a part whose server cannot resume
+  safely (no ``Accept-Ranges: bytes`` or no validator) is first downloaded
+  to a hidden ``.part`` file, checked, streamed from there and removed. Parts
+  already present in the cluster directory are read from disk.
+
+Every fetched file is written under a temporary name and renamed into place
+once complete and checked (catalogue and XML are parsed before they replace
+the old copy), so concurrent runs never read half a file; the staging
+engine's per-image lock makes concurrent boots download an image once.
+
+Errors are one line naming the URL (without query string).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import quote, urlsplit
+
+from ..errors import ConfigError, FormatError, NotFoundError, RepositoryError
+from ..model import ClusterDescription, Part, StagedCluster
+from ..paths import safe_join
+from .local import LocalRepository
+
+if TYPE_CHECKING:
+    from ..download import HttpClient
+    from ..staging import Stager
+
+log = logging.getLogger(__name__)
+
+_DEFAULTS = {"timeout": 30.0, "retries": 5, "backoff": 0.5}
+
+
+def _setting_error(site: Any, key: str, message: str) -> ConfigError:
+    source = getattr(site, "source", None)
+    if source is not None and hasattr(source, "error"):
+        return source.error("repository_settings", f"{key}: {message}")
+    return ConfigError(message, key=f"repository_settings {key}")
+
+
+def _number(site: Any, options: Any, key: str, *, integer: bool = False, minimum: float = 0.0,
+            default: float | None = None) -> Any:
+    """The numeric option ``key`` (or its default); a :class:`ConfigError` naming it when invalid."""
+    value = options.get(key, _DEFAULTS[key] if default is None else default)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(value, str):
+        try:
+            value = int(value) if integer else float(value)
+            ok = True
+        except ValueError:
+            ok = False
+    if not ok or (integer and int(value) != value) or not math.isfinite(value) or value < minimum:
+        kind = "a whole number" if integer else "a number"
+        raise _setting_error(site, key, f"must be {kind} >= {minimum:g}, not {options.get(key)!r}")
+    return int(value) if integer else float(value)
+
+
+class HttpRepository(LocalRepository):
+    """Cluster images listed in ``<repository_url>/<vcdb_filename>``, cached in ``repository_dir``."""
+
+    name = "http"
+
+    def __init__(self, settings: Any, *, site: Any) -> None:
+        super().__init__(settings, site=site)
+        url = settings.repository_url
+        if not url:
+            raise _setting_error(site, "repository_url", "missing (the http repository needs http:// or https://)")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _setting_error(site, "repository_url", f"must be an http:// or https:// URL, not {url!r}")
+        if parts.query or parts.fragment:
+            raise _setting_error(site, "repository_url", "must not have a query string or fragment")
+        self.base_url = url.rstrip("/")
+        options = settings.options
+        self.timeout = _number(site, options, "timeout", minimum=0.001)
+        self.retries = _number(site, options, "retries", integer=True)
+        self.backoff = _number(site, options, "backoff")
+        self._client: HttpClient | None = None
+        self._fetched_catalogue = False
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def client(self) -> HttpClient:
+        """The HTTP client (made on first use: ``requests`` is imported then)."""
+        if self._client is None:
+            from ..download import HttpClient
+
+            self._client = HttpClient(
+                signer=self.sign_url, timeout=self.timeout, retries=self.retries, backoff=self.backoff
+            )
+        return self._client
+
+    def sign_url(self, url: str) -> str:
+        """The URL actually requested for ``url``; the plain ``http`` repository sends it as it is."""
+        return url
+
+    def url_for(self, local: Path) -> str:
+        """The remote URL of a file of the local cache: the same path under ``repository_url``.
+
+        Raises :class:`RepositoryError` for a path outside ``repository_dir``
+        (callers resolve names with :func:`~pragma_core.paths.safe_join`
+        first; this is the last line of defence).
+        """
+        relative = os.path.relpath(os.path.abspath(local), self.root)
+        segments = relative.split(os.sep)
+        if os.path.isabs(relative) or not relative or any(s in ("", ".", "..") for s in segments):
+            raise RepositoryError(f"{local}: not inside repository_dir {self.root}; refusing to fetch it")
+        return self.base_url + "/" + "/".join(quote(s, safe="") for s in segments)
+
+    # ------------------------------------------------------------------ catalogue
+
+    def catalogue(self) -> dict[str, Path]:
+        if not self._fetched_catalogue:
+            self.refresh_catalogue()
+            self._fetched_catalogue = True
+        return super().catalogue()
+
+    def refresh_catalogue(self) -> bool:
+        """Fetch the catalogue when missing or changed on the server; whether it changed."""
+        from ..vcdb import read_vcdb
+
+        dest = self.vcdb_path
+
+        def validate(tmp: Path) -> None:
+            try:
+                read_vcdb(tmp, self.root)
+            except FormatError as exc:
+                raise FormatError(_retarget(exc, tmp, f"{dest} (from {self._plain(self.url_for(dest))})")) from None
+
+        changed = self._fetch(self.url_for(dest), dest, validate)
+        if changed and hasattr(self, "_catalogue"):
+            self._catalogue = None  # LocalRepository's cache
+        return changed
+
+    def _fetch(self, url: str, dest: Path, validate: Any) -> bool:
+        """Conditional fetch; with a local copy, an unreachable server only warns."""
+        from ..download import redact_url
+
+        exists = dest.is_file()
+        try:
+            return self.client.fetch_if_newer(url, dest, validate=validate, retries=min(self.retries, 1) if exists else None)
+        except RepositoryError as exc:
+            if exists and _unreachable(exc):
+                log.warning("%s; using the local copy %s", exc, dest)
+                return False
+            raise
+        finally:
+            log.debug("checked %s", redact_url(url))
+
+    @staticmethod
+    def _plain(url: str) -> str:
+        from ..download import redact_url
+
+        return redact_url(url)
+
+    # ------------------------------------------------------------------ descriptions
+
+    def describe(self, name: str) -> ClusterDescription:
+        path = self.catalogue().get(name)
+        if path is None:
+            raise NotFoundError(f"virtual image {name!r} does not exist in {self.vcdb_path}")
+        self._fetch_description(name, path)
+        return super().describe(name)
+
+    def _fetch_description(self, name: str, path: Path) -> bool:
+        from ..clusterxml import parse_cluster_xml
+
+        url = self.url_for(path)
+
+        def validate(tmp: Path) -> None:
+            try:
+                parse_cluster_xml(tmp, name)
+            except FormatError as exc:
+                raise FormatError(_retarget(exc, tmp, f"{path} (from {self._plain(url)})")) from None
+
+        return self._fetch(url, path, validate)
+
+    def sync(self) -> bool:
+        """Refresh the catalogue and every cluster description already cached; whether any changed."""
+        self._fetched_catalogue = False
+        changed = self.refresh_catalogue()
+        self._fetched_catalogue = True
+        for name, path in self.catalogue().items():
+            if path.is_file():
+                changed = self._fetch_description(name, path) or changed
+        return changed
+
+    # ------------------------------------------------------------------ images
+
+    def stage(self, description: ClusterDescription, stager: Stager) -> StagedCluster:
+        """Stream the images the cluster needs from the server into ``stager`` (once)."""
+        from ..download import RemoteChangedError
+
+        if self._all_local(description):
+            return stager.stage(description)
+        for attempt in (1, 2):
+            try:
+                return stager.stage(description, opener=self.part_opener(description))
+            except RemoteChangedError as exc:
+                if attempt == 2:
+                    raise
+                log.warning("%s; staging again", exc)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _all_local(description: ClusterDescription) -> bool:
+        for template in (description.frontend, description.compute_template):
+            disk = template.disk
+            names = [p.name for p in disk.parts] or [disk.source]
+            for name in names:
+                try:
+                    if not safe_join(description.directory, name, what="part").is_file():
+                        return False
+                except FormatError:
+                    return False  # the stager reports it
+        return True
+
+    def part_opener(self, description: ClusterDescription) -> Any:
+        """A :data:`~pragma_core.staging.PartOpener` reading the cluster's parts from the server."""
+
+        @contextlib.contextmanager
+        def open_part(part: Part) -> Iterator[BinaryIO]:
+            local = safe_join(description.directory, part.name, what="part", source=description.path)
+            if local.is_file():
+                with open(local, "rb") as handle:
+                    yield handle
+                return
+            url = self.url_for(local)
+            stream = self.client.open_stream(url, size=part.size)
+            if stream.resumable:
+                try:
+                    yield stream  # type: ignore[misc]
+                finally:
+                    stream.close()
+                return
+            stream.close()
+            log.info("%s: the server cannot resume this file; downloading it first", self._plain(url))
+            spool = local.with_name(f".{local.name}.download")
+            self.client.download(url, spool, size=part.size, checksum=part.checksum, label=local.name)
+            try:
+                with open(spool, "rb") as handle:
+                    yield handle
+            finally:
+                # the stager holds the image lock: no one else uses this spool or its lock
+                for leftover in (spool, spool.with_name(f".{spool.name}.lock")):
+                    with contextlib.suppress(FileNotFoundError):
+                        leftover.unlink()
+
+        return open_part
+
+
+def _unreachable(exc: RepositoryError) -> bool:
+    from ..download import RetriesExhaustedError
+
+    return isinstance(exc, RetriesExhaustedError)
+
+
+def _retarget(exc: FormatError, tmp: Path, where: str) -> str:
+    """The message of ``exc`` about the temporary file ``tmp``, naming ``where`` instead."""
+    text = str(exc)
+    return text.replace(str(tmp), where)
