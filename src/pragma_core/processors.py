@@ -1,0 +1,396 @@
+"""Image processors: how the parts of a disk image become the image.
+
+A cluster description names a processor for each disk
+(``<file type="...">``, :attr:`pragma_core.model.DiskImage.processor`).
+Core knows four, the legacy ones, with sensible semantics:
+
+``raw``
+    the ``<source file>`` is the image and is used in place; nothing to do.
+    (With parts other than the image itself, the parts are joined.)
+``splited``
+    the parts, in order, are joined into the image (spelling kept from the
+    legacy tool).
+``splited_gzip``
+    the joined parts are one gzip stream (one or more members), decompressed
+    into the image.
+``gzip``
+    each part is a complete gzip file (one or more members); the parts are
+    decompressed in order into the image.  Legacy ``gunzip -f`` ran once per
+    part and left one file per part; here the members form one image, the
+    ``<source file>``.
+
+A plugin adds more (``xz``, ``zstd``...) through the
+:func:`pragma_core.hookspecs.pragma_image_processors` hook::
+
+    import lzma
+    from pragma_core import hookimpl
+
+    @hookimpl
+    def pragma_image_processors(register):
+        register("xz", lzma.LZMADecompressor)
+
+A factory is called with no arguments for every compressed member (stream)
+and returns a decompressor object shaped like :func:`zlib.decompressobj` or
+:class:`lzma.LZMADecompressor`: ``decompress(data[, max_length])``, and
+optionally ``flush()``, ``eof``, ``unused_data``, ``unconsumed_tail`` or
+``needs_input``.  When the object has ``eof`` and ``unused_data``, data after
+the end of one stream starts a new one (multi-member gzip, multi-stream xz).
+A factory that is ``None`` or returns ``None`` means a plain join.
+
+gzip is decoded by the fastest library installed: zlib-ng
+(``pip install pragma-core[fast]``), then python-isal, then the standard
+library's :mod:`zlib`.  ``PRAGMA_GZIP_LIBRARY=zlib-ng|isal|zlib`` forces one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from attrs import frozen
+
+from .errors import PluginError, StagingError
+
+log = logging.getLogger("pragma_core.staging")
+
+#: Largest piece of output a decoder hands on at once: bounds memory whatever
+#: the compression ratio (a MiB of gzip can hold a GiB of zeros).
+OUTPUT_CHUNK = 1 << 20
+
+#: Input fed at once to a decompressor that cannot bound its output.
+_SMALL_INPUT = 64 << 10
+
+#: gzip libraries, fastest first: (name, module, how to make a gzip decompressor).
+_GZIP_LIBRARIES = (
+    ("zlib-ng", "zlib_ng.zlib_ng"),
+    ("isal", "isal.isal_zlib"),
+    ("zlib", "zlib"),
+)
+
+#: The gzip library environment override.
+GZIP_LIBRARY_ENV = "PRAGMA_GZIP_LIBRARY"
+
+
+class Decompressor(Protocol):
+    """What a processor factory returns (the :func:`zlib.decompressobj` shape)."""
+
+    def decompress(self, data: bytes, /) -> bytes: ...
+
+
+DecompressorFactory = Callable[[], Any]
+
+
+@frozen
+class GzipLibrary:
+    """The gzip implementation in use: ``name`` and a decompressor ``factory``."""
+
+    name: str
+    factory: DecompressorFactory
+
+
+def gzip_library(prefer: str | None = None) -> GzipLibrary:
+    """The fastest importable gzip library (or ``prefer``, or ``$PRAGMA_GZIP_LIBRARY``).
+
+    A preferred library that is not installed is an error naming it.  Not
+    cached: importing is cached by Python, and tests force the fallback by
+    hiding the optional modules.
+    """
+    wanted = prefer or os.environ.get(GZIP_LIBRARY_ENV) or None
+    names = [name for name, _ in _GZIP_LIBRARIES]
+    if wanted is not None and wanted not in names:
+        raise StagingError(
+            f"{GZIP_LIBRARY_ENV}={wanted!r}: unknown gzip library (known: {', '.join(names)})"
+        )
+    for name, module_name in _GZIP_LIBRARIES:
+        if wanted is not None and name != wanted:
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            if wanted is not None:
+                raise StagingError(
+                    f"gzip library {wanted!r} is not installed"
+                ) from None
+            continue
+        decompressobj = module.decompressobj
+
+        def factory(decompressobj: Callable[..., Any] = decompressobj) -> Any:
+            return decompressobj(wbits=31)  # 16 + MAX_WBITS: gzip header and trailer
+
+        factory.__qualname__ = f"gzip[{name}]"
+        return GzipLibrary(name, factory)
+    raise AssertionError("zlib is part of the standard library")  # pragma: no cover
+
+
+def _gzip_factory() -> Any:
+    return gzip_library().factory()
+
+
+@frozen(kw_only=True)
+class Processor:
+    """A named way to turn parts into an image.
+
+    ``factory`` makes one decompressor per compressed stream (``None``: plain
+    join).  ``in_place`` is true for ``raw``: the image is the ``<source
+    file>`` itself.  ``member_per_part`` means every part must end where a
+    compressed stream ends (legacy ``gzip``: one gzip file per part), so a
+    truncated part is named precisely.  ``origin`` says who registered it.
+    """
+
+    name: str
+    factory: DecompressorFactory | None
+    in_place: bool = False
+    member_per_part: bool = False
+    origin: str = "pragma-core"
+
+    def decoder(self, *, label: str) -> StreamDecoder:
+        """A fresh :class:`StreamDecoder`; ``label`` names the data in errors."""
+        return StreamDecoder(self.factory, label=label, name=self.name)
+
+
+def _describe(factory: object) -> str:
+    if factory is None:
+        return "plain join"
+    module = getattr(factory, "__module__", None) or type(factory).__module__
+    name = getattr(factory, "__qualname__", None) or type(factory).__qualname__
+    return f"{module}.{name}"
+
+
+class ProcessorRegistry:
+    """Processors by name: core's four, plus what plugins register.
+
+    ``ProcessorRegistry()`` holds the built-in ones; fill in the plugins' with
+    :meth:`load_hooks`.  Registering a name twice is a
+    :class:`~pragma_core.errors.PluginError` naming both registrations.
+    """
+
+    BUILTIN = ("raw", "gzip", "splited", "splited_gzip")
+
+    def __init__(self, *, builtins: bool = True) -> None:
+        self._processors: dict[str, Processor] = {}
+        if builtins:
+            self._add(Processor(name="raw", factory=None, in_place=True))
+            self._add(Processor(name="splited", factory=None))
+            self._add(
+                Processor(name="gzip", factory=_gzip_factory, member_per_part=True)
+            )
+            self._add(Processor(name="splited_gzip", factory=_gzip_factory))
+
+    def _add(self, processor: Processor) -> None:
+        existing = self._processors.get(processor.name)
+        if existing is not None:
+            raise PluginError(
+                f"image processor {processor.name!r} is registered twice: "
+                f"by {existing.origin} ({_describe(existing.factory)}) "
+                f"and by {processor.origin} ({_describe(processor.factory)})"
+            )
+        self._processors[processor.name] = processor
+
+    def register(self, name: str, factory: DecompressorFactory | None) -> None:
+        """Add processor ``name`` whose decompressors ``factory()`` makes (``None``: join).
+
+        This is the ``register`` the ``pragma_image_processors`` hook receives.
+        """
+        if (
+            not isinstance(name, str)
+            or not name
+            or not name.replace("_", "").replace("-", "").isalnum()
+        ):
+            raise PluginError(f"image processor name {name!r} is not a simple word")
+        if factory is not None and not callable(factory):
+            raise PluginError(
+                f"image processor {name!r}: factory {factory!r} is not callable"
+            )
+        origin = (
+            (getattr(factory, "__module__", None) or "a plugin")
+            if factory is not None
+            else "a plugin"
+        )
+        self._add(Processor(name=name, factory=factory, origin=origin))
+
+    def load_hooks(self, hook: Any) -> None:
+        """Let every plugin register: calls ``hook.pragma_image_processors(register=...)``.
+
+        ``hook`` is a pluggy hook relay (``plugin_manager.hook``).
+        """
+        hook.pragma_image_processors(register=self.register)
+
+    def get(self, name: str, *, source: object = None) -> Processor:
+        """The processor ``name``; a :class:`StagingError` naming it, the known ones and ``source``."""
+        try:
+            return self._processors[name]
+        except KeyError:
+            where = f"{source}: " if source is not None else ""
+            raise StagingError(
+                f"{where}unknown image processor {name!r} (known: {', '.join(self.names())})"
+            ) from None
+
+    def names(self) -> list[str]:
+        """The registered names, sorted."""
+        return sorted(self._processors)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._processors
+
+
+class StreamDecoder:
+    """Feeds compressed bytes through member after member of one processor.
+
+    :meth:`feed` yields output pieces of at most :data:`OUTPUT_CHUNK` bytes
+    (for decompressors that can bound their output); :meth:`finish` checks
+    the data did not stop in the middle of a stream.  Errors are
+    :class:`StagingError` naming ``label``.
+    """
+
+    def __init__(
+        self, factory: DecompressorFactory | None, *, label: str, name: str
+    ) -> None:
+        self._factory = factory
+        self.label = label
+        self.name = name
+        self._decoder: Any = None
+        self._passthrough = factory is None
+        self._pending = False  # input fed to the current stream and not yet ended
+        self.members = 0
+        if factory is not None:
+            self._decoder = self._new()
+            self._passthrough = self._decoder is None
+
+    def _new(self) -> Any:
+        assert self._factory is not None
+        try:
+            return self._factory()
+        except Exception as exc:  # a plugin's factory: report, do not crash
+            raise StagingError(
+                f"{self.label}: processor {self.name!r} failed to start: {exc}"
+            ) from exc
+
+    def _bad(self, exc: Exception) -> StagingError:
+        return StagingError(f"{self.label}: corrupt {self.name} data: {exc}")
+
+    @property
+    def at_stream_end(self) -> bool:
+        """True when every byte fed so far belongs to a finished stream."""
+        return self._passthrough or not self._pending
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """Decompress ``data``, yielding output pieces."""
+        if self._passthrough:
+            if data:
+                yield data
+            return
+        yield from self._guarded(self._feed(data))
+
+    def _guarded(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
+        # Decompressor libraries each raise their own error class (zlib.error,
+        # lzma.LZMAError, IsalError, zlib_ng.error...): any exception raised
+        # while decoding is corrupt input, reported in one line.
+        try:
+            yield from pieces
+        except StagingError:
+            raise
+        except Exception as exc:
+            raise self._bad(exc) from exc
+
+    def drain(self) -> Iterator[bytes]:
+        """Give out what the decompressor holds back without more input.
+
+        Afterwards :attr:`at_stream_end` is exact: a zlib-like decompressor
+        stopped by the output limit may have consumed its last input bytes
+        and still owe output (and its end-of-stream).
+        """
+        if self._passthrough or not self._pending:
+            return
+        yield from self._guarded(self._drain())
+
+    def _drain(self) -> Iterator[bytes]:
+        d = self._decoder
+        if not (hasattr(d, "unconsumed_tail") or hasattr(d, "needs_input")):
+            return
+        while True:
+            out = d.decompress(b"", OUTPUT_CHUNK)
+            if out:
+                yield out
+            if d.eof:
+                rest = d.unused_data
+                self._next_member()
+                if rest:
+                    yield from self._feed(rest)
+                return
+            if not out:
+                return
+
+    def _feed(self, data: bytes) -> Iterator[bytes]:
+        d = self._decoder
+        while data:
+            self._pending = True
+            if hasattr(d, "unconsumed_tail"):  # zlib, zlib-ng, isal
+                out = d.decompress(data, OUTPUT_CHUNK)
+                if out:
+                    yield out
+                data = d.unconsumed_tail
+                if getattr(d, "eof", False):
+                    data = d.unused_data
+                    d = self._next_member()
+            elif hasattr(d, "needs_input"):  # lzma, bz2, compression.zstd
+                out = d.decompress(data, OUTPUT_CHUNK)
+                data = b""
+                while True:
+                    if out:
+                        yield out
+                    if d.eof:
+                        data = d.unused_data
+                        d = self._next_member()
+                        break
+                    if d.needs_input:
+                        break
+                    out = d.decompress(b"", OUTPUT_CHUNK)
+            else:  # decompress(data) only: keep the output small by feeding little
+                piece, data = data[:_SMALL_INPUT], data[_SMALL_INPUT:]
+                out = d.decompress(piece)
+                if out:
+                    yield out
+                if getattr(d, "eof", False):
+                    data = (getattr(d, "unused_data", b"") or b"") + data
+                    d = self._next_member()
+
+    def _next_member(self) -> Any:
+        self.members += 1
+        self._pending = False
+        self._decoder = self._new()
+        return self._decoder
+
+    def finish(self) -> Iterator[bytes]:
+        """Flush the last stream; a :class:`StagingError` if it is cut short."""
+        if self._passthrough:
+            return
+        yield from self.drain()
+        d = self._decoder
+        if not self._pending:
+            if self.members == 0:
+                raise StagingError(f"{self.label}: no {self.name} data (empty input)")
+            return
+        try:
+            flush = getattr(d, "flush", None)
+            out = flush() if flush is not None else b""
+        except Exception as exc:
+            raise self._bad(exc) from exc
+        if out:
+            yield out
+        if hasattr(d, "eof"):
+            if d.eof:
+                self.members += 1
+                self._pending = False
+                if getattr(d, "unused_data", b""):
+                    raise StagingError(
+                        f"{self.label}: trailing garbage after the {self.name} data"
+                    )
+                return
+            raise StagingError(
+                f"{self.label}: truncated {self.name} data (ends inside a compressed stream)"
+            )
+        self.members += 1
+        self._pending = False
