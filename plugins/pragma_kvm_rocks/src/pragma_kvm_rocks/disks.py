@@ -1,0 +1,162 @@
+"""Node disks: qcow2 overlays (or full sparse copies) with each node's vc-out inside.
+
+For each base image the injection method is chosen once, before any file is
+written, so an image pragma cannot edit fails cleanly:
+
+* ``e2fs`` -- a raw base whose root filesystem is ext2/3/4 (first ext
+  partition, or the whole disk): :mod:`pragma_kvm_rocks.e2fs`, no appliance;
+* ``guestfish`` -- anything else, when libguestfs is installed: one appliance
+  for all such disks of the cluster (:mod:`pragma_kvm_rocks.guestfish`);
+* ``none`` -- ``vcout_injection = "none"``: disks are made, nothing is written
+  into them.
+
+Overlays are written by :mod:`pragma_kvm_rocks.qcow2` in this process (no
+``qemu-img`` per node); copies use ``copy_file_range`` over data extents only.
+Work runs on ``max_parallel`` threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from attrs import frozen
+
+from pragma_core.errors import DriverError
+
+from . import e2fs, guestfish, qcow2
+from .sparse import sparse_copy
+
+log = logging.getLogger(__name__)
+
+
+@frozen(kw_only=True)
+class DiskJob:
+    """One node disk to make: from ``base`` (of ``base_format``) into ``target``."""
+
+    node: str
+    base: Path
+    base_format: str
+    target: Path
+    vcout: bytes | None = None
+
+
+def virtual_size(path: Path, fmt: str) -> int:
+    """The size the guest sees of a raw or qcow2 image."""
+    if fmt == "qcow2":
+        return int(qcow2.read_header(path)["virtual_size"])  # type: ignore[arg-type]
+    return path.stat().st_size
+
+
+def target_format(mode: str, base_format: str) -> str:
+    """The format of a node disk: qcow2 for overlays, the base's own for copies."""
+    return "qcow2" if mode == "overlay" else base_format
+
+
+def disk_name(node: str, mode: str) -> str:
+    """The file name of a node's disk in ``diskdir``."""
+    return f"{node}.qcow2" if mode == "overlay" else f"{node}.img"
+
+
+class _BasePlan:
+    """How the disks of one base image get their vc-out."""
+
+    def __init__(self, base: Path, fmt: str, injection: str, any_vcout: bool) -> None:
+        self.base = base
+        self.format = fmt
+        self.method = "none"
+        self.location: e2fs.ExtLocation | None = None
+        self.plan: e2fs.GuestPlan | None = None
+        self.delta: e2fs.OverlayDelta | None = None
+        if injection == "none" or not any_vcout:
+            return
+        reason = None
+        if injection in ("auto", "e2fs"):
+            if fmt != "raw":
+                reason = f"{base} is {fmt}, the e2fs fast path needs a raw base image"
+            else:
+                try:
+                    self.location = e2fs.find_root_filesystem(base)
+                    self.plan = e2fs.plan_edits(base, self.location)
+                    self.method = "e2fs"
+                    return
+                except e2fs.InjectionUnsupported as exc:
+                    reason = str(exc)
+        if injection == "e2fs":
+            raise DriverError(f"cannot inject vc-out with e2fsprogs: {reason}")
+        if not guestfish.available():
+            why = f" ({reason})" if reason else ""
+            raise DriverError(
+                f"cannot inject vc-out into disks of {base}{why}: install libguestfs-tools,"
+                " or use a raw image with an ext2/3/4 root partition"
+            )
+        self.method = "guestfish"
+
+
+class DiskBuilder:
+    """Makes node disks: ``mode`` is ``overlay`` or ``copy``; ``injection`` auto/e2fs/guestfish/none."""
+
+    def __init__(self, *, mode: str, injection: str = "auto", max_parallel: int = 4) -> None:
+        self.mode = mode
+        self.injection = injection
+        self.max_parallel = max_parallel
+
+    def build(self, jobs: Sequence[DiskJob]) -> None:
+        """Make every disk; on failure remove the ones made and re-raise."""
+        plans: dict[Path, _BasePlan] = {}
+        for job in jobs:
+            if job.base not in plans:
+                any_vcout = any(j.vcout is not None for j in jobs if j.base == job.base)
+                plans[job.base] = _BasePlan(job.base, job.base_format, self.injection, any_vcout)
+        made: list[Path] = []
+        try:
+            with tempfile.TemporaryDirectory(prefix="pragma-disks-") as tmp:
+                if self.mode == "overlay":
+                    for plan in plans.values():
+                        if plan.method == "e2fs":
+                            assert plan.location is not None and plan.plan is not None
+                            plan.delta = e2fs.OverlayDelta(plan.base, plan.location, plan.plan, Path(tmp))
+                with ThreadPoolExecutor(max_workers=self.max_parallel) as pool:
+                    futures = [pool.submit(self._one, job, plans[job.base], made) for job in jobs]
+                    for future in futures:
+                        future.result()
+                late = [
+                    guestfish.GuestDisk(
+                        path=job.target, format=target_format(self.mode, job.base_format), vcout=job.vcout
+                    )
+                    for job in jobs
+                    if job.vcout is not None and plans[job.base].method == "guestfish"
+                ]
+                guestfish.inject(late)
+        except BaseException:
+            for path in made:
+                path.unlink(missing_ok=True)
+            raise
+
+    def _one(self, job: DiskJob, plan: _BasePlan, made: list[Path]) -> None:
+        job.target.parent.mkdir(parents=True, exist_ok=True)
+        if job.target.exists():
+            raise DriverError(f"node disk {job.target} already exists")
+        if self.mode == "overlay":
+            data = None
+            if plan.method == "e2fs" and job.vcout is not None:
+                assert plan.delta is not None
+                data = plan.delta.clusters(job.node, job.vcout)
+            made.append(job.target)
+            qcow2.write_overlay(
+                job.target,
+                backing_file=job.base,
+                backing_format=job.base_format,
+                virtual_size=virtual_size(job.base, job.base_format),
+                data=data,
+            )
+        else:
+            made.append(job.target)
+            sparse_copy(job.base, job.target)
+            if plan.method == "e2fs" and job.vcout is not None:
+                assert plan.location is not None and plan.plan is not None
+                e2fs.inject_raw(job.target, plan.location, plan.plan, job.vcout)
+        log.debug("disk of %s ready: %s", job.node, job.target)

@@ -1,0 +1,138 @@
+"""Build a node's libvirt ``<domain>`` from the cluster description's template.
+
+The template (``NodeTemplate.domain_xml``) keeps its devices (consoles,
+graphics, cdroms, controllers...) and its ``<os>`` section; pragma sets what
+belongs to the node: name, type, vCPUs, memory, the one disk, the NICs, the
+CPU model and the metadata. Kernel, initrd and dtb paths in ``<os>`` are
+resolved against the cluster directory and may not leave it.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+
+import defusedxml.ElementTree as SafeET
+from attrs import frozen
+
+from pragma_core.errors import FormatError
+from pragma_core.paths import safe_join
+
+from .records import NAMESPACE, PREFIX, NodeRecord
+from .settings import bridge_name, is_ovs
+
+ET.register_namespace(PREFIX, NAMESPACE)
+
+
+@frozen(kw_only=True)
+class Nic:
+    """One NIC to attach: MAC, the bridge setting (``br{vlan}`` or ``ovs:NAME``) and its VLAN."""
+
+    mac: str
+    bridge: str
+    vlan: int | None = None
+
+
+def build_domain_xml(
+    template: str,
+    *,
+    name: str,
+    domain_type: str,
+    vcpus: int,
+    memory_mib: int,
+    disk: Path,
+    disk_format: str,
+    nics: Sequence[Nic],
+    record: NodeRecord,
+    cluster_dir: Path,
+    cpu_model: str | None = None,
+) -> str:
+    """The ``<domain>`` XML for one node."""
+    try:
+        root = SafeET.fromstring(template)
+    except ET.ParseError as exc:
+        raise FormatError(f"domain XML of the cluster description is invalid: {exc}") from None
+    if root.tag != "domain":
+        raise FormatError(f"expected a <domain> element, found <{root.tag}>")
+    root.set("type", domain_type)
+    for tag in ("uuid", "currentMemory", "cpu", "metadata"):
+        for child in root.findall(tag):
+            root.remove(child)
+    _text(root, "name", name, first=True)
+    vcpu = _text(root, "vcpu", str(vcpus))
+    vcpu.attrib.pop("current", None)
+    memory = _text(root, "memory", str(memory_mib))
+    memory.attrib.clear()
+    memory.set("unit", "MiB")
+
+    os_el = root.find("os")
+    if os_el is None:
+        os_el = ET.SubElement(root, "os")
+        ET.SubElement(os_el, "type", {"arch": "x86_64"}).text = "hvm"
+    for tag in ("kernel", "initrd", "dtb"):
+        element = os_el.find(tag)
+        if element is not None and (element.text or "").strip():
+            element.text = str(safe_join(cluster_dir, element.text.strip(), what=f"<os><{tag}>"))
+
+    if domain_type == "kvm" and cpu_model:
+        if cpu_model in ("host-model", "host-passthrough"):
+            ET.SubElement(root, "cpu", {"mode": cpu_model})
+        else:
+            cpu = ET.SubElement(root, "cpu", {"mode": "custom", "match": "exact", "check": "none"})
+            ET.SubElement(cpu, "model", {"fallback": "forbid"}).text = cpu_model
+
+    devices = root.find("devices")
+    if devices is None:
+        devices = ET.SubElement(root, "devices")
+    for emulator in devices.findall("emulator"):
+        devices.remove(emulator)  # the template's path is of the machine it was made on
+    target = {"dev": "vda", "bus": "virtio"}
+    for old in devices.findall("disk"):
+        if old.get("device", "disk") == "disk":
+            tgt = old.find("target")
+            if tgt is not None and tgt.get("dev"):
+                target = {"dev": tgt.get("dev", "vda"), "bus": tgt.get("bus", "virtio")}
+            devices.remove(old)
+    model = "virtio"
+    for old in devices.findall("interface"):
+        m = old.find("model")
+        if m is not None and m.get("type"):
+            model = m.get("type", model)
+        devices.remove(old)
+
+    disk_el = ET.Element("disk", {"type": "file", "device": "disk"})
+    ET.SubElement(disk_el, "driver", {"name": "qemu", "type": disk_format, "discard": "unmap"})
+    ET.SubElement(disk_el, "source", {"file": str(disk)})
+    ET.SubElement(disk_el, "target", target)
+    devices.insert(0, disk_el)
+    position = 1
+    for nic in nics:
+        iface = ET.Element("interface", {"type": "bridge"})
+        ET.SubElement(iface, "mac", {"address": nic.mac})
+        ET.SubElement(iface, "source", {"bridge": bridge_name(nic.bridge, nic.vlan)})
+        if is_ovs(nic.bridge):
+            ET.SubElement(iface, "virtualport", {"type": "openvswitch"})
+            if nic.vlan is not None and "{vlan}" not in nic.bridge:
+                vlan = ET.SubElement(iface, "vlan")
+                ET.SubElement(vlan, "tag", {"id": str(nic.vlan)})
+        ET.SubElement(iface, "model", {"type": model})
+        devices.insert(position, iface)
+        position += 1
+
+    metadata = ET.Element("metadata")
+    metadata.append(record.to_element())
+    root.insert(list(root).index(root.find("name")) + 1, metadata)  # type: ignore[arg-type]
+    return ET.tostring(root, encoding="unicode")
+
+
+def _text(root: ET.Element, tag: str, value: str, *, first: bool = False) -> ET.Element:
+    element = root.find(tag)
+    if element is None:
+        element = ET.Element(tag)
+        if first:
+            root.insert(0, element)
+        else:
+            root.append(element)
+    element.text = value
+    return element

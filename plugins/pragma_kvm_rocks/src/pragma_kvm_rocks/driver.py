@@ -1,0 +1,572 @@
+"""``kvm_rocks``: boot virtual clusters as libvirt/KVM domains on one or more hosts.
+
+The successor of the Rocks-based legacy driver (reference §7.2), talking to
+libvirt directly. See the plugin README for every ``kvm_rocks.conf`` key.
+
+* :meth:`KvmRocksDriver.allocate` -- under an exclusive file lock in
+  ``state_dir``: place compute CPUs on the hosts (:mod:`.placement`), pick a
+  free public IP (its reverse-DNS name names the cluster), a free VLAN,
+  unique MACs and private addresses, and write an allocation record.
+* :meth:`KvmRocksDriver.deploy` -- make the node disks with vc-out inside
+  (:mod:`.disks`), define the domains (with pragma metadata), start the
+  frontend, then the computes, ``max_parallel`` at a time.
+* ``list_clusters``, ``shutdown``, ``clean`` and ``rollback`` work from the
+  domains' metadata and the records, so any later process can run them.
+
+This module imports libvirt only inside methods (through :mod:`.hosts`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import random
+import re
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import Any, ClassVar
+
+from filelock import FileLock, Timeout
+
+from pragma_core.errors import CapacityError, DriverError, NotFoundError
+from pragma_core.interfaces import Driver
+from pragma_core.model import (
+    Allocation,
+    BootRequest,
+    ClusterStatus,
+    Interface,
+    Network,
+    Node,
+    NodeStatus,
+    StagedCluster,
+)
+
+from .disks import DiskBuilder, DiskJob, disk_name, target_format
+from .domainxml import Nic, build_domain_xml
+from .hosts import DomainInfo, Hosts, import_libvirt
+from .placement import HostCapacity, free_capacity, place
+from .records import ClusterRecord, NicRecord, NodeRecord, RecordStore
+from .settings import KvmRocksSettings, is_ovs
+
+log = logging.getLogger(__name__)
+
+#: Locally administered, unicast prefix of the MACs pragma makes (the legacy Rocks one).
+MAC_PREFIX = (0x72, 0x77, 0x6E)
+_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_LOCK_TIMEOUT = 300.0
+_DNS_TIMEOUT = 3.0
+
+
+def reverse_name(ip: str, *, timeout: float = _DNS_TIMEOUT) -> str | None:
+    """The reverse-DNS name of ``ip``, or ``None`` (no name, or no answer within ``timeout``)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(socket.gethostbyaddr, ip)
+        try:
+            return future.result(timeout=timeout)[0]
+        except (OSError, FutureTimeout):
+            return None
+
+
+def cluster_name_for(ip: str, fqdn: str | None) -> str:
+    """The cluster (frontend) name: the first label of the reverse name, else ``vc-a-b-c-d``."""
+    if fqdn:
+        label = fqdn.split(".", 1)[0].lower()
+        if _LABEL.fullmatch(label) and not label.replace("-", "").isdigit():
+            return label
+    return "vc-" + ip.replace(".", "-")
+
+
+def compute_name(cluster: str, index: int, naming: str) -> str:
+    """A compute node's domain name: ``<cluster>-compute-<i>`` or legacy ``vm-<cluster>-<i>``."""
+    return f"vm-{cluster}-{index}" if naming == "legacy" else f"{cluster}-compute-{index}"
+
+
+class KvmRocksDriver(Driver):
+    """Virtual clusters as libvirt domains (KVM or QEMU) on the site's hosts."""
+
+    name: ClassVar[str] = "kvm_rocks"
+    config_class: ClassVar[type | None] = KvmRocksSettings
+
+    def __init__(self, config: KvmRocksSettings, *, site: Any = None, hosts: Hosts | None = None) -> None:
+        super().__init__(config, site=site)
+        self.settings: KvmRocksSettings = config
+        self.hosts = hosts or Hosts({h: config.uri_for(h) for h in config.all_hosts})
+        self.store = RecordStore(config.state_dir)
+        if not is_ovs(config.private_bridge) and "{vlan}" not in config.private_bridge:
+            log.warning(
+                "private_bridge %r has no {vlan}: every cluster's private network shares one bridge",
+                config.private_bridge,
+            )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _lock(self) -> FileLock:
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.settings.state_dir / "allocation.lock"), timeout=_LOCK_TIMEOUT)
+
+    def _pool(self, workers: int | None = None) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=workers or self.settings.max_parallel)
+
+    def _inventory(self) -> list[DomainInfo]:
+        hosts = self.hosts.names
+        with self._pool(len(hosts)) as pool:
+            return [d for found in pool.map(self.hosts.inventory, hosts) for d in found]
+
+    def _run_all(self, work: Callable[[Any], None], items: Iterable[Any], *, workers: int | None = None) -> None:
+        """Run ``work`` on every item in parallel; raise the first failure after all finished."""
+        items = list(items)
+        if not items:
+            return
+        with self._pool(workers) as pool:
+            futures = [pool.submit(work, item) for item in items]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ allocate
+
+    def allocate(self, request: BootRequest, cluster: StagedCluster) -> Allocation:
+        cfg = self.settings
+        description = cluster.description
+        fe_template, cn_template = description.frontend, description.compute_template
+        fe_cpus = fe_template.vcpus or 1
+        fe_mem = request.memory.frontend_mib or fe_template.memory_mib or cfg.default_memory_mib
+        cn_mem = request.memory.compute_mib or cn_template.memory_mib or cfg.default_memory_mib
+        extras = self._extra_networks(request)
+        try:
+            lock = self._lock()
+            lock.acquire()
+        except Timeout:
+            raise DriverError(f"another pragma holds the allocation lock in {cfg.state_dir} for too long") from None
+        except OSError as exc:
+            raise DriverError(f"cannot use state_dir {cfg.state_dir}: {exc.strerror}") from None
+        try:
+            records = list(self.store.all())
+            domains = self._inventory()
+            placements = self._place(request.cpus, fe_cpus, records, domains)
+            used_ips = {r.public_ip for r in records} | {
+                d.record.public_ip for d in domains if d.record and d.record.public_ip
+            }
+            used_vlans = {r.vlan for r in records} | {d.record.vlan for d in domains if d.record and d.record.vlan}
+            used_names = {d.name for d in domains} | {n.name for r in records for n in r.nodes}
+            used_names |= {r.cluster for r in records} | {d.record.cluster for d in domains if d.record}
+            used_macs = {m for d in domains for m in d.macs} | {
+                nic.mac for r in records for n in r.nodes for nic in n.nics
+            }
+            public_ip = next((str(ip) for ip in cfg.public_ips if str(ip) not in used_ips), None)
+            if public_ip is None:
+                raise CapacityError(f"no free public IP: all {len(cfg.public_ips)} in public_ips are in use")
+            vlan = next((v for v in cfg.vlans if v not in used_vlans), None)
+            if vlan is None:
+                raise CapacityError(f"no free VLAN: all {len(cfg.vlans)} in vlans are in use")
+            fqdn = reverse_name(public_ip)
+            name = cluster_name_for(public_ip, fqdn)
+            computes = [compute_name(name, i, cfg.node_naming) for i in range(len(placements))]
+            if name in used_names or used_names.intersection(computes):
+                raise DriverError(f"cluster name {name} (from {public_ip}) is already in use by another domain")
+            allocation = self._build_allocation(
+                request, cluster, name, fqdn or name, public_ip, vlan, placements, computes,
+                fe_cpus, fe_mem, cn_mem, extras, used_macs,
+            )
+            self.store.put(self._record(allocation, cluster))
+        finally:
+            lock.release()
+        log.info("allocated cluster %s: %d compute node(s), VLAN %d, public IP %s",
+                 allocation.cluster, len(allocation.computes), vlan, public_ip)
+        return allocation
+
+    def _extra_networks(self, request: BootRequest) -> list[tuple[str, str, ipaddress.IPv4Interface, int]]:
+        """``(network, bridge, cidr, mtu)`` for every ``add-iface`` network and ENT."""
+        cfg = self.settings
+        out = []
+        for item in request.add_ifaces:
+            net = cfg.extra_network(item.network)
+            if net is None:
+                known = ", ".join(sorted(cfg.additional_interfaces)) or "none"
+                raise DriverError(
+                    f"add-iface: network {item.network!r} is not in additional_interfaces of kvm_rocks.conf"
+                    f" (known: {known})"
+                )
+            cidr = item.cidr or (ipaddress.IPv4Interface(str(net.subnet)) if net.subnet else None)
+            if cidr is None:
+                raise DriverError(
+                    f"add-iface: network {item.network!r} needs a subnet: give {item.network}:CIDR"
+                    " or set 'subnet' for it in additional_interfaces"
+                )
+            out.append((item.network, net.bridge, cidr, net.mtu))
+        if request.enable_ent:
+            ent = cfg.ent_network()
+            if ent is None:
+                raise DriverError("enable-ent=true but kvm_rocks.conf has no 'ent' setting")
+            if ent.subnet is None:
+                raise DriverError("enable-ent=true: set 'subnet' in kvm_rocks.conf ent (or additional_interfaces)")
+            if all(o[0] != ent.name for o in out):
+                out.append((ent.name, ent.bridge, ipaddress.IPv4Interface(str(ent.subnet)), ent.mtu))
+        return out
+
+    def _place(
+        self, cpus: int, fe_cpus: int, records: list[ClusterRecord], domains: list[DomainInfo]
+    ) -> list[Any]:
+        cfg = self.settings
+        active = {(d.host, d.name) for d in domains if d.active}
+        capacities = []
+        for host in cfg.all_hosts:
+            used = sum(d.vcpus for d in domains if d.host == host and d.active)
+            # Reserved by other boots but not running yet: count them too.
+            used += sum(
+                n.cpus for r in records for n in r.nodes if n.host == host and (host, n.name) not in active
+            )
+            if host == cfg.frontend:
+                used += fe_cpus
+            capacities.append(HostCapacity(name=host, cpus=self.hosts.cpus(host), used=used))
+        fe = next(c for c in capacities if c.name == cfg.frontend)
+        usable = int((max(fe.cpus - cfg.num_processors_reserved, 0)) * cfg.cpu_allocation_ratio + 1e-9)
+        if usable < fe.used:
+            raise CapacityError(
+                f"not enough capacity for the frontend on {cfg.frontend}: it needs {fe_cpus} CPUs,"
+                f" {max(usable - fe.used + fe_cpus, 0)} available"
+            )
+        free = free_capacity(
+            capacities, reserved=cfg.num_processors_reserved, ratio=cfg.cpu_allocation_ratio, allowed=cfg.hosts
+        )
+        return place(cpus, free, max_cpus_per_node=cfg.max_cpus_per_node)
+
+    def _new_mac(self, used: set[str]) -> str:
+        while True:
+            tail = tuple(random.randrange(256) for _ in range(3))
+            mac = ":".join(f"{b:02x}" for b in (*MAC_PREFIX, *tail))
+            if mac not in used:
+                used.add(mac)
+                return mac
+
+    def _build_allocation(
+        self,
+        request: BootRequest,
+        cluster: StagedCluster,
+        name: str,
+        fqdn: str,
+        public_ip: str,
+        vlan: int,
+        placements: list[Any],
+        computes: list[str],
+        fe_cpus: int,
+        fe_mem: int,
+        cn_mem: int,
+        extras: list[tuple[str, str, ipaddress.IPv4Interface, int]],
+        used_macs: set[str],
+    ) -> Allocation:
+        from pragma_core.addressing import plan_addresses
+
+        cfg = self.settings
+        private = plan_addresses(cfg.private_network, len(placements))
+        netmask = cfg.netmask or "255.255.255.0"
+        public_net = ipaddress.IPv4Interface(f"{public_ip}/{netmask}").network
+        networks = [
+            Network(name="private", subnet=cfg.private_network, vlan=vlan),
+            Network(name="public", subnet=public_net, gateway=cfg.gw),
+        ]
+        extra_plans = []
+        for net_name, _bridge, cidr, mtu in extras:
+            start = cidr.ip if int(cidr.ip) != int(cidr.network.network_address) else None
+            extra_plans.append((net_name, plan_addresses(cidr.network, len(placements), start=start)))
+            networks.append(Network(name=net_name, subnet=cidr.network, mtu=mtu))
+        fe_nics = [
+            Interface(network="private", ip=private.frontend, mac=self._new_mac(used_macs), device="eth0"),
+            Interface(
+                network="public", ip=ipaddress.IPv4Address(public_ip), mac=self._new_mac(used_macs), device="eth1"
+            ),
+        ]
+        for k, (net_name, plan) in enumerate(extra_plans):
+            fe_nics.append(
+                Interface(network=net_name, ip=plan.frontend, mac=self._new_mac(used_macs), device=f"eth{2 + k}")
+            )
+        frontend = Node(
+            name=name,
+            hostname=name,
+            role="frontend",
+            cpus=fe_cpus,
+            memory_mib=fe_mem,
+            interfaces=fe_nics,
+            gateway=cfg.gw,
+            host=cfg.frontend,
+        )
+        nodes = []
+        for i, (placement, node_name) in enumerate(zip(placements, computes)):
+            nics = [Interface(network="private", ip=private.computes[i], mac=self._new_mac(used_macs), device="eth0")]
+            for k, (net_name, plan) in enumerate(extra_plans):
+                nics.append(
+                    Interface(network=net_name, ip=plan.computes[i], mac=self._new_mac(used_macs), device=f"eth{1 + k}")
+                )
+            nodes.append(
+                Node(
+                    name=node_name,
+                    hostname=f"compute-{i}",
+                    role="compute",
+                    cpus=placement.cpus,
+                    memory_mib=cn_mem,
+                    interfaces=nics,
+                    gateway=private.frontend,
+                    host=placement.host,
+                )
+            )
+        bridges = {"private": cfg.private_bridge, "public": cfg.public_bridge or ""}
+        bridges.update({net_name: bridge for net_name, bridge, _c, _m in extras})
+        return Allocation(
+            cluster=name,
+            image=request.image,
+            fqdn=fqdn,
+            frontend=frontend,
+            computes=nodes,
+            networks=networks,
+            dns=cfg.dns,
+            key=request.key,
+            vlan=vlan,
+            extra={f"bridge.{k}": v for k, v in bridges.items()},
+        )
+
+    def _record(self, allocation: Allocation, cluster: StagedCluster) -> ClusterRecord:
+        return ClusterRecord(
+            cluster=allocation.cluster,
+            image=allocation.image,
+            fqdn=allocation.fqdn,
+            vlan=allocation.vlan or 0,
+            public_ip=str(allocation.public_ip),
+            nodes=[self._node_record(allocation, node, cluster) for node in allocation.nodes],
+            owner_pid=os.getpid(),
+        )
+
+    def _node_record(self, allocation: Allocation, node: Node, cluster: StagedCluster) -> NodeRecord:
+        image = cluster.frontend if node.role == "frontend" else cluster.compute
+        disk = self.settings.disk_directory / disk_name(node.name, self.settings.disk_mode)
+        return NodeRecord(
+            cluster=allocation.cluster,
+            name=node.name,
+            hostname=node.hostname,
+            role=node.role,
+            host=node.host,
+            cpus=node.cpus,
+            memory_mib=node.memory_mib,
+            disk=str(disk) if image else "",
+            image=allocation.image,
+            vlan=allocation.vlan,
+            public_ip=str(allocation.public_ip) if node.role == "frontend" else None,
+            nics=[NicRecord(network=n.network, ip=str(n.ip), mac=n.mac) for n in node.interfaces],
+        )
+
+    # ------------------------------------------------------------------ deploy
+
+    def deploy(self, allocation: Allocation, cluster: StagedCluster, vcout: Mapping[str, bytes]) -> None:
+        cfg = self.settings
+        record = self.store.get(allocation.cluster)
+        if record is None:
+            raise DriverError(f"cluster {allocation.cluster} is not allocated (no record in {cfg.state_dir})")
+        by_name = {n.name: n for n in record.nodes}
+        jobs = []
+        for node in allocation.nodes:
+            image = cluster.frontend if node.role == "frontend" else cluster.compute
+            jobs.append(
+                DiskJob(
+                    node=node.name,
+                    base=image.path,
+                    base_format=image.format,
+                    target=Path(by_name[node.name].disk),
+                    vcout=vcout.get(node.name),
+                )
+            )
+        started = time.monotonic()
+        DiskBuilder(mode=cfg.disk_mode, injection=cfg.vcout_injection, max_parallel=cfg.max_parallel).build(jobs)
+        log.info("cluster %s: %d disk(s) ready in %.2f s", allocation.cluster, len(jobs), time.monotonic() - started)
+
+        def define(node: Node) -> None:
+            template = (
+                cluster.description.frontend if node.role == "frontend" else cluster.description.compute_template
+            )
+            image = cluster.frontend if node.role == "frontend" else cluster.compute
+            bridges = allocation.extra
+            nics = [
+                Nic(mac=nic.mac, bridge=bridges.get(f"bridge.{nic.network}", ""), vlan=allocation.vlan
+                    if nic.network == "private" else None)
+                for nic in node.interfaces
+            ]
+            for nic, iface in zip(nics, node.interfaces):
+                if not nic.bridge:
+                    raise DriverError(f"no bridge configured for network {iface.network} (public_bridge?)")
+            xml = build_domain_xml(
+                template.domain_xml,
+                name=node.name,
+                domain_type=self.hosts.domain_type(node.host, cfg.domain_type),
+                vcpus=node.cpus,
+                memory_mib=node.memory_mib,
+                disk=Path(by_name[node.name].disk),
+                disk_format=target_format(cfg.disk_mode, image.format),
+                nics=nics,
+                record=by_name[node.name],
+                cluster_dir=cluster.description.directory,
+                cpu_model=cfg.cpu_model,
+            )
+            libvirt = import_libvirt()
+            try:
+                self.hosts.conn(node.host).defineXML(xml)
+            except libvirt.libvirtError as exc:
+                raise DriverError(f"libvirt refused node {node.name} on {node.host}: {exc.get_error_message()}") from None
+
+        self._run_all(define, allocation.nodes)
+        self._start(allocation.frontend)
+        self._run_all(self._start, allocation.computes)
+        log.info("cluster %s: %d node(s) started in %.2f s", allocation.cluster, len(allocation.nodes),
+                 time.monotonic() - started)
+
+    def _start(self, node: Node) -> None:
+        libvirt = import_libvirt()
+        try:
+            self.hosts.conn(node.host).lookupByName(node.name).create()
+        except libvirt.libvirtError as exc:
+            raise DriverError(f"cannot start node {node.name} on {node.host}: {exc.get_error_message()}") from None
+
+    # ------------------------------------------------------------------ list / shutdown / clean
+
+    def _cluster_domains(self, name: str | None = None) -> dict[str, list[DomainInfo]]:
+        out: dict[str, list[DomainInfo]] = {}
+        for dom in self._inventory():
+            if dom.record and (name is None or dom.record.cluster == name):
+                out.setdefault(dom.record.cluster, []).append(dom)
+        return out
+
+    def list_clusters(self, name: str | None = None) -> list[ClusterStatus]:
+        domains = self._cluster_domains(name)
+        records = {r.cluster: r for r in self.store.all() if name is None or r.cluster == name}
+        out = []
+        for cluster in sorted(set(domains) | set(records)):
+            found = {d.name: d for d in domains.get(cluster, [])}
+            nodes = []
+            record = records.get(cluster)
+            known = list(record.nodes) if record else []
+            known += [d.record for d in found.values() if d.record and d.record.name not in {n.name for n in known}]
+            for node in known:
+                dom = found.get(node.name)
+                nodes.append(
+                    NodeStatus(
+                        name=node.name,
+                        role="frontend" if node.role == "frontend" else "compute",
+                        state=dom.state if dom else "reserved",
+                        host=node.host,
+                        cpus=dom.vcpus if dom else node.cpus,
+                        memory_mib=dom.memory_mib if dom else node.memory_mib,
+                        public_ip=node.public_ip,
+                        private_ip=node.ip("private"),
+                    )
+                )
+            nodes.sort(key=lambda n: (n.role != "frontend", _natural(n.name)))
+            public = next((n.public_ip for n in nodes if n.role == "frontend"), None)
+            out.append(ClusterStatus(name=cluster, nodes=nodes, public_ip=public))
+        return out
+
+    def shutdown(self, name: str) -> ClusterStatus:
+        domains = self._cluster_domains(name).get(name, [])
+        if not domains and self.store.get(name) is None:
+            raise NotFoundError(f"no cluster named {name}")
+        libvirt = import_libvirt()
+        running = [d for d in domains if d.active]
+
+        def ask(dom: DomainInfo) -> None:
+            try:
+                self.hosts.conn(dom.host).lookupByName(dom.name).shutdown()
+            except libvirt.libvirtError as exc:
+                log.debug("ACPI shutdown of %s: %s", dom.name, exc.get_error_message())
+
+        self._run_all(ask, running, workers=max(len(running), 1))
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        pending = list(running)
+        delay = 0.05
+        while pending and time.monotonic() < deadline:
+            pending = [d for d in pending if self._is_active(d)]
+            if pending:
+                time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
+                delay = min(delay * 2, 1.0)
+        pending = [d for d in pending if self._is_active(d)]
+        if pending:
+            log.info("cluster %s: forcing off %s after %.0f s", name, ", ".join(d.name for d in pending),
+                     self.settings.shutdown_timeout)
+            self._run_all(self._destroy, pending, workers=max(len(pending), 1))
+        statuses = self.list_clusters(name)
+        return statuses[0] if statuses else ClusterStatus(name=name)
+
+    def _is_active(self, dom: DomainInfo) -> bool:
+        libvirt = import_libvirt()
+        try:
+            return bool(self.hosts.conn(dom.host).lookupByName(dom.name).isActive())
+        except libvirt.libvirtError:
+            return False
+
+    def _destroy(self, dom: DomainInfo) -> None:
+        libvirt = import_libvirt()
+        try:
+            handle = self.hosts.conn(dom.host).lookupByName(dom.name)
+            if handle.isActive():
+                handle.destroy()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
+                raise DriverError(f"cannot stop node {dom.name}: {exc.get_error_message()}") from None
+
+    def _undefine(self, dom: DomainInfo) -> None:
+        libvirt = import_libvirt()
+        try:
+            handle = self.hosts.conn(dom.host).lookupByName(dom.name)
+        except libvirt.libvirtError:
+            return
+        try:
+            handle.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+        except libvirt.libvirtError:
+            try:
+                handle.undefine()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise DriverError(f"cannot remove node {dom.name}: {exc.get_error_message()}") from None
+
+    def _remove_disk(self, path: str) -> None:
+        if not path:
+            return
+        disk = Path(path)
+        diskdir = self.settings.disk_directory.resolve()
+        if disk.resolve().parent != diskdir:
+            log.warning("not deleting %s: it is not in diskdir %s", disk, diskdir)
+            return
+        disk.unlink(missing_ok=True)
+
+    def _remove(self, name: str, *, force: bool) -> bool:
+        """Remove cluster ``name``: nodes, disks, record. Returns whether anything existed."""
+        with self._lock():
+            domains = self._cluster_domains(name).get(name, [])
+            record = self.store.get(name)
+            if not domains and record is None:
+                return False
+            running = [d.name for d in domains if d.active]
+            if running and not force:
+                raise DriverError(
+                    f"cluster {name} still has running node(s): {', '.join(sorted(running))};"
+                    f" run 'pragma shutdown {name}' first"
+                )
+            self._run_all(self._destroy, [d for d in domains if d.active], workers=max(len(domains), 1))
+            self._run_all(self._undefine, domains, workers=max(len(domains), 1))
+            disks = {d.record.disk for d in domains if d.record} | {n.disk for n in (record.nodes if record else ())}
+            for disk in disks:
+                self._remove_disk(disk)
+            self.store.delete(name)
+        return True
+
+    def clean(self, name: str) -> None:
+        if not self._remove(name, force=False):
+            raise NotFoundError(f"no cluster named {name}")
+        log.info("cluster %s removed", name)
+
+    def rollback(self, allocation: Allocation) -> None:
+        self._remove(allocation.cluster, force=True)
+
+
+def _natural(name: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))

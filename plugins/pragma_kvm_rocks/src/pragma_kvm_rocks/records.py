@@ -1,0 +1,206 @@
+"""What pragma remembers about a cluster, in two places that agree.
+
+* **Domain metadata**: every node's libvirt domain carries a
+  ``<pragma:node>`` element in :data:`NAMESPACE`, so ``list cluster``,
+  ``shutdown`` and ``clean`` work from any later process and any machine that
+  can reach the hosts, even without the state directory.
+* **Allocation records**: ``<state_dir>/clusters/<cluster>.json``, written
+  under the allocation lock when :meth:`~pragma_kvm_rocks.driver.KvmRocksDriver.allocate`
+  reserves a cluster, before any domain exists. Concurrent boots see each
+  other's reservations there; ``clean`` and ``rollback`` delete the record.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import defusedxml.ElementTree as SafeET
+from attrs import field, frozen
+
+from pragma_core.errors import DriverError
+
+#: XML namespace of pragma's domain metadata.
+NAMESPACE = "https://pragma-grid.github.io/pragma/1"
+#: Prefix used for it in domain XML.
+PREFIX = "pragma"
+
+
+@frozen(kw_only=True)
+class NicRecord:
+    """One NIC of a node: network name, IP and MAC."""
+
+    network: str
+    ip: str
+    mac: str
+
+
+@frozen(kw_only=True)
+class NodeRecord:
+    """One node of a cluster as pragma recorded it."""
+
+    cluster: str
+    name: str
+    hostname: str
+    role: str
+    host: str
+    cpus: int
+    memory_mib: int
+    disk: str = ""
+    image: str = ""
+    vlan: int | None = None
+    public_ip: str | None = None
+    nics: tuple[NicRecord, ...] = field(default=(), converter=tuple)
+
+    def ip(self, network: str) -> str | None:
+        return next((n.ip for n in self.nics if n.network == network), None)
+
+    def to_element(self) -> ET.Element:
+        """The ``<pragma:node>`` element for domain metadata."""
+        attrs_ = {
+            "cluster": self.cluster,
+            "name": self.name,
+            "hostname": self.hostname,
+            "role": self.role,
+            "host": self.host,
+            "cpus": str(self.cpus),
+            "memory-mib": str(self.memory_mib),
+            "disk": self.disk,
+            "image": self.image,
+        }
+        if self.vlan is not None:
+            attrs_["vlan"] = str(self.vlan)
+        if self.public_ip:
+            attrs_["public-ip"] = self.public_ip
+        node = ET.Element(f"{{{NAMESPACE}}}node", attrs_)
+        for nic in self.nics:
+            ET.SubElement(node, f"{{{NAMESPACE}}}nic", {"network": nic.network, "ip": nic.ip, "mac": nic.mac})
+        return node
+
+    @classmethod
+    def from_element(cls, node: ET.Element) -> NodeRecord:
+        """Read a ``<pragma:node>`` element (namespaced or not, as libvirt returns it)."""
+
+        def local(tag: str) -> str:
+            return tag.rsplit("}", 1)[-1]
+
+        if local(node.tag) != "node":
+            raise ValueError("not a pragma node element")
+        get = node.attrib.get
+        vlan = get("vlan")
+        return cls(
+            cluster=get("cluster", ""),
+            name=get("name", ""),
+            hostname=get("hostname", ""),
+            role=get("role", "compute"),
+            host=get("host", ""),
+            cpus=int(get("cpus", "0")),
+            memory_mib=int(get("memory-mib", "0")),
+            disk=get("disk", ""),
+            image=get("image", ""),
+            vlan=int(vlan) if vlan else None,
+            public_ip=get("public-ip"),
+            nics=tuple(
+                NicRecord(network=n.get("network", ""), ip=n.get("ip", ""), mac=n.get("mac", ""))
+                for n in node
+                if local(n.tag) == "nic"
+            ),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in ("cluster", "name", "hostname", "role", "host", "cpus", "memory_mib")}
+        out.update(disk=self.disk, image=self.image, vlan=self.vlan, public_ip=self.public_ip)
+        out["nics"] = [{"network": n.network, "ip": n.ip, "mac": n.mac} for n in self.nics]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NodeRecord:
+        nics = tuple(NicRecord(**n) for n in data.get("nics", ()))
+        return cls(**{k: v for k, v in data.items() if k != "nics"}, nics=nics)
+
+
+def parse_metadata(text: str) -> NodeRecord | None:
+    """The node record in ``dom.metadata(...)`` text, or ``None`` when it is not pragma's."""
+    try:
+        return NodeRecord.from_element(SafeET.fromstring(text))
+    except (ET.ParseError, ValueError, TypeError):
+        return None
+
+
+@frozen(kw_only=True)
+class ClusterRecord:
+    """A reserved cluster: its nodes and the shared resources it holds."""
+
+    cluster: str
+    image: str
+    fqdn: str
+    vlan: int
+    public_ip: str
+    nodes: tuple[NodeRecord, ...] = field(converter=tuple)
+    owner_pid: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "image": self.image,
+            "fqdn": self.fqdn,
+            "vlan": self.vlan,
+            "public_ip": self.public_ip,
+            "owner_pid": self.owner_pid,
+            "nodes": [n.as_dict() for n in self.nodes],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClusterRecord:
+        return cls(
+            cluster=data["cluster"],
+            image=data.get("image", ""),
+            fqdn=data.get("fqdn", data["cluster"]),
+            vlan=int(data["vlan"]),
+            public_ip=str(ipaddress.IPv4Address(data["public_ip"])),
+            nodes=tuple(NodeRecord.from_dict(n) for n in data.get("nodes", ())),
+            owner_pid=int(data.get("owner_pid", 0)),
+        )
+
+
+class RecordStore:
+    """Allocation records in ``<state_dir>/clusters``; callers hold the allocation lock to write."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.directory = state_dir / "clusters"
+
+    def path(self, cluster: str) -> Path:
+        return self.directory / f"{cluster}.json"
+
+    def all(self) -> Iterator[ClusterRecord]:
+        if not self.directory.is_dir():
+            return
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                yield ClusterRecord.from_dict(json.loads(path.read_text()))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise DriverError(f"{path}: unreadable allocation record ({exc})") from None
+
+    def get(self, cluster: str) -> ClusterRecord | None:
+        path = self.path(cluster)
+        try:
+            return ClusterRecord.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DriverError(f"{path}: unreadable allocation record ({exc})") from None
+
+    def put(self, record: ClusterRecord) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.path(record.cluster)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record.as_dict(), indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+    def delete(self, cluster: str) -> None:
+        self.path(cluster).unlink(missing_ok=True)

@@ -1,0 +1,59 @@
+"""Sparse files: find their data extents and copy them without filling holes."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+_CHUNK = 64 << 20
+
+
+def data_extents(fd: int, size: int | None = None) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` byte ranges of ``fd`` that hold data (``SEEK_DATA``/``SEEK_HOLE``)."""
+    if size is None:
+        size = os.fstat(fd).st_size
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data after pos
+                return
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        if end > start:
+            yield start, end
+        pos = end
+
+
+def sparse_copy(source: Path, target: Path, *, src_offset: int = 0, length: int | None = None) -> None:
+    """Copy ``length`` bytes of ``source`` from ``src_offset`` to a new sparse ``target``.
+
+    Only data extents are copied (with ``copy_file_range``, which shares
+    blocks on file systems that support reflinks); holes stay holes. The
+    target gets exactly ``length`` bytes.
+    """
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        if length is None:
+            length = size - src_offset
+        end_all = min(size, src_offset + length)
+        for start, end in data_extents(src.fileno(), end_all):
+            if end <= src_offset:
+                continue
+            start = max(start, src_offset)
+            pos = start
+            while pos < end:
+                count = min(end - pos, _CHUNK)
+                try:
+                    done = os.copy_file_range(src.fileno(), dst.fileno(), count, pos, pos - src_offset)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                        raise
+                    done = os.pwrite(dst.fileno(), os.pread(src.fileno(), count, pos), pos - src_offset)
+                if done <= 0:
+                    raise OSError(errno.EIO, f"short copy from {source}")
+                pos += done
+        dst.truncate(length)

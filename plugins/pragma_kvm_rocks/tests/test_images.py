@@ -1,0 +1,97 @@
+"""qcow2 overlays written in Python and the e2fsprogs injection, checked with qemu-img and e2fsck."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pragma_kvm_rocks import e2fs
+from pragma_kvm_rocks.qcow2 import CLUSTER_SIZE, read_header, write_overlay
+
+from conftest import make_ext4_disk, need
+
+
+def _to_raw(overlay: Path, out: Path) -> Path:
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(overlay), str(out)], check=True)
+    return out
+
+
+def test_empty_overlay_is_clean_and_reads_as_its_base(tmp_path: Path) -> None:
+    need("qemu-img")
+    base = tmp_path / "base.img"
+    base.write_bytes(bytes(range(256)) * 4096)
+    overlay = tmp_path / "o.qcow2"
+    write_overlay(overlay, backing_file=base, backing_format="raw", virtual_size=base.stat().st_size)
+    subprocess.run(["qemu-img", "check", str(overlay)], check=True, capture_output=True)
+    info = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(overlay), str(base)],
+                          capture_output=True, text=True)
+    assert info.returncode == 0, info.stdout + info.stderr
+    assert read_header(overlay)["backing_file"] == str(base)
+
+
+def test_overlay_data_clusters_replace_the_base_there_only(tmp_path: Path) -> None:
+    need("qemu-img")
+    base = tmp_path / "base.img"
+    with open(base, "wb") as fh:
+        fh.truncate(3 << 30)  # three L2 regions of 512 MiB... and then some
+    data = {0: b"A" * CLUSTER_SIZE, (1 << 30) + CLUSTER_SIZE: b"B" * CLUSTER_SIZE}
+    overlay = tmp_path / "o.qcow2"
+    write_overlay(overlay, backing_file=base, backing_format="raw", virtual_size=3 << 30, data=data)
+    check = subprocess.run(["qemu-img", "check", str(overlay)], capture_output=True, text=True)
+    assert check.returncode == 0 and "No errors" in check.stdout
+    for offset, chunk in data.items():
+        out = subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c", f"read -P {chunk[0]} {offset} {CLUSTER_SIZE}",
+                              str(overlay)], capture_output=True, text=True)
+        assert "Pattern verification failed" not in out.stdout and out.returncode == 0
+    with pytest.raises(ValueError):
+        write_overlay(tmp_path / "bad.qcow2", backing_file=base, backing_format="raw", virtual_size=3 << 30,
+                      data={100: b"x" * CLUSTER_SIZE})
+
+
+@pytest.mark.parametrize("blocks", [1024, 4096])
+def test_overlay_injection_writes_vcout_renames_legacy_files_and_keeps_data(tmp_path: Path, blocks: int) -> None:
+    need("debugfs", "e2image", "qemu-img", "e2fsck")
+    base = make_ext4_disk(tmp_path / "base.img", size=48 << 20, extra_data=5 << 20, block_size=blocks)
+    before = hashlib.sha256(base.read_bytes()).hexdigest()
+    location = e2fs.find_root_filesystem(base)
+    assert e2fs.ext_block_size(base, location.offset) == blocks
+    plan = e2fs.plan_edits(base, location)
+    assert ("/etc/sysconfig/network-scripts/ifcfg-eth1", "/etc/sysconfig/network-scripts/old-ifcfg-eth1") in plan.renames
+    work = tmp_path / "work"
+    work.mkdir()
+    delta = e2fs.OverlayDelta(base, location, plan, work)
+    vcout = b'<?xml version="1.0" ?>\n<vc>\n  <key>ssh-ed25519 AAAA test</key>\n</vc>\n'
+    clusters = delta.clusters("node-1", vcout)
+    assert 0 < len(clusters) < 16, "only the clusters debugfs touched go into the overlay"
+    overlay = tmp_path / "node.qcow2"
+    write_overlay(overlay, backing_file=base, backing_format="raw", virtual_size=base.stat().st_size, data=clusters)
+    raw = _to_raw(overlay, tmp_path / "node.raw")
+    assert e2fs.read_file(raw, location, "/root/vc-out.xml") == vcout
+    assert sorted(e2fs.list_directory(raw, location, "/etc/sysconfig/network-scripts")) == [
+        "ifcfg-lo", "old-ifcfg-eth0", "old-ifcfg-eth1"]
+    assert e2fs.list_directory(raw, location, "/etc/udev/rules.d") == ["old-70-persistent-net.rules"]
+    assert e2fs.read_file(raw, location, "/data.bin") == e2fs.read_file(base, location, "/data.bin")
+    fsck = subprocess.run(["e2fsck", "-fn", f"{raw}?offset={location.offset}"], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert hashlib.sha256(base.read_bytes()).hexdigest() == before, "the shared base must not change"
+    assert list(work.iterdir()) == [delta.template], "per-node scratch files are removed"
+
+
+def test_raw_copy_injection_replaces_an_existing_vcout(tmp_path: Path) -> None:
+    need("debugfs")
+    files = {"root/vc-out.xml": b"<old/>\n", "etc/hostname": b"x\n"}
+    disk = make_ext4_disk(tmp_path / "d.img", size=16 << 20, files=files)
+    location = e2fs.find_root_filesystem(disk)
+    e2fs.inject_raw(disk, location, e2fs.plan_edits(disk, location), b"<new/>\n")
+    assert e2fs.read_file(disk, location, "/root/vc-out.xml") == b"<new/>\n"
+
+
+def test_image_without_ext_filesystem_is_refused(tmp_path: Path) -> None:
+    disk = tmp_path / "blank.img"
+    with open(disk, "wb") as fh:
+        fh.truncate(4 << 20)
+    with pytest.raises(e2fs.InjectionUnsupported):
+        e2fs.find_root_filesystem(disk)
