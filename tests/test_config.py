@@ -188,3 +188,12 @@ def test_secret_file_readable_by_others_is_warned_about(tmp_path: Path, caplog: 
 def test_parse_legacy_accepts_docstrings_and_annotations(tmp_path: Path) -> None:
     cfg = parse_legacy('"""doc"""\nx: int = 3\n', tmp_path / "a.conf")
     assert cfg.get("x") == 3
+
+
+def test_the_shipped_example_site_configuration_is_valid() -> None:
+    from pragma_core.config import site_config_from
+
+    path = Path(__file__).parent.parent / "examples" / "demo-site" / "site_conf.conf.example"
+    site = site_config_from(read_config_file(path), path.parent)
+    assert site.site_ve_driver == "kvm_rocks"
+    assert site.repository is not None and site.repository.repository_class == "local"

@@ -100,33 +100,33 @@ class _LiteralEvaluator:
     def fail(self, node: ast.AST, message: str) -> ConfigError:
         return ConfigError(message, path=self.path, line=getattr(node, "lineno", None))
 
-    def eval(self, node: ast.AST) -> Any:
+    def evaluate(self, node: ast.AST) -> Any:
         match node:
             case ast.Constant(value=value) if isinstance(value, (str, int, float, bool, type(None))):
                 return value
             case ast.List(elts=elts):
-                return [self.eval(e) for e in elts]
+                return [self.evaluate(e) for e in elts]
             case ast.Tuple(elts=elts):
-                return tuple(self.eval(e) for e in elts)
+                return tuple(self.evaluate(e) for e in elts)
             case ast.Set(elts=elts):
                 return {self._hashable(e) for e in elts}
             case ast.Dict(keys=keys, values=values):
                 if any(k is None for k in keys):
                     raise self.fail(node, "'**' unpacking is not allowed in a configuration file")
-                return {self._hashable(k): self.eval(v) for k, v in zip(keys, values)}  # type: ignore[arg-type]
+                return {self._hashable(k): self.evaluate(v) for k, v in zip(keys, values)}  # type: ignore[arg-type]
             case ast.Name(id=name):
                 if name in self.names:
                     return self.names[name]
                 raise self.fail(node, f"unknown name {name!r} (only settings assigned above may be used)")
             case ast.UnaryOp(op=ast.USub() | ast.UAdd() as op, operand=operand):
-                value = self.eval(operand)
+                value = self.evaluate(operand)
                 if not isinstance(value, (int, float)) or isinstance(value, bool):
                     raise self.fail(node, "unary minus needs a number")
                 return -value if isinstance(op, ast.USub) else value
             case ast.BinOp(left=left, op=ast.Add() | ast.Sub() | ast.Mult() as op, right=right):
-                return self._binop(node, self.eval(left), op, self.eval(right))
+                return self._binop(node, self.evaluate(left), op, self.evaluate(right))
             case ast.Call(func=ast.Name(id="range"), args=args, keywords=[]) if 1 <= len(args) <= 3:
-                bounds = [self.eval(a) for a in args]
+                bounds = [self.evaluate(a) for a in args]
                 if not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
                     raise self.fail(node, "range() takes whole numbers")
                 values = range(*bounds)
@@ -142,7 +142,7 @@ class _LiteralEvaluator:
                 raise self.fail(node, f"{kind} expressions are not allowed in a configuration file")
 
     def _hashable(self, node: ast.AST) -> Any:
-        value = self.eval(node)
+        value = self.evaluate(node)
         if isinstance(value, (list, dict, set)):
             raise self.fail(node, "a dict key or set member must be a string or number")
         return value
@@ -176,7 +176,7 @@ def parse_legacy(text: str, path: Path) -> ConfigFile:
         if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
             continue  # a docstring
         if isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets):
-            value = evaluator.eval(stmt.value)
+            value = evaluator.evaluate(stmt.value)
             for target in stmt.targets:
                 name = target.id  # type: ignore[attr-defined]
                 values[name] = value
@@ -184,7 +184,7 @@ def parse_legacy(text: str, path: Path) -> ConfigFile:
                 evaluator.names[name] = value
             continue
         if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
-            value = evaluator.eval(stmt.value)
+            value = evaluator.evaluate(stmt.value)
             values[stmt.target.id] = value
             lines[stmt.target.id] = stmt.lineno
             evaluator.names[stmt.target.id] = value
