@@ -205,3 +205,39 @@ def test_help_imports_no_driver_sdk(tmp_path: Path) -> None:
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     for heavy in ("libvirt", "requests", "botocore", "boto3", "rsa", "stevedore", "pluggy", "pycdlib"):
         assert heavy not in imported, f"pragma --help imported {heavy}"
+
+
+def test_boot_wait_prints_one_ready_line_per_node(site: Site) -> None:
+    result = site.run("boot", "demo", "6", f"key={site.key}", "wait=30")
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert [line.split() for line in lines[-3:]] == [["vc1", "ready"], ["vc1-compute-0", "ready"], ["vc1-compute-1", "ready"]]
+    log = (site.root / "log").glob("demo-*.log")
+    assert any("wait for vc1 done in" in path.read_text() for path in log)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "soon", "nan", "inf"])
+def test_boot_wait_needs_positive_seconds_and_boots_nothing(site: Site, value: str) -> None:
+    result = site.run("boot", "demo", "2", f"key={site.key}", f"wait={value}")
+    assert result.code == 2
+    assert result.err == f"Error: wait must be a positive number of seconds, not {value!r}\n"
+    assert site.run("list", "cluster").out.splitlines()[1:] == []
+
+
+def test_readiness_lines_name_the_status_and_reason_of_nodes_not_ready() -> None:
+    from pragma_core.cli import format_readiness
+
+    lines = format_readiness({"vc1": "ready", "vc1-compute-0": "timeout: no PRAGMA-READY after 5 s", "c1": "failed: errors=2"})
+    assert lines == ["vc1            ready", "vc1-compute-0  timeout  no PRAGMA-READY after 5 s", "c1             failed  errors=2"]
+
+
+def test_driver_without_wait_support_refuses_wait_before_booting(tmp_path: Path) -> None:
+    from pragma_core.errors import NotSupportedError
+    from pragma_core.interfaces import Driver
+
+    class Minimal(Driver):
+        name = "minimal"
+        allocate = deploy = rollback = list_clusters = shutdown = clean = lambda *a, **k: None  # type: ignore[assignment]
+
+    with pytest.raises(NotSupportedError, match="driver 'minimal' cannot wait for nodes to be ready"):
+        Minimal(None, site=None).wait_ready("vc1", 1.0)

@@ -383,32 +383,95 @@ _LOG_PARAMS = [
         ("enable-ipop-server", "string", "not supported (refused)"),
         ("key", "string", "SSH public key file for root on the nodes (default ~/.ssh/id_rsa.pub)"),
         ("mem", "string", "memory in MiB: N for every node, or FRONTEND:COMPUTE (also spelled memory=)"),
+        ("wait", "seconds", ("after booting, wait up to this long for every node to be ready; print one line per node"
+                             " (node ready|timeout|... detail) and exit 1 if any is not")),
         *_LOG_PARAMS,
     ],
     description="""Boot a virtual cluster: stage its images, allocate a frontend and
 enough compute nodes for num-cpus, write each node's vc-out.xml and start
-the nodes. On any failure everything made so far is rolled back.""",
+the nodes. On any failure everything made so far is rolled back.
+With wait=SECONDS it then waits for the nodes to report ready (drivers that
+support it) and exits 1 if one is not; the cluster stays booted either way.""",
     examples=[
         ("boot mycluster 8", "boot mycluster with 8 compute CPUs"),
         ("boot mycluster 0 mem=4096", "boot its frontend only, with 4 GiB"),
+        ("boot mycluster 2 wait=300", "boot, then wait up to 5 minutes for every node to be ready"),
     ],
 )
 def _boot(ctx: Context, args: list[str], params: dict[str, str]) -> int:
     image, cpus = args
     request = build_request(image, cpus, params)
+    wait = parse_wait(params.get("wait"))
     _setup_logging(ctx, params, logfile=_default_logfile(ctx, params, image))
+    if wait is not None:
+        _require_wait_ready(ctx.driver)  # refuse before booting anything
     log.info("boot %s cpus=%d", image, request.cpus)
     result = ctx.pipeline().boot(request)
     alloc = result.allocation
+    readiness = _wait_ready(ctx, alloc.cluster, wait) if wait is not None else None
     if ctx.json:
-        ctx.print_json({"cluster": alloc.cluster, "frontend": alloc.frontend.name, "computes": [n.name for n in alloc.computes],
-                        "public_ip": str(alloc.public_ip) if alloc.public_ip else None, "vcout_format": result.vcout_format})
-        return 0
-    cpus_total = sum(n.cpus for n in alloc.computes)
-    ctx.print(f"Cluster {alloc.cluster} booted: frontend {alloc.frontend.name}, {len(alloc.computes)} compute nodes ({cpus_total} CPUs)")
-    for line in format_clusters(ctx.driver.list_clusters(alloc.cluster)):
-        ctx.print(line)
+        data: dict[str, Any] = {"cluster": alloc.cluster, "frontend": alloc.frontend.name, "computes": [n.name for n in alloc.computes],
+                "public_ip": str(alloc.public_ip) if alloc.public_ip else None, "vcout_format": result.vcout_format}
+        if readiness is not None:
+            data["ready"] = readiness
+        ctx.print_json(data)
+    else:
+        cpus_total = sum(n.cpus for n in alloc.computes)
+        ctx.print(f"Cluster {alloc.cluster} booted: frontend {alloc.frontend.name}, {len(alloc.computes)} compute nodes ({cpus_total} CPUs)")
+        for line in format_clusters(ctx.driver.list_clusters(alloc.cluster)):
+            ctx.print(line)
+        if readiness is not None:
+            for line in format_readiness(readiness):
+                ctx.print(line)
+    if readiness is not None and any(value != "ready" for value in readiness.values()):
+        bad = sorted(node for node, value in readiness.items() if value != "ready")
+        ctx.err.write(f"Error: cluster {alloc.cluster}: node(s) not ready after {wait:g} s: {', '.join(bad)}\n")
+        return 1
     return 0
+
+
+def parse_wait(value: str | None) -> float | None:
+    """``wait=SECONDS``: a positive number of seconds, or ``None`` when not given."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise UsageError(f"wait must be a positive number of seconds, not {value!r}")
+    return seconds
+
+
+def _require_wait_ready(driver: Driver) -> None:
+    from .errors import NotSupportedError
+    from .interfaces import Driver as DriverBase
+
+    if type(driver).wait_ready is DriverBase.wait_ready:
+        raise NotSupportedError(f"driver {driver.name!r} cannot wait for nodes to be ready (wait= is not supported)")
+
+
+def _wait_ready(ctx: Context, cluster: str, timeout: float) -> dict[str, str]:
+    log.info("waiting up to %g s for the nodes of %s", timeout, cluster)
+    started = time.monotonic()
+    readiness = ctx.driver.wait_ready(cluster, timeout)
+    log.info("wait for %s done in %.1f s: %s", cluster, time.monotonic() - started, readiness)
+    return readiness
+
+
+def format_readiness(readiness: dict[str, str]) -> list[str]:
+    """One line per node: ``NODE  ready`` or ``NODE  STATUS  DETAIL`` (``timeout``, ``failed``...)."""
+    width = max((len(node) for node in readiness), default=0)
+    lines = []
+    for node, value in readiness.items():
+        if value == "ready":
+            lines.append(f"{node.ljust(width)}  ready")
+            continue
+        status, sep, detail = value.partition(": ")
+        if not sep or " " in status:
+            status, detail = "timeout", value
+        lines.append(f"{node.ljust(width)}  {status}  {detail}".rstrip())
+    return lines
 
 
 @command(

@@ -94,6 +94,18 @@ class Driver(abc.ABC):
         raises :class:`~pragma_core.errors.NotFoundError` for an unknown cluster.
         """
 
+    def wait_ready(self, name: str, timeout: float) -> dict[str, str]:
+        """Wait up to ``timeout`` seconds until every node of cluster ``name`` is reachable.
+
+        Returns node name -> ``"ready"``, or ``"<status>: <detail>"`` for a
+        node that is not (``status`` one word, e.g. ``timeout``, ``failed``,
+        ``stopped``), for every node, frontend first. ``pragma boot wait=S``
+        calls it after a successful boot. Optional: the default raises
+        :class:`~pragma_core.errors.NotSupportedError`; raises
+        :class:`~pragma_core.errors.NotFoundError` for an unknown cluster.
+        """
+        raise NotSupportedError(f"driver {self.name!r} cannot wait for nodes to be ready (wait= is not supported)")
+
     def list_repository(self, repository: Repository) -> list[str]:
         """The images this driver can boot; by default the repository's list."""
         return repository.list()

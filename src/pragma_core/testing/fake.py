@@ -259,6 +259,17 @@ class FakeDriver(Driver):
                 node["state"] = "shutoff"
         return self.list_clusters(name)[0]
 
+    def wait_ready(self, name: str, timeout: float) -> dict[str, str]:
+        """A running node is ready at once; any other reports ``timeout: node is <state>`` (no waiting)."""
+        with self._state() as state:
+            entry = state["clusters"].get(name)
+            if entry is None:
+                raise NotFoundError(f"no virtual cluster named {name!r}")
+            return {
+                node["name"]: "ready" if node["state"] == "running" else f"timeout: node is {node['state']}"
+                for node in entry["nodes"]
+            }
+
     def clean(self, name: str) -> None:
         with self._state() as state:
             entry = state["clusters"].get(name)

@@ -4,7 +4,11 @@ The template (``NodeTemplate.domain_xml``) keeps its devices (consoles,
 graphics, cdroms, controllers...) and its ``<os>`` section; pragma sets what
 belongs to the node: name, type, vCPUs, memory, the one disk, the NICs, the
 CPU model and the metadata. Kernel, initrd and dtb paths in ``<os>`` are
-resolved against the cluster directory and may not leave it.
+resolved against the cluster directory and may not leave it. With
+``console_log``, the first serial port (added as a ``pty`` when the template
+has none) logs everything the guest prints to that file (``<log
+append="off"/>``: each start begins a new file), written by libvirt's
+virtlogd.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ def build_domain_xml(
     record: NodeRecord,
     cluster_dir: Path,
     cpu_model: str | None = None,
+    console_log: Path | None = None,
 ) -> str:
     """The ``<domain>`` XML for one node."""
     try:
@@ -119,6 +124,15 @@ def build_domain_xml(
         ET.SubElement(iface, "model", {"type": model})
         devices.insert(position, iface)
         position += 1
+
+    if console_log is not None:
+        serial = devices.find("serial")
+        if serial is None:
+            serial = ET.SubElement(devices, "serial", {"type": "pty"})
+            ET.SubElement(serial, "target", {"port": "0"})
+        for old in serial.findall("log"):
+            serial.remove(old)
+        serial.insert(0, ET.Element("log", {"file": str(console_log), "append": "off"}))
 
     metadata = ET.Element("metadata")
     metadata.append(record.to_element())

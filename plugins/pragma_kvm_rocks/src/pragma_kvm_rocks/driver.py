@@ -12,6 +12,10 @@ libvirt directly. See the plugin README for every ``kvm_rocks.conf`` key.
   frontend, then the computes, ``max_parallel`` at a time.
 * ``list_clusters``, ``shutdown``, ``clean`` and ``rollback`` work from the
   domains' metadata and the records, so any later process can run them.
+* Each node's serial console is logged by libvirt to
+  :meth:`KvmRocksDriver.console_log_path` (``<diskdir>/<node>.console.log``);
+  :meth:`KvmRocksDriver.wait_ready` (``pragma boot wait=S``) watches those
+  logs for the guest's ``PRAGMA-READY`` / ``PRAGMA-FAILED`` line.
 
 This module imports libvirt only inside methods (through :mod:`.hosts`).
 """
@@ -408,6 +412,7 @@ class KvmRocksDriver(Driver):
                 record=by_name[node.name],
                 cluster_dir=cluster.description.directory,
                 cpu_model=cfg.cpu_model,
+                console_log=self.console_log_path(node.name),
             )
             libvirt = import_libvirt()
             try:
@@ -556,8 +561,57 @@ class KvmRocksDriver(Driver):
             disks = {d.record.disk for d in domains if d.record} | {n.disk for n in (record.nodes if record else ())}
             for disk in disks:
                 self._remove_disk(disk)
+            nodes = {d.name for d in domains} | {n.name for n in (record.nodes if record else ())}
+            for node in nodes:
+                self._remove_disk(str(self.console_log_path(node)))
             self.store.delete(name)
         return True
+
+    # ------------------------------------------------------------------ console logs / readiness
+
+    def console_log_path(self, node_name: str) -> Path:
+        """The file libvirt logs node ``node_name``'s serial console to: ``<diskdir>/<node>.console.log``.
+
+        libvirt's virtlogd writes it on the node's host and starts it afresh at
+        every start of the domain; with several hosts, diskdir is the shared
+        directory, so this machine reads it too. ``clean`` deletes it.
+        """
+        return self.settings.disk_directory / f"{node_name}.console.log"
+
+    def wait_ready(self, name: str, timeout: float) -> dict[str, str]:
+        """Wait until every node of ``name`` printed ``PRAGMA-READY`` on its serial console.
+
+        Relies on the guest printing that line once its network is configured
+        from vc-out (the image-builder's guests do; see
+        ``examples/image-builder``), or ``PRAGMA-FAILED`` when it could not.
+        Returns node -> ``"ready"``, ``"failed: <the line>"``, ``"stopped:
+        ..."`` (domain not running when called: not waited for) or
+        ``"timeout: ..."``, frontend first.
+        """
+        statuses = self.list_clusters(name)
+        if not statuses:
+            raise NotFoundError(f"no cluster named {name}")
+        nodes = [n.name for n in statuses[0].nodes]
+        # A node that does not run cannot become ready: say so at once (its log may be an old one).
+        result: dict[str, str] = {
+            n.name: f"stopped: domain is {n.state}, not running" for n in statuses[0].nodes if n.state != "running"
+        }
+        deadline = time.monotonic() + timeout
+        delay = 0.1
+        while True:
+            for node in nodes:
+                if node not in result:
+                    found = _console_verdict(self.console_log_path(node))
+                    if found is not None:
+                        result[node] = found
+            pending = [n for n in nodes if n not in result]
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+            delay = min(delay * 2, 1.0)
+        for node in pending:
+            result[node] = f"timeout: no PRAGMA-READY in {self.console_log_path(node)} after {timeout:g} s"
+        return {node: result[node] for node in nodes}
 
     def clean(self, name: str) -> None:
         if not self._remove(name, force=False):
@@ -566,6 +620,22 @@ class KvmRocksDriver(Driver):
 
     def rollback(self, allocation: Allocation) -> None:
         self._remove(allocation.cluster, force=True)
+
+
+_READY = re.compile(rb"PRAGMA-(READY|FAILED)\b[^\r\n]*")
+
+
+def _console_verdict(path: Path) -> str | None:
+    """``"ready"`` / ``"failed: <line>"`` from a console log, or ``None`` while it has neither line."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    for match in _READY.finditer(data):
+        if match.group(1) == b"READY":
+            return "ready"
+        return "failed: " + match.group(0).decode("utf-8", "replace").strip()
+    return None
 
 
 def _natural(name: str) -> tuple:
