@@ -134,9 +134,9 @@ def test_boot_list_shutdown_clean_round_trip(site: Site) -> None:
     assert boot.out.startswith("Cluster vc1 booted: frontend vc1, 2 compute nodes (6 CPUs)")
     listing = site.run("list", "cluster")
     lines = listing.out.splitlines()
-    assert lines[0].split() == ["FRONTEND", "COMPUTE", "NODES", "STATUS", "PUBLIC", "IP", "HOST", "VCPUS", "MEMORY"]
+    assert lines[0].split() == ["FRONTEND", "COMPUTE", "NODES", "STATUS", "PUBLIC", "IP", "PRIVATE", "IP", "HOST", "VCPUS", "MEMORY"]
     assert lines[1].split()[:4] == ["vc1:", "-" * 16, "running", "192.0.2.10"]
-    assert lines[2].split()[:4] == [":", "vc1-compute-0", "running", "-" * 15]
+    assert lines[2].split()[:5] == [":", "vc1-compute-0", "running", "-" * 15, "10.1.255.254"]
     data = json.loads(site.run("list", "cluster", "vc1", "--json").out)
     assert [n["name"] for n in data[0]["nodes"]] == ["vc1", "vc1-compute-0", "vc1-compute-1"]
     assert [n["memory_mib"] for n in data[0]["nodes"]] == [512, 1024, 1024]

@@ -328,8 +328,8 @@ def build_request(image: str, cpus: str, params: dict[str, str]) -> BootRequest:
 
 
 def format_clusters(clusters: Sequence[ClusterStatus]) -> list[str]:
-    """The ``list cluster`` table: legacy columns first, aligned, then host, vCPUs, memory."""
-    rows = [["FRONTEND", "COMPUTE NODES", "STATUS", "PUBLIC IP", "HOST", "VCPUS", "MEMORY"]]
+    """The ``list cluster`` table: legacy columns first, aligned, then private IP, host, vCPUs, memory."""
+    rows = [["FRONTEND", "COMPUTE NODES", "STATUS", "PUBLIC IP", "PRIVATE IP", "HOST", "VCPUS", "MEMORY"]]
     for cluster in clusters:
         for node in cluster.nodes:
             if node.role == "frontend":
@@ -337,7 +337,7 @@ def format_clusters(clusters: Sequence[ClusterStatus]) -> list[str]:
             else:
                 first, second, ip = ":", node.name, "-" * 15
             memory = f"{node.memory_mib} MiB" if node.memory_mib else "-"
-            rows.append([first, second, node.state, ip, node.host or "-", str(node.cpus or "-"), memory])
+            rows.append([first, second, node.state, ip, node.private_ip or "-", node.host or "-", str(node.cpus or "-"), memory])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
