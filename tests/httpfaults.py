@@ -75,6 +75,8 @@ class Request:
     target: str = ""  # the request-target exactly as sent (raw path and query)
     status: int = 0
     sent: int = 0
+    #: set when the server has finished answering (every body byte written or the connection dropped)
+    done: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
 
 @dataclass
@@ -131,6 +133,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.record = Request(self.command, path, parts.query, dict(self.headers.items()), target=self.path)
         with self.server.state.lock:
             self.server.state.requests.append(self.record)
+        try:
+            self._answer(path, head=head)
+        finally:
+            self.record.done.set()
+
+    def _answer(self, path: str, *, head: bool) -> None:
         fault = self._take_fault(path)
         if fault is not None and fault.delay:
             self.server.stopping.wait(fault.delay)
@@ -209,7 +217,7 @@ class _Handler(BaseHTTPRequestHandler):
                         if n == 0:
                             break
                         sent += n
-                    self.record.sent = sent
+                        self.record.sent = sent
                     return
                 handle.seek(start)
                 pos = start
@@ -233,7 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
                         self.wfile.write(chunk)
                     pos += len(chunk)
                     sent += len(chunk)
-                self.record.sent = sent
+                    self.record.sent = sent
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
 
@@ -354,8 +362,16 @@ class FaultServer:
         path = "/" + path.lstrip("/")
         return [r for r in self.requests if r.path == path]
 
-    def bytes_sent(self, path: str | None = None) -> int:
-        return sum(r.sent for r in (self.requests_for(path) if path else self.requests))
+    def bytes_sent(self, path: str | None = None, *, settle: float = 10.0) -> int:
+        """Body bytes written for ``path`` (or every path), once each answer is finished.
+
+        A client can read the last byte before the server thread has recorded
+        it, so this waits (up to ``settle`` seconds each) for answers in flight.
+        """
+        records = self.requests_for(path) if path else self.requests
+        for record in records:
+            record.done.wait(settle)
+        return sum(r.sent for r in records)
 
     def reset_log(self) -> None:
         with self._server.state.lock:
