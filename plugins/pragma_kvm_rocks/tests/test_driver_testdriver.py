@@ -173,6 +173,23 @@ def test_enable_ent_adds_the_ent_network(tmp_path: Path, make_driver) -> None:
     assert "br-ent" in xml
 
 
+def test_shutdown_timeout_zero_forces_nodes_off_without_asking_the_guests(tmp_path: Path, make_driver) -> None:
+    driver = make_driver({"localhost": 8}, extra="shutdown_timeout = 0\n")
+    allocation, _files = boot(driver, ext4_cluster(tmp_path / "image"), request(2))
+
+    def no_acpi(*_args, **_kw):
+        raise AssertionError("shutdown_timeout = 0 must not send ACPI requests")
+
+    driver._ask_shutdown = no_acpi  # type: ignore[method-assign]
+    try:
+        status = driver.shutdown(allocation.cluster)
+        assert [n.state for n in status.nodes] == ["shutoff"] * len(allocation.nodes)
+        driver.clean(allocation.cluster)
+        assert driver.list_clusters() == []
+    finally:
+        driver.rollback(allocation)
+
+
 def test_unknown_cluster_shutdown_and_clean_raise_not_found(make_driver) -> None:
     driver = make_driver({"localhost": 4})
     with pytest.raises(NotFoundError):

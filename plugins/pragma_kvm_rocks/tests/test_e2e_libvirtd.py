@@ -8,6 +8,7 @@ is enough to check domains, disks, metadata and the shutdown timeout path.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import uuid
@@ -45,13 +46,18 @@ def system_libvirt() -> None:
 
 @pytest.fixture
 def bridges(system_libvirt) -> dict[str, str]:
-    """Two Linux bridges made for the test: the private VLAN's and the public one."""
+    """Two Linux bridges made for the test: the private VLAN's and the public one.
+
+    The VLAN is random, so a cluster already running on this libvirtd (the
+    demo's, another test run's) does not hold it.
+    """
     tag = uuid.uuid4().hex[:5]
-    names = {"private": f"pgp{tag}100", "public": f"pgpub{tag}"}
+    vlan = random.randrange(1000, 4000)
+    names = {"private": f"pgp{tag}{vlan}", "public": f"pgpub{tag}"}
     for name in names.values():
         subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
         subprocess.run(["ip", "link", "set", name, "up"], check=True)
-    yield names | {"tag": tag}
+    yield names | {"tag": tag, "vlan": str(vlan)}
     for name in names.values():
         subprocess.run(["ip", "link", "del", name], check=False)
 
@@ -74,7 +80,7 @@ def test_boot_three_nodes_read_vcout_back_shutdown_and_clean(bridges, workdir: P
     conf = base_conf(workdir, extra=(
         f'private_bridge = "pgp{bridges["tag"]}{{vlan}}"\n'
         f'public_bridge = "{bridges["public"]}"\n'
-        "vlans = [100]\n"
+        f"vlans = [{bridges['vlan']}]\n"
         "shutdown_timeout = 2\n"
         "max_parallel = 2\n"
         "domain_type = \"auto\"\n"
@@ -128,3 +134,39 @@ def test_boot_three_nodes_read_vcout_back_shutdown_and_clean(bridges, workdir: P
     assert not {n.name for n in allocation.nodes} & set(everything)
     assert list((workdir / "disks").iterdir()) == []
     assert list((workdir / "state" / "clusters").glob("*.json")) == []
+
+
+def test_eight_node_cluster_boots_and_cleans_three_rounds_in_a_row_leaving_nothing(bridges, workdir: Path) -> None:
+    """The reliability promise of the kcli benchmark, small: 1 + 7 nodes, max_parallel = 8, 3 rounds."""
+    cluster = ext4_cluster(workdir / "image", size=32 << 20)
+    for path in (workdir / "image").iterdir():
+        path.chmod(0o644)
+    (workdir / "image").chmod(0o755)
+    (workdir / "disks").mkdir(mode=0o755)
+    conf = base_conf(workdir, extra=(
+        f'private_bridge = "pgp{bridges["tag"]}{{vlan}}"\n'
+        f'public_bridge = "{bridges["public"]}"\n'
+        f"vlans = [{bridges['vlan']}]\n"
+        "shutdown_timeout = 0\n"
+        "max_parallel = 8\n"
+        "max_cpus_per_node = 1\n"
+        "cpu_allocation_ratio = 8\n"
+        "num_processors_reserved = 0\n"
+    ))
+    request = BootRequest(image="demo", cpus=7, key=KEY, memory=MemorySpec(frontend_mib=64, compute_mib=64))
+    for _round in range(3):
+        driver = KvmRocksDriver(settings_from(conf, workdir / "kvm_rocks.conf"))
+        allocation, _files = boot(driver, cluster, request)
+        names = {n.name for n in allocation.nodes}
+        try:
+            assert len(names) == 8
+            assert names <= set(_virsh("list", "--name").split())
+            later = KvmRocksDriver(settings_from(conf, workdir / "kvm_rocks.conf"))
+            later.shutdown(allocation.cluster)
+            later.clean(allocation.cluster)
+        except BaseException:
+            driver.rollback(allocation)
+            raise
+        assert not names & set(_virsh("list", "--all", "--name").split())
+        assert list((workdir / "disks").iterdir()) == []
+        assert list((workdir / "state" / "clusters").glob("*.json")) == []

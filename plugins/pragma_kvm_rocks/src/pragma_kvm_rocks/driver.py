@@ -420,9 +420,15 @@ class KvmRocksDriver(Driver):
             except libvirt.libvirtError as exc:
                 raise DriverError(f"libvirt refused node {node.name} on {node.host}: {exc.get_error_message()}") from None
 
+        mark = time.monotonic()
         self._run_all(define, allocation.nodes)
+        log.debug("cluster %s: domains defined in %.2f s", allocation.cluster, time.monotonic() - mark)
+        mark = time.monotonic()
         self._start(allocation.frontend)
+        log.debug("cluster %s: frontend started in %.2f s", allocation.cluster, time.monotonic() - mark)
+        mark = time.monotonic()
         self._run_all(self._start, allocation.computes)
+        log.debug("cluster %s: computes started in %.2f s", allocation.cluster, time.monotonic() - mark)
         log.info("cluster %s: %d node(s) started in %.2f s", allocation.cluster, len(allocation.nodes),
                  time.monotonic() - started)
 
@@ -475,8 +481,20 @@ class KvmRocksDriver(Driver):
         domains = self._cluster_domains(name).get(name, [])
         if not domains and self.store.get(name) is None:
             raise NotFoundError(f"no cluster named {name}")
-        libvirt = import_libvirt()
         running = [d for d in domains if d.active]
+        timeout = self.settings.shutdown_timeout
+        # shutdown_timeout = 0: power off at once, no ACPI request to wait for
+        pending = self._ask_shutdown(running, timeout) if timeout > 0 else running
+        if pending:
+            if timeout > 0:
+                log.info("cluster %s: forcing off %s after %.0f s", name, ", ".join(d.name for d in pending), timeout)
+            self._run_all(self._destroy, pending, workers=len(pending))
+        statuses = self.list_clusters(name)
+        return statuses[0] if statuses else ClusterStatus(name=name)
+
+    def _ask_shutdown(self, running: list[DomainInfo], timeout: float) -> list[DomainInfo]:
+        """Send every domain an ACPI power-off; wait up to ``timeout`` s. The domains still running."""
+        libvirt = import_libvirt()
 
         def ask(dom: DomainInfo) -> None:
             try:
@@ -485,7 +503,7 @@ class KvmRocksDriver(Driver):
                 log.debug("ACPI shutdown of %s: %s", dom.name, exc.get_error_message())
 
         self._run_all(ask, running, workers=max(len(running), 1))
-        deadline = time.monotonic() + self.settings.shutdown_timeout
+        deadline = time.monotonic() + timeout
         pending = list(running)
         delay = 0.05
         while pending and time.monotonic() < deadline:
@@ -493,13 +511,7 @@ class KvmRocksDriver(Driver):
             if pending:
                 time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
                 delay = min(delay * 2, 1.0)
-        pending = [d for d in pending if self._is_active(d)]
-        if pending:
-            log.info("cluster %s: forcing off %s after %.0f s", name, ", ".join(d.name for d in pending),
-                     self.settings.shutdown_timeout)
-            self._run_all(self._destroy, pending, workers=max(len(pending), 1))
-        statuses = self.list_clusters(name)
-        return statuses[0] if statuses else ClusterStatus(name=name)
+        return [d for d in pending if self._is_active(d)]
 
     def _is_active(self, dom: DomainInfo) -> bool:
         libvirt = import_libvirt()
