@@ -190,6 +190,24 @@ def test_shutdown_timeout_zero_forces_nodes_off_without_asking_the_guests(tmp_pa
         driver.rollback(allocation)
 
 
+def test_cluster_without_its_record_is_found_shut_down_and_cleaned_through_domain_metadata(
+    tmp_path: Path, make_driver
+) -> None:
+    driver = make_driver({"localhost": 8}, extra="shutdown_timeout = 0\n")
+    allocation, _files = boot(driver, ext4_cluster(tmp_path / "image"), request(2))
+    try:
+        # another machine's pragma (another state_dir) has no record of this cluster
+        (driver.settings.state_dir / "clusters" / f"{allocation.cluster}.json").unlink()
+        (status,) = driver.list_clusters(allocation.cluster)
+        assert {n.name for n in status.nodes} == {n.name for n in allocation.nodes}
+        assert {n.state for n in driver.shutdown(allocation.cluster).nodes} == {"shutoff"}
+        driver.clean(allocation.cluster)
+        assert driver.list_clusters() == []
+        assert list(driver.settings.disk_directory.iterdir()) == []
+    finally:
+        driver.rollback(allocation)
+
+
 def test_unknown_cluster_shutdown_and_clean_raise_not_found(make_driver) -> None:
     driver = make_driver({"localhost": 4})
     with pytest.raises(NotFoundError):

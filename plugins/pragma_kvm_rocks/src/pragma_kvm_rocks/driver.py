@@ -121,6 +121,14 @@ class KvmRocksDriver(Driver):
         with self._pool(len(hosts)) as pool:
             return [d for found in pool.map(self.hosts.inventory, hosts) for d in found]
 
+    def _map(self, work: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        """``work`` over ``items`` on a pool of threads (one per item, at most 32), results in order."""
+        items = list(items)
+        if len(items) <= 1:
+            return [work(item) for item in items]
+        with self._pool(min(len(items), 32)) as pool:
+            return list(pool.map(work, items))
+
     def _run_all(self, work: Callable[[Any], None], items: Iterable[Any], *, workers: int | None = None) -> None:
         """Run ``work`` on every item in parallel; raise the first failure after all finished."""
         items = list(items)
@@ -442,6 +450,17 @@ class KvmRocksDriver(Driver):
     # ------------------------------------------------------------------ list / shutdown / clean
 
     def _cluster_domains(self, name: str | None = None) -> dict[str, list[DomainInfo]]:
+        """Domains by cluster: of cluster ``name`` only, or of every cluster.
+
+        With an allocation record for ``name``, only its nodes are looked up (a
+        call per node, whatever else runs on the hosts); without one, every
+        domain of every host is read for pragma metadata.
+        """
+        record = self.store.get(name) if name is not None else None
+        if record is not None:
+            found = self._map(lambda n: self.hosts.domain(n.host, n.name), record.nodes)
+            mine = [d for d in found if d is not None and d.record is not None and d.record.cluster == name]
+            return {name: mine} if mine else {}
         out: dict[str, list[DomainInfo]] = {}
         for dom in self._inventory():
             if dom.record and (name is None or dom.record.cluster == name):

@@ -137,6 +137,18 @@ class Hosts:
         return out
 
 
+    def domain(self, host: str, name: str) -> DomainInfo | None:
+        """Domain ``name`` on ``host``, or ``None`` when it is not defined there."""
+        libvirt = import_libvirt()
+        try:
+            dom = self.conn(host).lookupByName(name)
+            return parse_domain(host, dom.XMLDesc(0), dom.state()[0])
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise DriverError(f"cannot read domain {name} on {host}: {exc.get_error_message()}") from None
+
+
 def _is_local(uri: str) -> bool:
     from urllib.parse import urlsplit
 
