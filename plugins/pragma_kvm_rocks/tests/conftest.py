@@ -76,6 +76,84 @@ def make_ext4_disk(path: Path, *, size: int = 64 << 20, files: dict[str, bytes] 
     return path
 
 
+def _tree(work: Path, files: dict[str, bytes]) -> Path:
+    """Write ``files`` (guest path -> bytes) under a fresh directory ``work``."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    for name, data in files.items():
+        target = work / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return work
+
+
+def _make_filesystem(kind: str, image: Path, files: dict[str, bytes]) -> None:
+    """Make an ``ext4`` or ``btrfs`` filesystem in ``image`` holding ``files`` (no root needed)."""
+    work = _tree(image.parent / f".{image.name}.tree", files)
+    if kind == "ext4":
+        argv = ["mkfs.ext4", "-q", "-F", "-d", str(work), str(image)]
+    elif kind == "btrfs":
+        need("mkfs.btrfs")
+        argv = ["mkfs.btrfs", "-q", "-f", "--rootdir", str(work), str(image)]
+    else:
+        raise ValueError(f"unsupported filesystem {kind!r}")
+    try:
+        subprocess.run(argv, check=True, capture_output=True)
+    finally:
+        shutil.rmtree(work)
+
+
+def make_partitioned_disk(path: Path, partitions: list[tuple[str | None, dict[str, bytes]]], *,
+                          part_size: int = 128 << 20) -> Path:
+    """A raw MBR disk with one ``part_size`` partition per entry (no root needed).
+
+    Each entry is ``(kind, files)``: ``kind`` ``"ext4"``, ``"btrfs"`` or
+    ``None`` (a partition left without a filesystem), ``files`` what it holds.
+    Partition ``i`` starts at ``PART_OFFSET + i * part_size``.
+    """
+    need("sfdisk", "mkfs.ext4")
+    with open(path, "wb") as fh:
+        fh.truncate(PART_OFFSET + len(partitions) * part_size + PART_OFFSET)
+    sectors = part_size // 512
+    table = "".join(f"start={(PART_OFFSET + i * part_size) // 512}, size={sectors}, type=83\n"
+                    for i in range(len(partitions)))
+    subprocess.run(["sfdisk", "-q", str(path)], input=table, text=True, check=True, capture_output=True)
+    for index, (kind, files) in enumerate(partitions):
+        if kind is None:
+            continue
+        fs = path.parent / f".{path.name}.p{index}"
+        with open(fs, "wb") as fh:
+            fh.truncate(part_size)
+        try:
+            _make_filesystem(kind, fs, files)
+            with open(fs, "rb") as src, open(path, "r+b") as dst:
+                from pragma_kvm_rocks.sparse import data_extents
+
+                for start, end in data_extents(src.fileno()):
+                    src.seek(start)
+                    dst.seek(PART_OFFSET + index * part_size + start)
+                    dst.write(src.read(end - start))
+        finally:
+            fs.unlink(missing_ok=True)
+    return path
+
+
+def to_qcow2(raw: Path, target: Path) -> Path:
+    """``qemu-img convert`` a raw image into a standalone qcow2 image."""
+    need("qemu-img")
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(target)],
+                   check=True, capture_output=True)
+    return target
+
+
+def to_raw(image: Path, target: Path) -> Path:
+    """``qemu-img convert`` any image (a qcow2 overlay with its backing chain) into raw."""
+    need("qemu-img")
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(target)], check=True, capture_output=True)
+    return target
+
+
 def ext4_cluster(directory: Path, *, name: str = "demo", size: int = 64 << 20) -> StagedCluster:
     """A staged cluster (frontend + compute) whose raw images hold an ext4 root partition."""
     cluster = make_cluster(directory, name=name, size=size)
@@ -152,4 +230,4 @@ def make_driver(tmp_path: Path):
     return factory
 
 
-__all__ = ["ConfigFile", "ext4_cluster", "make_ext4_disk", "settings_from", "base_conf", "host_file"]
+__all__ = ["ConfigFile", "ext4_cluster", "make_ext4_disk", "make_partitioned_disk", "to_qcow2", "to_raw", "settings_from", "base_conf", "host_file"]

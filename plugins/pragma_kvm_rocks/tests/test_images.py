@@ -11,7 +11,7 @@ import pytest
 from pragma_kvm_rocks import e2fs
 from pragma_kvm_rocks.qcow2 import CLUSTER_SIZE, read_header, write_overlay
 
-from conftest import make_ext4_disk, need
+from conftest import make_ext4_disk, need, PART_OFFSET, make_partitioned_disk
 
 
 def _to_raw(overlay: Path, out: Path) -> Path:
@@ -94,4 +94,25 @@ def test_image_without_ext_filesystem_is_refused(tmp_path: Path) -> None:
     with open(disk, "wb") as fh:
         fh.truncate(4 << 20)
     with pytest.raises(e2fs.InjectionUnsupported):
+        e2fs.find_root_filesystem(disk)
+
+
+def test_root_filesystem_is_the_ext_partition_holding_etc_not_an_ext_boot_partition(tmp_path: Path) -> None:
+    need("debugfs")
+    disk = make_partitioned_disk(tmp_path / "d.img", [
+        ("ext4", {"vmlinuz": b"kernel\n"}),
+        ("ext4", {"etc/hostname": b"node\n"}),
+    ], part_size=16 << 20)
+    location = e2fs.find_root_filesystem(disk)
+    assert location.offset == PART_OFFSET + (16 << 20)
+    assert e2fs.read_file(disk, location, "/etc/hostname") == b"node\n"
+
+
+def test_ext_boot_partition_beside_a_non_ext_root_is_left_to_libguestfs(tmp_path: Path) -> None:
+    need("debugfs", "mkfs.btrfs")
+    disk = make_partitioned_disk(tmp_path / "d.img", [
+        ("ext4", {"vmlinuz": b"kernel\n"}),
+        ("btrfs", {"etc/hostname": b"node\n"}),
+    ])
+    with pytest.raises(e2fs.InjectionUnsupported, match="no ext2/3/4 partition holds /etc"):
         e2fs.find_root_filesystem(disk)

@@ -104,7 +104,12 @@ class ExtLocation:
 
 
 def find_root_filesystem(path: Path) -> ExtLocation:
-    """The first ext2/3/4 partition of a raw disk (or the whole disk when it is one filesystem)."""
+    """The root filesystem of a raw disk: the first ext2/3/4 partition holding ``/etc``.
+
+    The whole disk counts when it is one ext filesystem. An ext ``/boot``
+    partition (no ``/etc``) is passed over: a root of another type is then not
+    for this fast path (libguestfs handles it).
+    """
     size = path.stat().st_size
     if has_ext_magic(path, 0):
         return ExtLocation(offset=0, length=size)
@@ -116,11 +121,22 @@ def find_root_filesystem(path: Path) -> ExtLocation:
         raise InjectionUnsupported(f"{path}: no partition table and no ext filesystem")
     table = json.loads(proc.stdout).get("partitiontable", {})
     sector = int(table.get("sectorsize", 512))
-    for part in table.get("partitions", []):
-        offset = int(part["start"]) * sector
-        if has_ext_magic(path, offset):
-            return ExtLocation(offset=offset, length=int(part["size"]) * sector)
+    candidates = [
+        ExtLocation(offset=int(part["start"]) * sector, length=int(part["size"]) * sector)
+        for part in table.get("partitions", [])
+        if has_ext_magic(path, int(part["start"]) * sector)
+    ]
+    for location in candidates:
+        if _is_directory(path, location, "/etc"):
+            return location
+    if candidates:
+        raise InjectionUnsupported(f"{path}: no ext2/3/4 partition holds /etc (the root is of another type)")
     raise InjectionUnsupported(f"{path}: no ext2/3/4 partition found")
+
+
+def _is_directory(image: Path, location: ExtLocation, guest_path: str) -> bool:
+    """Whether ``guest_path`` is a directory in the ext filesystem at ``location``."""
+    return "Type: directory" in _debugfs(image, location, f"stat {_quote(guest_path)}\n", write=False)
 
 
 def _device(path: Path, offset: int) -> str:
