@@ -102,7 +102,9 @@ class PragmaSite:
     def pragma(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run one ``pragma`` command on this site, as an administrator would."""
         argv = [PRAGMA, "--conf", str(self.etc), *args]
-        return subprocess.run(argv, capture_output=True, text=True, check=False)
+        # as installed at a site: Python's bytecode cache in use (kcli's virtualenv has its own)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        return subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
 
 
 def make_pragma_site(root: Path, base: Path, *, prefix: str, nodes: int, kind: str) -> PragmaSite:

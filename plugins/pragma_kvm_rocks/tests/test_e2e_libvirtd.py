@@ -7,10 +7,13 @@ is enough to check domains, disks, metadata and the shutdown timeout path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
 import subprocess
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -95,7 +98,7 @@ def test_boot_three_nodes_read_vcout_back_shutdown_and_clean(bridges, workdir: P
     allocation, files = boot(driver, cluster, request)
     name = allocation.cluster
     try:
-        running = _virsh("list", "--name").split()
+        running = _virsh("list", "--state-running", "--name").split()
         assert {n.name for n in allocation.nodes} <= set(running)
         assert len(allocation.nodes) == 3
 
@@ -136,6 +139,50 @@ def test_boot_three_nodes_read_vcout_back_shutdown_and_clean(bridges, workdir: P
     assert list((workdir / "state" / "clusters").glob("*.json")) == []
 
 
+class LifecycleEvents:
+    """Domain lifecycle events of ``qemu:///system``, in the order libvirt emits them (a context manager)."""
+
+    _loop_started = False
+
+    def __enter__(self) -> LifecycleEvents:
+        import libvirt
+
+        if not LifecycleEvents._loop_started:
+            libvirt.virEventRegisterDefaultImpl()
+            threading.Thread(target=self._loop, daemon=True, name="libvirt-events").start()
+            LifecycleEvents._loop_started = True
+        self.events: list[tuple[str, int]] = []
+        self.conn = libvirt.open("qemu:///system")
+        self.callback = self.conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+            lambda _conn, dom, event, _detail, _opaque: self.events.append((dom.name(), event)), None)
+        return self
+
+    @staticmethod
+    def _loop() -> None:
+        import libvirt
+
+        while True:
+            libvirt.virEventRunDefaultImpl()
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.5)  # let the last events arrive
+        self.conn.domainEventDeregisterAny(self.callback)
+        self.conn.close()
+
+    def assert_frontend_ran_before_any_compute(self, allocation) -> None:
+        import libvirt
+
+        started = self.events.index((allocation.frontend.name, libvirt.VIR_DOMAIN_EVENT_STARTED))
+        for node in allocation.computes:
+            run_events = (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_SUSPENDED,
+                          libvirt.VIR_DOMAIN_EVENT_RESUMED)
+            mine = [event for name, event in self.events if name == node.name and event in run_events]
+            # launched with its vCPUs paused alongside the frontend, resumed only once the frontend ran
+            assert mine[:3] == list(run_events), (node.name, mine)
+            assert self.events.index((node.name, libvirt.VIR_DOMAIN_EVENT_RESUMED)) > started
+
+
 def test_eight_node_cluster_boots_and_cleans_three_rounds_in_a_row_leaving_nothing(bridges, workdir: Path) -> None:
     """The reliability promise of the kcli benchmark, small: 1 + 7 nodes, max_parallel = 8, 3 rounds."""
     cluster = ext4_cluster(workdir / "image", size=32 << 20)
@@ -154,13 +201,16 @@ def test_eight_node_cluster_boots_and_cleans_three_rounds_in_a_row_leaving_nothi
         "num_processors_reserved = 0\n"
     ))
     request = BootRequest(image="demo", cpus=7, key=KEY, memory=MemorySpec(frontend_mib=64, compute_mib=64))
-    for _round in range(3):
+    for round_ in range(3):
         driver = KvmRocksDriver(settings_from(conf, workdir / "kvm_rocks.conf"))
-        allocation, _files = boot(driver, cluster, request)
+        with LifecycleEvents() if round_ == 0 else contextlib.nullcontext() as events:
+            allocation, _files = boot(driver, cluster, request)
         names = {n.name for n in allocation.nodes}
         try:
             assert len(names) == 8
-            assert names <= set(_virsh("list", "--name").split())
+            assert names <= set(_virsh("list", "--state-running", "--name").split())
+            if events is not None:
+                events.assert_frontend_ran_before_any_compute(allocation)
             later = KvmRocksDriver(settings_from(conf, workdir / "kvm_rocks.conf"))
             later.shutdown(allocation.cluster)
             later.clean(allocation.cluster)
