@@ -54,6 +54,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ChecksumError, RepositoryError
 from .model import Checksum
+from .redaction import RedactingFilter, add_filter
 
 if TYPE_CHECKING:  # pragma: no cover
     import requests
@@ -122,21 +123,7 @@ def redact_text(text: str) -> str:
     return _QUERY_IN_TEXT.sub("?...", text)
 
 
-class _RedactingFilter(logging.Filter):
-    """Rewrites a record's message with signatures and query strings removed."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken record is not ours to fix
-            return True
-        cleaned = redact_text(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, ()
-        return True
-
-
-_FILTER = _RedactingFilter()
+_FILTER = RedactingFilter(redact_text)
 _REDACTED_LOGGERS = (
     "urllib3",
     "urllib3.connectionpool",
@@ -154,10 +141,7 @@ def install_redaction(*extra_loggers: str) -> None:
     A logger's filters see only the records logged on that very logger, so
     the filter goes on each one that logs request lines.
     """
-    for name in (*_REDACTED_LOGGERS, *extra_loggers):
-        logger = logging.getLogger(name)
-        if _FILTER not in logger.filters:
-            logger.addFilter(_FILTER)
+    add_filter(_FILTER, *_REDACTED_LOGGERS, *extra_loggers)
 
 
 def _describe(exc: BaseException) -> str:

@@ -32,3 +32,17 @@ def safe_join(base: Path, name: str, *, what: str = "path", source: Path | None 
     if not candidate.startswith(prefix):
         raise FormatError(f"{what} {name!r} escapes the directory {root}", path=source)
     return Path(candidate)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make the renames and removals in ``directory`` durable (best effort: some filesystems refuse)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

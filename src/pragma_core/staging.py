@@ -70,7 +70,7 @@ from .model import (
     StagedCluster,
     StagedImage,
 )
-from .paths import safe_join
+from .paths import fsync_directory, safe_join
 from .processors import OUTPUT_CHUNK, Processor, ProcessorRegistry
 
 __all__ = [
@@ -971,7 +971,7 @@ class Stager:
         except FileNotFoundError:
             pass
         else:
-            _fsync_dir(plan.output.parent)
+            fsync_directory(plan.output.parent)
         os.replace(temp, plan.output)
         self._install_stamp(plan, stamp_temp)
 
@@ -1023,7 +1023,7 @@ class Stager:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise StagingError(f"{plan.stamp}: cannot write: {exc.strerror}") from None
-        _fsync_dir(plan.output.parent)
+        fsync_directory(plan.output.parent)
 
     def _delete_parts(self, plan: _Plan) -> None:
         for path in plan.part_paths:
@@ -1090,16 +1090,3 @@ def _read_stamp(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

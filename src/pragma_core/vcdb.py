@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import FormatError, RepositoryError
-from .paths import safe_join
+from .paths import fsync_directory, safe_join
 
 __all__ = ["NAME_PATTERN", "is_valid_name", "read_vcdb", "write_vcdb"]
 
@@ -153,18 +153,4 @@ def write_vcdb(
         if isinstance(exc, OSError):
             raise RepositoryError(f"{path}: cannot write image catalogue: {exc.strerror or exc}") from None
         raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable; some filesystems refuse to sync a directory."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_directory(directory)

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pragma_core.errors import CapacityError, DriverError
+from pragma_core.redaction import RedactingFilter, add_filter
 
 from .signing import signed_params
 
@@ -50,30 +50,12 @@ def redact(text: str) -> str:
     return _SECRET_IN_TEXT.sub(lambda m: f"{m.group(1)}=***", text)
 
 
-class _RedactingFilter(logging.Filter):
-    """Scrubs signed query strings out of urllib3's debug lines (which log the request URL)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken record is not ours to fix
-            return True
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True
-
-
-_filter_lock = threading.Lock()
-_filter_installed = False
+_FILTER = RedactingFilter(redact)
 
 
 def _install_log_redaction() -> None:
-    global _filter_installed
-    with _filter_lock:
-        if not _filter_installed:
-            logging.getLogger("urllib3.connectionpool").addFilter(_RedactingFilter())
-            _filter_installed = True
+    """Scrub signed query strings out of urllib3's debug lines (which log the request URL)."""
+    add_filter(_FILTER, "urllib3.connectionpool")
 
 
 class CloudStackError(DriverError):
