@@ -1,7 +1,7 @@
-"""The libvirt hosts: one shared connection each, and what runs on them.
+"""The libvirt hosts: a few shared connections each, and what runs on them.
 
-libvirt connections are thread-safe, so every thread of a deploy uses the
-same connection to a host (opening one costs far more than a call on it).
+libvirt connections are thread-safe and opening one costs far more than a
+call on it, so threads share a few connections per host (see :class:`Hosts`).
 An inventory reads every domain's XML once: its vCPUs, MACs, state and
 pragma metadata.
 """
@@ -63,23 +63,53 @@ class DomainInfo:
     record: NodeRecord | None = None
 
 
-class Hosts:
-    """Connections to the hosts of a site, opened on first use and shared by threads."""
+#: Calls a thread group puts on one connection: libvirtd serves at most 5 calls of a client at once
+#: (``max_client_requests``); a sixth waits for one of them to finish.
+CALLS_PER_CONNECTION = 4
 
-    def __init__(self, uris: dict[str, str]) -> None:
+
+class Hosts:
+    """Connections to the hosts of a site, opened on first use and shared by threads.
+
+    libvirt connections are thread-safe, but libvirtd answers only five calls
+    of one connection at once: eight parallel destroys on one connection run
+    as five, then three. So each host gets up to ``max_connections``
+    connections, and every thread keeps to one of them, four threads to a
+    connection (the calling thread and the first three workers share the
+    first). ``test:///`` hosts get one: each open of the test driver is a
+    world of its own.
+    """
+
+    def __init__(self, uris: dict[str, str], *, max_connections: int = 4) -> None:
         self.uris = dict(uris)
-        self._conns: dict[str, Any] = {}
+        self.max_connections = max(1, max_connections)
+        self._conns: dict[tuple[str, int], Any] = {}
         self._lock = threading.Lock()
         self._domain_types: dict[str, str] = {}
+        self._local = threading.local()
+        self._threads = 0
 
     @property
     def names(self) -> list[str]:
         return list(self.uris)
 
+    def _slot(self, host: str) -> int:
+        """Which of ``host``'s connections the calling thread uses (fixed for the thread's life)."""
+        if self.uris[host].startswith("test:"):
+            return 0
+        slot = getattr(self._local, "slot", None)
+        if slot is None:
+            with self._lock:
+                slot = (self._threads // CALLS_PER_CONNECTION) % self.max_connections
+                self._threads += 1
+            self._local.slot = slot
+        return slot
+
     def conn(self, host: str) -> libvirt.virConnect:
-        """The open connection to ``host``."""
+        """The calling thread's open connection to ``host``."""
+        key = (host, self._slot(host))
         with self._lock:
-            conn = self._conns.get(host)
+            conn = self._conns.get(key)
             if conn is not None:
                 return conn
             libvirt = import_libvirt()
@@ -88,7 +118,7 @@ class Hosts:
                 conn = libvirt.open(uri)
             except libvirt.libvirtError as exc:
                 raise DriverError(f"cannot connect to libvirt on {host} ({uri}): {exc.get_error_message()}") from None
-            self._conns[host] = conn
+            self._conns[key] = conn
             return conn
 
     def close(self) -> None:
