@@ -1,0 +1,69 @@
+"""How kvm_rocks spreads its threads over libvirt connections."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+
+from pragma_kvm_rocks import hosts as hosts_module
+from pragma_kvm_rocks.hosts import CALLS_PER_CONNECTION, Hosts
+
+
+@pytest.fixture
+def opened(monkeypatch) -> list[str]:
+    """Replace libvirt.open with one that records the URIs it opens (a new object each time)."""
+    uris: list[str] = []
+
+    class FakeLibvirt(SimpleNamespace):
+        libvirtError = Exception
+
+        @staticmethod
+        def open(uri: str) -> object:
+            uris.append(uri)
+            return object()
+
+    monkeypatch.setattr(hosts_module, "import_libvirt", lambda: FakeLibvirt)
+    return uris
+
+
+def _connections_of_threads(hosts: Hosts, host: str, threads: int) -> list[object]:
+    got: list[object] = [None] * threads
+    barrier = threading.Barrier(threads)
+
+    def work(i: int) -> None:
+        barrier.wait()
+        got[i] = hosts.conn(host)
+        assert hosts.conn(host) is got[i], "a thread keeps to its connection"
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return got
+
+
+def test_parallel_threads_share_a_connection_at_most_four_at_a_time(opened) -> None:
+    hosts = Hosts({"h1": "qemu+ssh://h1/system"}, max_connections=4)
+    conns = _connections_of_threads(hosts, "h1", 8)
+    per_connection = Counter(id(c) for c in conns)
+    assert len(per_connection) == 2
+    assert max(per_connection.values()) <= CALLS_PER_CONNECTION < 5  # libvirtd serves 5 calls per client at once
+    assert opened == ["qemu+ssh://h1/system"] * 2
+
+
+def test_connections_per_host_never_exceed_max_connections(opened) -> None:
+    hosts = Hosts({"h1": "qemu:///system"}, max_connections=2)
+    conns = _connections_of_threads(hosts, "h1", 16)
+    assert len({id(c) for c in conns}) == 2
+    assert len(opened) == 2
+
+
+def test_a_test_driver_host_keeps_one_connection_because_each_open_is_a_new_world(opened) -> None:
+    hosts = Hosts({"h1": "test:///tmp/h1.xml"}, max_connections=4)
+    conns = _connections_of_threads(hosts, "h1", 8)
+    assert len({id(c) for c in conns}) == 1
+    assert opened == ["test:///tmp/h1.xml"]
