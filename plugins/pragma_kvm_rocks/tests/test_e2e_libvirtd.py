@@ -93,7 +93,7 @@ def test_boot_three_nodes_read_vcout_back_shutdown_and_clean(bridges, workdir: P
     driver = KvmRocksDriver(settings)
     request = BootRequest(image="demo", cpus=2, key=KEY, memory=MemorySpec(frontend_mib=64, compute_mib=64))
     # 2 compute CPUs on a 2-core host: give one node per CPU
-    driver = KvmRocksDriver(settings_from(conf + "max_cpus_per_node = 1\ncpu_allocation_ratio = 4\n",
+    driver = KvmRocksDriver(settings_from(conf + "max_cpus_per_node = 1\ncpu_allocation_ratio = 64\n",
                                           workdir / "kvm_rocks.conf"))
     allocation, files = boot(driver, cluster, request)
     name = allocation.cluster
@@ -197,7 +197,7 @@ def test_eight_node_cluster_boots_and_cleans_three_rounds_in_a_row_leaving_nothi
         "shutdown_timeout = 0\n"
         "max_parallel = 8\n"
         "max_cpus_per_node = 1\n"
-        "cpu_allocation_ratio = 8\n"
+        "cpu_allocation_ratio = 64\n"  # other VMs on this libvirtd must not fail the test for capacity
         "num_processors_reserved = 0\n"
     ))
     request = BootRequest(image="demo", cpus=7, key=KEY, memory=MemorySpec(frontend_mib=64, compute_mib=64))
