@@ -208,6 +208,21 @@ def test_cluster_without_its_record_is_found_shut_down_and_cleaned_through_domai
         driver.rollback(allocation)
 
 
+def test_open_vswitch_private_network_tags_each_nic_with_the_cluster_vlan(tmp_path: Path, make_driver) -> None:
+    import defusedxml.ElementTree as SafeET
+
+    driver = make_driver({"localhost": 8}, extra='private_bridge = "ovs:br-int"\n')
+    allocation, _files = boot(driver, ext4_cluster(tmp_path / "image"), request(2))
+    try:
+        xml = driver.hosts.conn("localhost").lookupByName(allocation.computes[0].name).XMLDesc(0)
+        (nic,) = SafeET.fromstring(xml).iterfind("devices/interface")
+        assert nic.find("source").get("bridge") == "br-int"
+        assert nic.find("virtualport").get("type") == "openvswitch"
+        assert nic.find("vlan/tag").get("id") == str(allocation.vlan)
+    finally:
+        driver.rollback(allocation)
+
+
 def test_unknown_cluster_shutdown_and_clean_raise_not_found(make_driver) -> None:
     driver = make_driver({"localhost": 4})
     with pytest.raises(NotFoundError):
