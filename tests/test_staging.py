@@ -14,33 +14,20 @@ import zlib
 from pathlib import Path
 
 import pytest
+from stagingkit import MIB, cache_files, describe, image_bytes
 
 from pragma_core import staging
 from pragma_core.errors import ChecksumError, StagingError
 from pragma_core.model import (
     Checksum,
-    ClusterDescription,
     DiskImage,
-    NodeTemplate,
     Part,
 )
 from pragma_core.staging import Stager
 
-MIB = 1 << 20
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def image_bytes(size: int = 3 * MIB, seed: int = 1) -> bytes:
-    """A small disk image: zero regions and random data runs, like a real one."""
-    rng = random.Random(seed)
-    data = bytearray(size)
-    for _ in range(6):
-        run = rng.randrange(4096, 200_000)
-        at = rng.randrange(0, size - run)
-        data[at : at + run] = rng.randbytes(run)
-    return bytes(data)
 
 
 def split(blob: bytes, pieces: int) -> list[bytes]:
@@ -57,30 +44,6 @@ def write_parts(
         (directory / name).write_bytes(blob)
         parts.append(Part(name=name))
     return parts
-
-
-def describe(
-    directory: Path, disk: DiskImage, compute: DiskImage | None = None
-) -> ClusterDescription:
-    return ClusterDescription(
-        name="demo",
-        path=directory / "demo.xml",
-        directory=directory,
-        frontend=NodeTemplate(role="frontend", domain_xml="<domain/>", disk=disk),
-        compute=NodeTemplate(role="compute", domain_xml="<domain/>", disk=compute)
-        if compute
-        else None,
-    )
-
-
-def cache_files(directory: Path, source: str = "img.raw") -> list[str]:
-    """Everything staging may leave for ``source``: image, stamp, temp files (not the lock)."""
-    return sorted(
-        p.name
-        for p in directory.iterdir()
-        if p.name == source
-        or (p.name.startswith(f".{source}.") and not p.name.endswith(".lock"))
-    )
 
 
 def stage_gzip_split(

@@ -12,31 +12,18 @@ import threading
 from pathlib import Path
 
 import pytest
+from stagingkit import MIB, cache_files, describe, image_bytes
 
 from pragma_core import staging
 from pragma_core.errors import ChecksumError, StagingError
 from pragma_core.model import (
     Checksum,
-    ClusterDescription,
     DiskImage,
-    NodeTemplate,
     Part,
 )
 from pragma_core.processors import ProcessorRegistry
 from pragma_core.staging import Stager
 
-MIB = 1 << 20
-
-
-def image_bytes(size: int = 3 * MIB, seed: int = 1) -> bytes:
-    """Zero regions and random data runs, like a real disk image."""
-    rng = random.Random(seed)
-    data = bytearray(size)
-    for _ in range(6):
-        run = rng.randrange(4096, 200_000)
-        at = rng.randrange(0, size - run)
-        data[at : at + run] = rng.randbytes(run)
-    return bytes(data)
 
 
 def gzip_parts(directory: Path, data: bytes, pieces: int = 3) -> DiskImage:
@@ -48,26 +35,6 @@ def gzip_parts(directory: Path, data: bytes, pieces: int = 3) -> DiskImage:
         (directory / name).write_bytes(blob[start : start + step])
         parts.append(Part(name=name))
     return DiskImage(source="img.raw", processor="splited_gzip", parts=parts)
-
-
-def describe(directory: Path, disk: DiskImage) -> ClusterDescription:
-    return ClusterDescription(
-        name="demo",
-        path=directory / "demo.xml",
-        directory=directory,
-        frontend=NodeTemplate(role="frontend", domain_xml="<domain/>", disk=disk),
-    )
-
-
-def cache_files(directory: Path, source: str = "img.raw") -> list[str]:
-    """Image, stamp, temporary image and temporary stamp (``..<source>.ready.tmp-*``); not the lock."""
-    return sorted(
-        p.name
-        for p in directory.iterdir()
-        if p.name == source
-        or (p.name.startswith(f".{source}.") and not p.name.endswith(".lock"))
-        or p.name.startswith(f"..{source}.ready.tmp-")
-    )
 
 
 def fd_name(fd: int) -> str:
