@@ -26,10 +26,10 @@ import email.utils
 import hashlib
 import os
 import re
+import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -489,8 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     server.start()
     print(server.base_url, flush=True)
     try:
-        while True:
-            time.sleep(3600)
+        signal.pause()  # serve until a signal (Ctrl-C, or the benchmark's terminate)
     except KeyboardInterrupt:
         server.stop()
     return 0

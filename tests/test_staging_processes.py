@@ -65,11 +65,11 @@ print(json.dumps({"reused": stager.reports[-1].reused}))
 """
 
 LOCK_HOLDER = r"""
-import sys, time, filelock
+import sys, filelock
 lock = filelock.FileLock(sys.argv[1])
 lock.acquire()
 print("locked", flush=True)
-time.sleep(120)
+sys.stdin.read()  # hold the lock until killed (or the test's end of the pipe closes)
 """
 
 
@@ -174,6 +174,7 @@ def test_a_lock_whose_holder_was_killed_does_not_block(cluster, tmp_path):
     script.write_text(LOCK_HOLDER)
     holder = subprocess.Popen(
         [sys.executable, str(script), str(directory / ".img.raw.lock")],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -194,6 +195,7 @@ def test_a_lock_whose_holder_was_killed_does_not_block(cluster, tmp_path):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+        holder.stdin.close()
     thread.join(30)
     assert not thread.is_alive(), "the dead holder's lock still blocks"
     assert outcome and (directory / "img.raw").read_bytes() == data
