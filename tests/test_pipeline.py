@@ -12,6 +12,7 @@ from pragma_core.config import load_site_config
 from pragma_core.errors import DriverError, PragmaError
 from pragma_core.model import BootRequest
 from pragma_core.pipeline import Pipeline
+from pragma_core.hooks import Hooks
 from pragma_core.plugins import get_plugin_manager, make_driver, make_repository
 
 from conftest import KEY, build_site
@@ -36,7 +37,7 @@ class Recorder:
 def pipeline(tmp_path: Path, *plugins: object, fake_conf: str = "") -> Pipeline:
     site_files = build_site(tmp_path, fake_conf=fake_conf)
     site = load_site_config(site_files.etc)
-    hooks = get_plugin_manager(extra=[(f"p{i}", p) for i, p in enumerate(plugins)], strict=True)
+    hooks = Hooks(get_plugin_manager(extra=[(f"p{i}", p) for i, p in enumerate(plugins)], strict=True))
     return Pipeline(site=site, driver=make_driver(site), repository=make_repository(site), hooks=hooks)
 
 

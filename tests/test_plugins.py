@@ -4,26 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from conftest import Site
-
-
-def make_distribution(path: Path, name: str, version: str, *, requires: str = "pragma-core>=0.1,<0.2",
-                      entry_points: str, modules: dict[str, str]) -> Path:
-    """Install a tiny distribution (dist-info + modules) into the directory ``path``."""
-    path.mkdir(parents=True, exist_ok=True)
-    info = path / f"{name.replace('-', '_')}-{version}.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nRequires-Dist: {requires}\n")
-    (info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
-    for module, source in modules.items():
-        (path / f"{module}.py").write_text(textwrap.dedent(source))
-    return path
-
+from distkit import make_distribution
 
 AUDIT = """
     import json, os
@@ -46,7 +32,7 @@ def run(site: Site, plugin_path: Path, *args: str, **env: str):
 
 
 def test_hook_plugin_sees_every_stage_in_order(site: Site, plugin_path: Path, tmp_path: Path) -> None:
-    make_distribution(plugin_path, "audit-plugin", "1.0", entry_points="[pragma.plugins]\naudit = audit_plugin\n", modules={"audit_plugin": AUDIT})
+    make_distribution(plugin_path, "audit-plugin", "1.0", entry_points="[pragma.plugins]\nstage-audit = audit_plugin\n", modules={"audit_plugin": AUDIT})
     audit = tmp_path / "audit.jsonl"
     result = run(site, plugin_path, "boot", "demo", "2", f"key={site.key}", AUDIT_FILE=str(audit))
     assert result.code == 0, result.err
@@ -96,12 +82,12 @@ def test_strict_mode_turns_a_plugin_failure_into_an_error(site: Site, plugin_pat
 
 
 def test_block_and_allow_lists_control_hook_plugins(site: Site, plugin_path: Path, tmp_path: Path) -> None:
-    make_distribution(plugin_path, "audit-plugin", "1.0", entry_points="[pragma.plugins]\naudit = audit_plugin\n", modules={"audit_plugin": AUDIT})
+    make_distribution(plugin_path, "audit-plugin", "1.0", entry_points="[pragma.plugins]\nstage-audit = audit_plugin\n", modules={"audit_plugin": AUDIT})
     audit = tmp_path / "audit.jsonl"
     blocked = run(site, plugin_path, "boot", "demo", "1", f"key={site.key}", AUDIT_FILE=str(audit), PRAGMA_PLUGINS_BLOCK="audit-plugin")
     assert blocked.code == 0 and not audit.exists()
     listing = json.loads(run(site, plugin_path, "plugins", "--json", PRAGMA_PLUGINS_ALLOW="other").out)
-    (entry,) = [p for p in listing if p["name"] == "audit"]
+    (entry,) = [p for p in listing if p["name"] == "stage-audit"]
     assert entry["status"] == "disabled"
 
 

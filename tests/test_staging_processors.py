@@ -10,10 +10,10 @@ import subprocess
 import sys
 import zlib
 
-import pluggy
 import pytest
 
-from pragma_core import hookimpl, hookspecs
+from pragma_core import hookimpl
+from pragma_core.hooks import HookManager, Hooks
 from pragma_core.errors import PluginError, StagingError
 from pragma_core.model import ClusterDescription, DiskImage, NodeTemplate, Part
 from pragma_core.processors import ProcessorRegistry, gzip_library
@@ -142,17 +142,16 @@ class XzPlugin:
         register("xz", lzma.LZMADecompressor)
 
 
-def plugin_manager(*plugins) -> pluggy.PluginManager:
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
+def plugin_hooks(*plugins) -> Hooks:
+    pm = HookManager()
     for plugin in plugins:
         pm.register(plugin)
-    return pm
+    return Hooks(pm)
 
 
 def test_a_plugin_registers_xz_through_the_hook(tmp_path):
     registry = ProcessorRegistry()
-    registry.load_hooks(plugin_manager(XzPlugin()).hook)
+    registry.load_hooks(plugin_hooks(XzPlugin()))
     assert registry.names() == ["gzip", "raw", "splited", "splited_gzip", "xz"]
     data = sample(3)
     blob = lzma.compress(data[:700_000]) + lzma.compress(
@@ -165,7 +164,7 @@ def test_a_plugin_registers_xz_through_the_hook(tmp_path):
 
 def test_a_truncated_xz_stream_is_an_error(tmp_path):
     registry = ProcessorRegistry()
-    registry.load_hooks(plugin_manager(XzPlugin()).hook)
+    registry.load_hooks(plugin_hooks(XzPlugin()))
     description, disk = make_disk(
         tmp_path, lzma.compress(sample(4))[:-50], "xz", pieces=2
     )
@@ -182,7 +181,7 @@ def test_a_processor_name_registered_twice_names_both_registrations():
 
     registry = ProcessorRegistry()
     with pytest.raises(PluginError) as info:
-        registry.load_hooks(plugin_manager(Clash()).hook)
+        registry.load_hooks(plugin_hooks(Clash()))
     message = str(info.value)
     assert "'gzip' is registered twice" in message
     assert "pragma-core" in message and "_lzma.LZMADecompressor" in message

@@ -16,10 +16,10 @@ from pathlib import Path
 import attrs
 import defusedxml.ElementTree as SafeET
 import defusedxml.minidom
-import pluggy
 import pytest
 
-from pragma_core import hookimpl, hookspecs
+from pragma_core import hookimpl
+from pragma_core.hooks import HookManager, Hooks
 from pragma_core.addressing import parse_cidr, plan_addresses
 from pragma_core.errors import DriverError, FormatError
 from pragma_core.model import Allocation, Interface, Network, Node
@@ -555,20 +555,19 @@ class AddsEnt:
         ET.SubElement(root, "ent", {"zone": "b", "enabled": "yes", "node": node.hostname})
 
 
-def plugin_manager(*plugins: object) -> pluggy.PluginManager:
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
+def plugin_hooks(*plugins: object) -> Hooks:
+    pm = HookManager()
     for plugin in plugins:
         pm.register(plugin)
     pm.check_pending()
-    return pm
+    return Hooks(pm)
 
 
 @pytest.mark.parametrize("fmt", [1, 2])
 def test_hooks_add_elements_to_every_file_serialized_with_sorted_attributes(fmt: int) -> None:
     plugin = AddsEnt()
     allocation = one_plus_three()
-    files = render(allocation, format=fmt, hooks=plugin_manager(plugin).hook)
+    files = render(allocation, format=fmt, hooks=plugin_hooks(plugin))
     assert plugin.calls == [(n.name, fmt, "vc") for n in allocation.nodes]
     for node in allocation.nodes:
         data = files[node.name]
@@ -596,7 +595,7 @@ def test_a_hook_that_makes_an_invalid_tree_gives_a_format_error_naming_the_node(
             mutate(root)
 
     with pytest.raises(FormatError, match=problem) as info:
-        render(one_plus_three(), hooks=plugin_manager(Bad()).hook)
+        render(one_plus_three(), hooks=plugin_hooks(Bad()))
     assert "vc-out of node vc-c" in str(info.value)
 
 

@@ -23,7 +23,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -31,9 +31,8 @@ from . import __version__
 from .errors import PragmaError, UsageError
 
 if TYPE_CHECKING:
-    import pluggy
-
     from .config import SiteConfig
+    from .hooks import Hooks
     from .interfaces import Driver, Repository
     from .model import BootRequest, ClusterStatus
     from .pipeline import Pipeline
@@ -63,6 +62,7 @@ class Command:
         examples: Sequence[tuple[str, str]] = (),
         json_output: bool = False,
         variadic: bool = False,
+        usage: str | None = None,
     ) -> None:
         self.words = words
         self.func = func
@@ -72,8 +72,11 @@ class Command:
         self.examples = list(examples)
         self.json_output = json_output
         self.variadic = variadic  # takes any number of arguments and parameters (plugin commands)
+        self._usage = usage  # fixed usage text (plugin commands); else made from args and params
 
     def usage(self) -> str:
+        if self._usage is not None:
+            return self._usage
         items = [f"{{{n}}}" if req else f"[{n}]" for n, req, _ in self.args]
         items += [f"[{n}={t}]" for n, t, _ in self.params]
         return " ".join(items)
@@ -128,7 +131,7 @@ class Context:
         self.err = err
         self.debug = False
         self._site: SiteConfig | None = None
-        self._hooks: pluggy.PluginManager | None = None
+        self._hooks: Hooks | None = None
         self._driver: Driver | None = None
         self._repository: Repository | None = None
 
@@ -141,11 +144,12 @@ class Context:
         return self._site
 
     @property
-    def hooks(self) -> pluggy.PluginManager:
+    def hooks(self) -> Hooks:
         if self._hooks is None:
+            from .hooks import Hooks
             from .plugins import get_plugin_manager
 
-            self._hooks = get_plugin_manager()
+            self._hooks = Hooks(get_plugin_manager())
         return self._hooks
 
     @property
@@ -662,31 +666,56 @@ _plugin_cache: dict[str, Command] | None = None
 
 
 def _plugin_commands(ctx: Context) -> dict[str, Command]:
-    """Commands hook plugins add through ``pragma_cli_commands`` (built-ins win)."""
+    """The commands hook plugins add through ``pragma_cli_commands``: :class:`Command` objects like the built-ins."""
     global _plugin_cache
     if _plugin_cache is not None:
         return _plugin_cache
     found: dict[str, Command] = {}
 
-    def register(words: str, func: Callable[..., int], *, usage: str = "", help: str = "") -> None:
+    def register(
+        words: str,
+        func: Callable[[list[str], dict[str, str], Context], int],
+        *,
+        usage: str | None = None,
+        help: str = "",
+        args: Sequence[tuple[str, bool, str]] | None = None,
+        params: Sequence[tuple[str, str, str]] | None = None,
+        examples: Sequence[tuple[str, str]] = (),
+        json_output: bool = False,
+    ) -> None:
         words = " ".join(words.split())
-        if words in COMMANDS or words in found:
-            log.warning("plugin command %r clashes with an existing command; ignored", words)
+        other = _clash(words, COMMANDS) or (words if words in found else None)
+        if not words or other is not None:
+            origin = getattr(func, "__module__", None) or "a plugin"
+            log.warning("command %r from %s clashes with an existing command %r; ignored", words, origin, other)
             return
-        cmd = Command(words, lambda c, a, p: func(a, p, c), description=help, variadic=True)
-        cmd.usage = lambda: usage  # type: ignore[method-assign]
-        found[words] = cmd
+
+        def run_plugin_command(c: Context, a: list[str], p: dict[str, str]) -> int:
+            return func(a, p, c)
+
+        found[words] = Command(
+            words, run_plugin_command, args=args or (), params=params or (), description=help, examples=examples,
+            json_output=json_output, variadic=args is None and params is None, usage=usage,
+        )
 
     if _has_hook_plugins():
-        ctx.hooks.hook.pragma_cli_commands(register=register)
+        ctx.hooks.cli_commands(register)
     _plugin_cache = found
     return found
 
 
-def _has_hook_plugins() -> bool:
-    from importlib import metadata
+def _clash(words: str, builtins: Iterable[str]) -> str | None:
+    """The built-in command ``words`` would hide or be hidden by (the same, a word prefix, an extension), if any."""
+    for other in builtins:
+        if words == other or other.startswith(words + " ") or words.startswith(other + " "):
+            return other
+    return None
 
-    return any(True for _ in metadata.entry_points(group="pragma.plugins"))
+
+def _has_hook_plugins() -> bool:
+    from .plugins import HOOKS, claims
+
+    return bool(claims(HOOKS))
 
 
 # --------------------------------------------------------------------------- main
@@ -726,16 +755,23 @@ def _split_options(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
 
 
 def _resolve(ctx: Context, words: list[str]) -> tuple[Command | None, list[str]]:
-    commands = COMMANDS
+    """The command ``words`` start with (longest prefix) and the words left.
+
+    Built-ins first, so that running one loads no plugin; a plugin command
+    never hides or extends a built-in one (:func:`_clash`), so this is the
+    longest prefix over both.
+    """
+    cmd, rest = _longest_prefix(COMMANDS, words)
+    if cmd is None and words:
+        cmd, rest = _longest_prefix(_plugin_commands(ctx), words)
+    return cmd, rest
+
+
+def _longest_prefix(commands: dict[str, Command], words: list[str]) -> tuple[Command | None, list[str]]:
     for count in range(len(words), 0, -1):
         key = " ".join(words[:count])
         if key in commands:
             return commands[key], words[count:]
-    plugin = _plugin_commands(ctx) if words and words[0] not in {w.split()[0] for w in COMMANDS} else {}
-    for count in range(len(words), 0, -1):
-        key = " ".join(words[:count])
-        if key in plugin:
-            return plugin[key], words[count:]
     return None, words
 
 

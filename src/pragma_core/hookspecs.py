@@ -21,6 +21,15 @@ isolation: one that fails to import, or implements a hook this version does
 not know, is reported in one line (``pragma plugins`` shows it) and skipped,
 unless strict mode is on (``PRAGMA_PLUGINS_STRICT=1``).
 
+pluggy calls every hook, so its rules hold: implementations run in LIFO
+registration order (hook plugins register in entry-point name order),
+``tryfirst``/``trylast`` move one to the front or the back, and
+``wrapper=True`` implementations wrap the others and see (and may replace)
+their result. Hooks marked :func:`observer` only watch: the failure of one
+implementation -- plain or wrapper -- is logged in one line and the others
+still run. Core calls the hooks through the typed facade
+:class:`pragma_core.hooks.Hooks`.
+
 The boot pipeline announces each of its stages, in order ``resolve``,
 ``stage``, ``allocate``, ``render``, ``deploy`` (and ``rollback`` after a
 failure), through :func:`pragma_stage_event`.
@@ -29,7 +38,7 @@ failure), through :func:`pragma_stage_event`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
@@ -45,6 +54,25 @@ PROJECT = "pragma"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+_OBSERVER = PROJECT + "_observer"
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def observer(spec: _F) -> _F:
+    """Mark a hook specification as an observer: its implementations only watch.
+
+    The plugin manager (:class:`pragma_core.hooks.HookManager`) wraps every
+    implementation of an observer hook when it registers it, so that one that
+    raises is logged and does not stop the caller nor the other implementations.
+    """
+    setattr(spec, _OBSERVER, True)
+    return spec
+
+
+def is_observer(spec: Callable[..., Any]) -> bool:
+    """Whether the hook specification function ``spec`` is marked :func:`observer`."""
+    return getattr(spec, _OBSERVER, False) is True
 
 
 @hookspec
@@ -72,13 +100,15 @@ def pragma_adjust_request(request: BootRequest, site: SiteConfig) -> BootRequest
 
 
 @hookspec
+@observer
 def pragma_stage_event(event: StageEvent) -> None:
     """Observe the boot pipeline: each stage's ``start``, ``done`` or ``failed``.
 
     ``event`` is a :class:`~pragma_core.events.StageEvent` (stage, status,
     cluster image name, duration in seconds for ``done``/``failed``, the error
-    text for ``failed``). An observer that raises is reported in one log line
-    and does not stop the boot. The return value is ignored.
+    text for ``failed``). An :func:`observer`: an implementation that raises
+    is reported in one log line and does not stop the boot nor the other
+    implementations. The return value is ignored.
 
     .. versionadded:: 0.1
     """
@@ -116,10 +146,22 @@ def pragma_image_processors(register: Callable[[str, Any], None]) -> None:
 def pragma_cli_commands(register: Callable[..., None]) -> None:
     """Register extra ``pragma`` commands: ``register(words, func, usage=, help=)``.
 
-    ``words`` is the command as a space-separated string (``"audit show"``);
-    ``func(args: list[str], params: dict[str, str], ctx) -> int`` runs it and
-    returns the exit status. ``ctx`` is a :class:`~pragma_core.cli.Context`.
-    A command that clashes with a built-in one is refused with a warning.
+    Each becomes a command like a built-in one: listed by ``pragma help``,
+    resolved by longest word prefix and run the same way. ``words`` is the
+    command as a space-separated string (``"audit show"``, ``"list foo"``);
+    ``func(args: list[str], params: dict[str, str], ctx) -> int`` runs it
+    and returns the exit status (``ctx`` is a
+    :class:`~pragma_core.cli.Context`). Optional keywords: ``help`` (the
+    description) and ``usage`` (the text after the words in listings); or
+    the built-in commands' own -- ``args=[(name, required, help)]``,
+    ``params=[(name, type, help)]``, ``examples=[(command, text)]``,
+    ``json_output=True`` -- and then the arguments are checked like a
+    built-in's. Without ``args``/``params`` the command takes any arguments
+    and parameters.
+
+    A command that is a built-in one, a word prefix of one (``"list"``) or
+    extends one (``"list cluster all"``) is refused with a warning;
+    ``"list foo"`` next to ``"list cluster"`` is fine.
 
     .. versionadded:: 0.1
     """

@@ -20,12 +20,10 @@ from attrs import frozen
 from .errors import PragmaError
 from .events import StageEvent
 from .model import Allocation, BootRequest, StagedCluster
-from .plugins import call_observers
 
 if TYPE_CHECKING:
-    import pluggy
-
     from .config import SiteConfig
+    from .hooks import Hooks
     from .interfaces import Driver, Repository
     from .staging import Stager
 
@@ -51,13 +49,13 @@ class Pipeline:
         site: SiteConfig,
         driver: Driver | None,
         repository: Repository | None,
-        hooks: pluggy.PluginManager,
+        hooks: Hooks,
         stager: Stager | None = None,
     ) -> None:
         self.site = site
         self.driver = driver
         self.repository = repository
-        self.pm = hooks
+        self.hooks = hooks
         self._stager = stager
 
     @property
@@ -66,33 +64,27 @@ class Pipeline:
             from .staging import ProcessorRegistry, Stager
 
             registry = ProcessorRegistry()
-            registry.load_hooks(self.pm.hook)
+            registry.load_hooks(self.hooks)
             self._stager = Stager(processors=registry, delete_parts=self.site.delete_parts_after_staging)
         return self._stager
 
     @contextlib.contextmanager
     def stage(self, name: str, image: str, allocation: str | None = None) -> Iterator[None]:
         """Announce one stage, time it, and announce how it ended."""
-        call_observers(self.pm, "pragma_stage_event", event=StageEvent(stage=name, status="start", cluster=image, allocation=allocation))
+        self.hooks.stage_event(StageEvent(stage=name, status="start", cluster=image, allocation=allocation))
         started = time.monotonic()
         try:
             yield
         except BaseException as exc:
             seconds = time.monotonic() - started
             text = str(exc) if isinstance(exc, PragmaError) else f"{type(exc).__name__}: {exc}"
-            call_observers(
-                self.pm,
-                "pragma_stage_event",
-                event=StageEvent(stage=name, status="failed", cluster=image, allocation=allocation, duration=seconds, error=text),
+            self.hooks.stage_event(
+                StageEvent(stage=name, status="failed", cluster=image, allocation=allocation, duration=seconds, error=text)
             )
             log.info("stage %s failed after %.2f s", name, seconds)
             raise
         seconds = time.monotonic() - started
-        call_observers(
-            self.pm,
-            "pragma_stage_event",
-            event=StageEvent(stage=name, status="done", cluster=image, allocation=allocation, duration=seconds),
-        )
+        self.hooks.stage_event(StageEvent(stage=name, status="done", cluster=image, allocation=allocation, duration=seconds))
         log.info("stage %s done in %.2f s", name, seconds)
 
     def _require_driver(self) -> Driver:
@@ -107,9 +99,8 @@ class Pipeline:
 
     def prepare(self, request: BootRequest) -> BootRequest:
         """Let hook plugins validate and adjust a request."""
-        self.pm.hook.pragma_validate_request(request=request, site=self.site)
-        adjusted = self.pm.hook.pragma_adjust_request(request=request, site=self.site)
-        return adjusted if adjusted is not None else request
+        self.hooks.validate_request(request, self.site)
+        return self.hooks.adjust_request(request, self.site)
 
     def stage_images(self, image: str) -> StagedCluster:
         """Resolve and stage one cluster image without booting it."""
@@ -131,7 +122,7 @@ class Pipeline:
             allocation = driver.allocate(request, staged)
         try:
             with self.stage("render", request.image, allocation.cluster):
-                files = render(allocation, format=fmt, hooks=self.pm.hook)
+                files = render(allocation, format=fmt, hooks=self.hooks)
             with self.stage("deploy", request.image, allocation.cluster):
                 driver.deploy(allocation, staged, files)
         except BaseException:

@@ -1,4 +1,4 @@
-"""Finding and loading plugins: named backends (stevedore) and pipeline hooks (pluggy).
+"""Finding and loading plugins: one scan of the entry points, then load by name.
 
 Three entry-point groups:
 
@@ -10,11 +10,33 @@ Three entry-point groups:
     picks one with ``repository_settings["repository_class"]``.
 ``pragma.plugins``
     name -> a light module (or object) of :data:`~pragma_core.hookimpl`
-    functions; every one is loaded, each in isolation.
+    functions; every one is loaded, each in isolation, in name order, into
+    a :class:`~pragma_core.hooks.HookManager` (pluggy).
+
+One scan, our own: :func:`claims` reads the installed distributions once
+per process (:mod:`importlib.metadata`) and keeps, for every name, each
+distribution that registers it. A named backend is then imported by loading
+its one chosen entry point, so other plugins' SDKs are never imported.
+stevedore is not used: its entry-point cache keeps only (name, value,
+group), so it cannot tell which distribution and version registered a name
+-- it could neither name both sides of a conflict nor check the pragma-core
+requirement -- its ``DriverManager`` rescans and fails a duplicate name with
+an internal ``MultipleMatches``, and it writes a cache file under the
+(root) user's home directory.
+
+A name that two distributions register is a conflict: ``pragma plugins``
+shows both with status ``conflict``, and using the name is one
+:class:`~pragma_core.errors.PluginError` naming both distributions and
+versions. Blocking one of the two distributions settles it. (Two copies of
+*one* distribution on ``sys.path`` are not a conflict: the first one is what
+Python imports, the later one is ignored.)
 
 Before a plugin is imported, the ``pragma-core`` requirement its
 distribution declares is compared with the running core; an incompatible
-one is not loaded and the message names both versions.
+one is not loaded and the message names both versions. A backend the site
+asks for that is unknown, blocked, conflicting, incompatible or broken is an
+error with the cause; one it does not ask for is never imported by a run,
+and ``pragma plugins`` shows its status.
 
 Environment controls:
 
@@ -23,7 +45,8 @@ Environment controls:
 ``PRAGMA_PLUGINS_ALLOW``
     when set, only these hook plugins (entry-point or distribution names) load;
 ``PRAGMA_PLUGINS_STRICT``
-    ``1``: a hook plugin that fails to load is an error instead of a warning.
+    ``1``: a hook plugin that fails to load (or conflicts) is an error
+    instead of a warning.
 """
 
 from __future__ import annotations
@@ -33,7 +56,7 @@ import logging
 import os
 from collections.abc import Iterable
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from attrs import frozen
 
@@ -41,9 +64,8 @@ from . import __version__
 from .errors import PluginError
 
 if TYPE_CHECKING:
-    import pluggy
-
     from .config import SiteConfig
+    from .hooks import HookManager
     from .interfaces import Driver, Repository
 
 log = logging.getLogger(__name__)
@@ -59,9 +81,10 @@ CORE_DISTRIBUTION = "pragma-core"
 class PluginInfo:
     """One entry point as ``pragma plugins`` reports it.
 
-    ``status`` is ``ok``, ``failed``, ``incompatible``, ``blocked`` or
-    ``disabled`` (not allowed by ``PRAGMA_PLUGINS_ALLOW``); ``reason``
-    explains anything but ``ok``.
+    ``status`` is ``ok``, ``failed``, ``incompatible``, ``conflict`` (another
+    distribution registers the same name), ``blocked`` or ``disabled`` (not
+    allowed by ``PRAGMA_PLUGINS_ALLOW``); ``reason`` explains anything but
+    ``ok``.
     """
 
     group: str
@@ -84,36 +107,55 @@ class PluginInfo:
         }
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- the one scan
 
 
-def _env_names(variable: str) -> set[str] | None:
-    value = os.environ.get(variable)
-    if value is None:
-        return None
-    return {item.strip().lower() for item in value.split(",") if item.strip()}
-
-
-def strict_mode() -> bool:
-    """Whether ``PRAGMA_PLUGINS_STRICT`` asks for load failures to be errors."""
-    return os.environ.get("PRAGMA_PLUGINS_STRICT", "").strip().lower() in ("1", "true", "yes", "on")
+def _normalize(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
 
 
 @functools.cache
-def _all_entry_points() -> dict[str, dict[str, metadata.EntryPoint]]:
-    """One scan of the installed distributions for the three groups (first one found wins)."""
-    found: dict[str, dict[str, metadata.EntryPoint]] = {group: {} for group in GROUPS}
+def _scan() -> dict[str, dict[str, tuple[metadata.EntryPoint, ...]]]:
+    """Every entry point of the three groups, by group and name (then distribution), each distribution once.
+
+    A distribution found twice on ``sys.path`` counts once: the first copy,
+    the one Python imports. One whose ``entry_points.txt`` cannot be read is
+    skipped with a warning: it must not break every command.
+    """
+    found: dict[str, dict[str, list[metadata.EntryPoint]]] = {group: {} for group in GROUPS}
+    seen: set[str] = set()
     for dist in metadata.distributions():
-        for ep in dist.entry_points:
+        name = dist.metadata["Name"] or ""
+        if name and _normalize(name) in seen:
+            continue  # a later copy of one distribution: Python imports the first
+        seen.add(_normalize(name))
+        try:
+            eps = list(dist.entry_points)
+        except Exception as exc:  # noqa: BLE001 - a broken distribution is reported, not fatal
+            log.warning("distribution %s: cannot read its entry points: %s", name or "?", one_line(exc))
+            continue
+        for ep in eps:
             if ep.group in found:
-                found[ep.group].setdefault(ep.name, ep)
-    return found
+                found[ep.group].setdefault(ep.name, []).append(ep)
+    return {group: {name: _by_distribution(eps) for name, eps in names.items()} for group, names in found.items()}
 
 
-def entry_points(group: str) -> list[metadata.EntryPoint]:
-    """The entry points of ``group``, one per name (the first one found wins), sorted by name."""
-    eps = _all_entry_points()[group]
-    return [eps[name] for name in sorted(eps)]
+def _by_distribution(eps: list[metadata.EntryPoint]) -> tuple[metadata.EntryPoint, ...]:
+    return tuple(sorted(eps, key=lambda ep: _normalize(_dist(ep)[0])))
+
+
+def claims(group: str) -> dict[str, tuple[metadata.EntryPoint, ...]]:
+    """The names of ``group``, sorted, each with every entry point (one per distribution) that claims it."""
+    names = _scan()[group]
+    return {name: names[name] for name in sorted(names)}
+
+
+def rescan() -> None:
+    """Forget the scan: the next lookup reads the installed distributions again (tests, long-lived embedders)."""
+    import importlib
+
+    importlib.invalidate_caches()
+    _scan.cache_clear()
 
 
 def _dist(ep: metadata.EntryPoint) -> tuple[str, str]:
@@ -123,14 +165,46 @@ def _dist(ep: metadata.EntryPoint) -> tuple[str, str]:
     return (dist.metadata["Name"] or "?", dist.version or "?")
 
 
+def _info(group: str, ep: metadata.EntryPoint, status: str, reason: str = "") -> PluginInfo:
+    dist, version = _dist(ep)
+    return PluginInfo(group=group, name=ep.name, target=ep.value, distribution=dist, version=version, status=status, reason=reason)
+
+
+def conflict(name: str, eps: Iterable[metadata.EntryPoint]) -> str:
+    """The one line that names every distribution (and version) registering ``name``."""
+    sides = [f"{dist} {version} ({ep.value})" for ep in eps for dist, version in [_dist(ep)]]
+    return (
+        f"{name!r} is registered by {len(sides)} distributions: {' and '.join(sides)};"
+        " uninstall one, or block one with PRAGMA_PLUGINS_BLOCK=<distribution>"
+    )
+
+
+# --------------------------------------------------------------------------- controls
+
+
+def _env_names(variable: str) -> set[str] | None:
+    value = os.environ.get(variable)
+    if value is None:
+        return None
+    return {_normalize(item.strip()) for item in value.split(",") if item.strip()}
+
+
+def strict_mode() -> bool:
+    """Whether ``PRAGMA_PLUGINS_STRICT`` asks for load failures to be errors."""
+    return os.environ.get("PRAGMA_PLUGINS_STRICT", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _named_in(ep: metadata.EntryPoint, names: set[str]) -> bool:
+    return _normalize(ep.name) in names or _normalize(_dist(ep)[0]) in names
+
+
 def _is_blocked(ep: metadata.EntryPoint) -> bool:
-    blocked = _env_names("PRAGMA_PLUGINS_BLOCK") or set()
-    return ep.name.lower() in blocked or _dist(ep)[0].lower() in blocked
+    return _named_in(ep, _env_names("PRAGMA_PLUGINS_BLOCK") or set())
 
 
 def _is_allowed(ep: metadata.EntryPoint) -> bool:
     allowed = _env_names("PRAGMA_PLUGINS_ALLOW")
-    return allowed is None or ep.name.lower() in allowed or _dist(ep)[0].lower() in allowed
+    return allowed is None or _named_in(ep, allowed)
 
 
 def incompatibility(ep: metadata.EntryPoint) -> str | None:
@@ -143,7 +217,7 @@ def incompatibility(ep: metadata.EntryPoint) -> str | None:
     if dist is None:
         return None
     name, version = _dist(ep)
-    if name.lower().replace("_", "-") == CORE_DISTRIBUTION:
+    if _normalize(name) == CORE_DISTRIBUTION:
         return None
     from packaging.requirements import InvalidRequirement, Requirement
 
@@ -152,7 +226,7 @@ def incompatibility(ep: metadata.EntryPoint) -> str | None:
             req = Requirement(text)
         except InvalidRequirement:
             continue
-        if req.name.lower().replace("_", "-") != CORE_DISTRIBUTION:
+        if _normalize(req.name) != CORE_DISTRIBUTION:
             continue
         if req.marker is not None and not req.marker.evaluate({"extra": ""}):
             continue
@@ -161,47 +235,54 @@ def incompatibility(ep: metadata.EntryPoint) -> str | None:
     return None
 
 
+def _usable(group: str, eps: Iterable[metadata.EntryPoint], report: list[PluginInfo] | None) -> list[metadata.EntryPoint]:
+    """The entry points of one name that the controls let through; the others go to ``report``."""
+    usable = []
+    for ep in eps:
+        if _is_blocked(ep):
+            status, reason = "blocked", "PRAGMA_PLUGINS_BLOCK"
+        elif group == HOOKS and not _is_allowed(ep):
+            status, reason = "disabled", "not in PRAGMA_PLUGINS_ALLOW"
+        else:
+            usable.append(ep)
+            continue
+        if report is not None:
+            report.append(_info(group, ep, status, reason))
+    return usable
+
+
 # --------------------------------------------------------------------------- named backends
 
 
-def _load_named(group: str, kind: str, name: str) -> type:
-    """Load the class registered as ``name`` in ``group`` with stevedore, checking it first."""
-    candidates = {ep.name: ep for ep in entry_points(group)}
-    ep = candidates.get(name)
-    if ep is None:
-        known = ", ".join(sorted(candidates)) or "none"
-        raise PluginError(f"unknown {kind} {name!r} (installed: {known})")
-    if _is_blocked(ep):
+def _select(group: str, kind: str, name: str) -> metadata.EntryPoint:
+    """The one entry point ``name`` means in ``group``: unknown, blocked and conflicting names are errors."""
+    found = claims(group)
+    eps = found.get(name)
+    if not eps:
+        raise PluginError(f"unknown {kind} {name!r} (installed: {', '.join(found) or 'none'})")
+    usable = _usable(group, eps, None)
+    if not usable:
         raise PluginError(f"{kind} {name!r} is blocked by PRAGMA_PLUGINS_BLOCK")
+    if len(usable) > 1:
+        raise PluginError(f"{kind} {conflict(name, usable)}")
+    return usable[0]
+
+
+def _load_named(group: str, kind: str, name: str) -> object:
+    """Load the object registered as ``name`` in ``group``, checking it first; only it is imported."""
+    ep = _select(group, kind, name)
     reason = incompatibility(ep)
     if reason:
         raise PluginError(f"{kind} {name!r} is incompatible: {reason}")
-    from stevedore import driver as stevedore_driver
-    from stevedore.exception import NoMatches
-
-    # the failure is reported once, by us, with its cause; stevedore's own warning would repeat it
-    logging.getLogger("stevedore").setLevel(logging.ERROR)
-
-    failure: list[BaseException] = []
-
-    def on_failure(_manager: Any, _ep: Any, exc: BaseException) -> None:
-        failure.append(exc)
-
     try:
-        manager = stevedore_driver.DriverManager(
-            namespace=group,
-            name=name,
-            invoke_on_load=False,
-            on_load_failure_callback=on_failure,
-        )
-    except NoMatches:
-        cause = failure[0] if failure else None
-        log.debug("loading %s %r failed", kind, name, exc_info=cause)
-        raise PluginError(f"{kind} {name!r} ({ep.value}) failed to load: {_one_line(cause)}") from None
-    return manager.driver
+        return ep.load()
+    except Exception as exc:  # noqa: BLE001 - reported with its cause, traceback at DEBUG
+        log.debug("loading %s %r failed", kind, name, exc_info=exc)
+        raise PluginError(f"{kind} {name!r} ({ep.value}) failed to load: {one_line(exc)}") from None
 
 
-def _one_line(exc: BaseException | None) -> str:
+def one_line(exc: BaseException | None) -> str:
+    """``Type: first line of the message``: how a plugin's failure is reported."""
     if exc is None:
         return "unknown error"
     text = str(exc).strip().splitlines()
@@ -232,7 +313,7 @@ def make_driver(site: SiteConfig) -> Driver:
     """Construct the site's driver (``site_ve_driver``) with its validated settings."""
     name = site.require("site_ve_driver")
     cls = load_driver_class(name)
-    config = None
+    config: object = None
     if cls.config_class is not None:
         from .config import build_settings
         from .errors import ConfigError
@@ -260,123 +341,100 @@ def make_repository(site: SiteConfig) -> Repository:
 # --------------------------------------------------------------------------- hook plugins
 
 
-def _new_manager() -> pluggy.PluginManager:
-    import pluggy
-
-    from . import hookspecs
-
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-    return pm
-
-
 def get_plugin_manager(
     *, extra: Iterable[tuple[str, object]] = (), strict: bool | None = None, report: list[PluginInfo] | None = None
-) -> pluggy.PluginManager:
-    """A plugin manager with every allowed ``pragma.plugins`` entry point registered.
+) -> HookManager:
+    """A plugin manager with every allowed ``pragma.plugins`` entry point registered, in name order.
 
-    Each plugin is loaded in isolation: one that fails to import, is
-    incompatible, or implements an unknown hook (``check_pending``) is logged
-    in one line (traceback at DEBUG) and skipped -- or raises
+    Each plugin is loaded in isolation: one that conflicts, fails to import,
+    is incompatible, or implements an unknown hook (``check_pending``) is
+    logged in one line (traceback at DEBUG) and skipped -- or raises
     :class:`PluginError` in strict mode. ``extra`` registers more
-    ``(name, plugin)`` pairs (tests, embedding applications). When ``report``
-    is a list, a :class:`PluginInfo` is appended for every entry point.
+    ``(name, plugin)`` pairs after them (tests, embedding applications); a
+    bad one is always an error. When ``report`` is a list, a
+    :class:`PluginInfo` is appended for every entry point. Call the hooks
+    through :class:`pragma_core.hooks.Hooks`.
     """
     import pluggy
 
-    strict = strict_mode() if strict is None else strict
-    pm = _new_manager()
+    from .hooks import HookManager
 
-    def fail(info: PluginInfo, exc: BaseException | None) -> None:
+    strict = strict_mode() if strict is None else strict
+    pm = HookManager()
+
+    def fail(infos: list[PluginInfo], message: str, exc: BaseException | None = None) -> None:
         if report is not None:
-            report.append(info)
-        message = f"plugin {info.name!r} ({info.distribution} {info.version}): {info.status}: {info.reason}"
+            report.extend(infos)
         if strict:
             raise PluginError(message)
         log.warning("%s", message)
         if exc is not None:
-            log.debug("plugin %r traceback", info.name, exc_info=exc)
+            log.debug("plugin %r traceback", infos[0].name, exc_info=exc)
+
+    def failed(info: PluginInfo, exc: BaseException | None = None) -> None:
+        fail([info], f"plugin {info.name!r} ({info.distribution} {info.version}): {info.status}: {info.reason}", exc)
 
     candidates: list[tuple[str, object, PluginInfo | None]] = []
-    for ep in entry_points(HOOKS):
-        dist, version = _dist(ep)
-        base = dict(group=HOOKS, name=ep.name, target=ep.value, distribution=dist, version=version)
-        if _is_blocked(ep):
-            if report is not None:
-                report.append(PluginInfo(**base, status="blocked", reason="PRAGMA_PLUGINS_BLOCK"))
+    for name, eps in claims(HOOKS).items():
+        usable = _usable(HOOKS, eps, report)
+        if len(usable) > 1:
+            text = conflict(name, usable)
+            fail([_info(HOOKS, ep, "conflict", text) for ep in usable], f"plugin {text}")
             continue
-        if not _is_allowed(ep):
-            if report is not None:
-                report.append(PluginInfo(**base, status="disabled", reason="not in PRAGMA_PLUGINS_ALLOW"))
-            continue
-        reason = incompatibility(ep)
-        if reason:
-            fail(PluginInfo(**base, status="incompatible", reason=reason), None)
-            continue
-        try:
-            plugin = ep.load()
-        except Exception as exc:  # noqa: BLE001 - one broken plugin must not break the run
-            fail(PluginInfo(**base, status="failed", reason=_one_line(exc)), exc)
-            continue
-        candidates.append((ep.name, plugin, PluginInfo(**base, status="ok")))
+        for ep in usable:
+            reason = incompatibility(ep)
+            if reason:
+                failed(_info(HOOKS, ep, "incompatible", reason))
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # noqa: BLE001 - one broken plugin must not break the run
+                failed(_info(HOOKS, ep, "failed", one_line(exc)), exc)
+                continue
+            candidates.append((ep.name, plugin, _info(HOOKS, ep, "ok")))
     candidates.extend((name, plugin, None) for name, plugin in extra)
 
     for name, plugin, info in candidates:
         try:
             pm.register(plugin, name=name)
-            _check_plugin(pm, plugin)
+            pm.check_pending()  # after each plugin: only this one can fail it
         except (pluggy.PluginValidationError, ValueError) as exc:
             if pm.is_registered(plugin):
                 pm.unregister(plugin)
             if info is None:
                 raise PluginError(f"plugin {name!r}: {exc}") from None
-            fail(PluginInfo(**{**info.as_dict(), "status": "failed", "reason": _one_line(exc)}), exc)
+            failed(PluginInfo(**{**info.as_dict(), "status": "failed", "reason": one_line(exc)}), exc)
             continue
         if info is not None and report is not None:
             report.append(info)
     return pm
 
 
-def _check_plugin(pm: pluggy.PluginManager, plugin: object) -> None:
-    """``check_pending`` after registering one plugin: only that plugin can fail it."""
-    pm.check_pending()
-
-
-def call_observers(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
-    """Call every implementation of an observer hook, isolating each one's failure."""
-    caller = getattr(pm.hook, hook_name)
-    for impl in caller.get_hookimpls():
-        args = {name: kwargs[name] for name in impl.argnames if name in kwargs}
-        try:
-            impl.function(**args)
-        except Exception as exc:  # noqa: BLE001 - an observer must not stop the pipeline
-            log.warning("plugin %r: %s failed: %s", impl.plugin_name, hook_name, _one_line(exc))
-            log.debug("traceback", exc_info=exc)
-
-
 # --------------------------------------------------------------------------- listing
+
+
+def _backend_info(group: str, ep: metadata.EntryPoint) -> PluginInfo:
+    reason = incompatibility(ep)
+    if reason:
+        return _info(group, ep, "incompatible", reason)
+    try:
+        ep.load()
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        log.debug("loading %s failed", ep.name, exc_info=exc)
+        return _info(group, ep, "failed", one_line(exc))
+    return _info(group, ep, "ok")
 
 
 def list_plugins() -> list[PluginInfo]:
     """Every entry point of the three groups with its distribution, version and status."""
     report: list[PluginInfo] = []
     for group in (DRIVERS, REPOSITORIES):
-        for ep in entry_points(group):
-            dist, version = _dist(ep)
-            base = dict(group=group, name=ep.name, target=ep.value, distribution=dist, version=version)
-            if _is_blocked(ep):
-                report.append(PluginInfo(**base, status="blocked", reason="PRAGMA_PLUGINS_BLOCK"))
-                continue
-            reason = incompatibility(ep)
-            if reason:
-                report.append(PluginInfo(**base, status="incompatible", reason=reason))
-                continue
-            try:
-                ep.load()
-            except Exception as exc:  # noqa: BLE001 - reported, not raised
-                report.append(PluginInfo(**base, status="failed", reason=_one_line(exc)))
-                log.debug("loading %s failed", ep.name, exc_info=exc)
-                continue
-            report.append(PluginInfo(**base, status="ok"))
+        for name, eps in claims(group).items():
+            usable = _usable(group, eps, report)
+            if len(usable) > 1:
+                text = conflict(name, usable)
+                report.extend(_info(group, ep, "conflict", text) for ep in usable)
+            else:
+                report.extend(_backend_info(group, ep) for ep in usable)
     get_plugin_manager(strict=False, report=report)
     return report

@@ -48,11 +48,14 @@ import importlib
 import logging
 import os
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from attrs import frozen
 
 from .errors import PluginError, StagingError
+
+if TYPE_CHECKING:
+    from .hooks import Hooks
 
 log = logging.getLogger("pragma_core.staging")
 
@@ -211,12 +214,9 @@ class ProcessorRegistry:
         )
         self._add(Processor(name=name, factory=factory, origin=origin))
 
-    def load_hooks(self, hook: Any) -> None:
-        """Let every plugin register: calls ``hook.pragma_image_processors(register=...)``.
-
-        ``hook`` is a pluggy hook relay (``plugin_manager.hook``).
-        """
-        hook.pragma_image_processors(register=self.register)
+    def load_hooks(self, hooks: Hooks) -> None:
+        """Let every hook plugin register its processors with :meth:`register`, as core's own are."""
+        hooks.image_processors(self.register)
 
     def get(self, name: str, *, source: object = None) -> Processor:
         """The processor ``name``; a :class:`StagingError` naming it, the known ones and ``source``."""

@@ -146,11 +146,14 @@ import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import DriverError, FormatError
 from .model import Allocation, Interface, Network, Node
 from .paths import safe_join
+
+if TYPE_CHECKING:
+    from .hooks import Hooks
 
 __all__ = [
     "FORMATS",
@@ -207,13 +210,13 @@ def choose_format(site_format: int, cluster_format: int | None) -> int:
 # --------------------------------------------------------------------------- rendering
 
 
-def render(allocation: Allocation, *, format: int = 2, hooks: Any = None) -> dict[str, bytes]:
+def render(allocation: Allocation, *, format: int = 2, hooks: Hooks | None = None) -> dict[str, bytes]:
     """Render the vc-out files of ``allocation`` in ``format`` (1 or 2).
 
     Returns ``{Node.name: bytes}``: the frontend's entry (the cluster file)
-    first, then one per compute in allocation order. ``hooks`` is a pluggy
-    hook relay (``PluginManager.hook``); ``hooks.pragma_vcout_element`` is
-    called for each file with its ``<vc>`` root before serialization.
+    first, then one per compute in allocation order. With ``hooks``
+    (:class:`~pragma_core.hooks.Hooks`), ``pragma_vcout_element`` is called
+    for each file with its ``<vc>`` root before serialization.
     """
     fmt = validate_format(format)
     _check_allocation(allocation, fmt)
@@ -223,7 +226,7 @@ def render(allocation: Allocation, *, format: int = 2, hooks: Any = None) -> dic
     files: dict[str, bytes] = {}
     for node, root in roots:
         if hooks is not None:
-            hooks.pragma_vcout_element(root=root, allocation=allocation, node=node, format=fmt)
+            hooks.vcout_element(root, allocation, node, fmt)
         files[node.name] = serialize(root, what=f"vc-out of node {node.name}")
     return files
 
