@@ -123,10 +123,12 @@ def test_plugin_command_is_added_through_the_hook(site: Site, plugin_path: Path)
         @hookimpl
         def pragma_cli_commands(register):
             register("hello world", hello, usage="[names]", help="say hello")
+            register("list hellos", hello)
             register("boot", hello)
     """
     make_distribution(plugin_path, "hello-plugin", "1.0", entry_points="[pragma.plugins]\nhello = hello_plugin\n", modules={"hello_plugin": source})
     result = run(site, plugin_path, "hello", "world", "there")
     assert (result.code, result.out) == (0, "hello there\n")
     assert "hello world [names]" in run(site, plugin_path, "help").out
+    assert run(site, plugin_path, "list", "hellos", "all").out == "hello all\n"  # under a built-in group
     assert "clashes with an existing command" in run(site, plugin_path, "help").err
