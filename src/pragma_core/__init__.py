@@ -5,7 +5,8 @@ The public API, all importable from here:
 * :data:`hookimpl` -- decorate pipeline hook implementations (see :mod:`pragma_core.hookspecs`);
 * :class:`Driver`, :class:`Repository` -- the plugin interfaces (:mod:`pragma_core.interfaces`);
 * the value types of :mod:`pragma_core.model`;
-* :class:`PragmaError` and its subclasses (:mod:`pragma_core.errors`).
+* :class:`PragmaError` and its subclasses (:mod:`pragma_core.errors`);
+* :class:`Site`, the front door for Python tools (:mod:`pragma_core.site`).
 
 Names are imported on first use so that ``import pragma_core`` stays cheap.
 """
@@ -18,6 +19,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "Site": "pragma_core.site",
+    "Booted": "pragma_core.site",
     "hookimpl": "pragma_core.hookspecs",
     "hookspec": "pragma_core.hookspecs",
     "Driver": "pragma_core.interfaces",
@@ -28,6 +31,9 @@ _EXPORTS = {
     "Checksum": "pragma_core.model",
     "ClusterDescription": "pragma_core.model",
     "ClusterStatus": "pragma_core.model",
+    "ClusterReadiness": "pragma_core.model",
+    "NodeReadiness": "pragma_core.model",
+    "Readiness": "pragma_core.model",
     "DiskImage": "pragma_core.model",
     "Interface": "pragma_core.model",
     "InterfaceRequest": "pragma_core.model",
