@@ -34,8 +34,8 @@ def roundtrip(site: pragma_core.Site, image: str, cpus: int, *, wait: float | No
             for node in booted.readiness.nodes:
                 print(f"  {node.node}: {node.state.value}" + (f" ({node.detail})" if node.detail else ""))
         for cluster in site.clusters(name):
-            for node in cluster.nodes:
-                print(f"  {node.role:8} {node.name:20} {node.state:10} {node.private_ip or '-'}")
+            for status in cluster.nodes:
+                print(f"  {status.role:8} {status.name:20} {status.state:10} {status.private_ip or '-'}")
         return ready
     finally:
         if not keep:

@@ -14,7 +14,7 @@ Names are imported on first use so that ``import pragma_core`` stays cheap.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -58,6 +58,14 @@ _EXPORTS = {
     "NotSupportedError": "pragma_core.errors",
     "UsageError": "pragma_core.errors",
 }
+
+if TYPE_CHECKING:  # what type checkers see; at run time names load on first use
+    from .errors import CapacityError as CapacityError, ChecksumError as ChecksumError, ConfigError as ConfigError, DriverError as DriverError, FormatError as FormatError, NotFoundError as NotFoundError, NotSupportedError as NotSupportedError, PluginError as PluginError, PragmaError as PragmaError, RepositoryError as RepositoryError, StagingError as StagingError, UsageError as UsageError
+    from .events import StageEvent as StageEvent
+    from .hookspecs import hookimpl as hookimpl, hookspec as hookspec
+    from .interfaces import Driver as Driver, Repository as Repository
+    from .model import Allocation as Allocation, BootRequest as BootRequest, Checksum as Checksum, ClusterDescription as ClusterDescription, ClusterReadiness as ClusterReadiness, ClusterStatus as ClusterStatus, DiskImage as DiskImage, Interface as Interface, InterfaceRequest as InterfaceRequest, MemorySpec as MemorySpec, Network as Network, Node as Node, NodeReadiness as NodeReadiness, NodeStatus as NodeStatus, NodeTemplate as NodeTemplate, Part as Part, Readiness as Readiness, StagedCluster as StagedCluster, StagedImage as StagedImage
+    from .site import Booted as Booted, Site as Site
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
