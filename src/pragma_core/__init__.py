@@ -5,7 +5,8 @@ The public API, all importable from here:
 * :data:`hookimpl` -- decorate pipeline hook implementations (see :mod:`pragma_core.hookspecs`);
 * :class:`Driver`, :class:`Repository` -- the plugin interfaces (:mod:`pragma_core.interfaces`);
 * the value types of :mod:`pragma_core.model`;
-* :class:`PragmaError` and its subclasses (:mod:`pragma_core.errors`).
+* :class:`PragmaError` and its subclasses (:mod:`pragma_core.errors`);
+* :class:`Site`, the front door for Python tools (:mod:`pragma_core.site`).
 
 Names are imported on first use so that ``import pragma_core`` stays cheap.
 """
@@ -13,11 +14,13 @@ Names are imported on first use so that ``import pragma_core`` stays cheap.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "Site": "pragma_core.site",
+    "Booted": "pragma_core.site",
     "hookimpl": "pragma_core.hookspecs",
     "hookspec": "pragma_core.hookspecs",
     "Driver": "pragma_core.interfaces",
@@ -28,6 +31,9 @@ _EXPORTS = {
     "Checksum": "pragma_core.model",
     "ClusterDescription": "pragma_core.model",
     "ClusterStatus": "pragma_core.model",
+    "ClusterReadiness": "pragma_core.model",
+    "NodeReadiness": "pragma_core.model",
+    "Readiness": "pragma_core.model",
     "DiskImage": "pragma_core.model",
     "Interface": "pragma_core.model",
     "InterfaceRequest": "pragma_core.model",
@@ -52,6 +58,14 @@ _EXPORTS = {
     "NotSupportedError": "pragma_core.errors",
     "UsageError": "pragma_core.errors",
 }
+
+if TYPE_CHECKING:  # what type checkers see; at run time names load on first use
+    from .errors import CapacityError as CapacityError, ChecksumError as ChecksumError, ConfigError as ConfigError, DriverError as DriverError, FormatError as FormatError, NotFoundError as NotFoundError, NotSupportedError as NotSupportedError, PluginError as PluginError, PragmaError as PragmaError, RepositoryError as RepositoryError, StagingError as StagingError, UsageError as UsageError
+    from .events import StageEvent as StageEvent
+    from .hookspecs import hookimpl as hookimpl, hookspec as hookspec
+    from .interfaces import Driver as Driver, Repository as Repository
+    from .model import Allocation as Allocation, BootRequest as BootRequest, Checksum as Checksum, ClusterDescription as ClusterDescription, ClusterReadiness as ClusterReadiness, ClusterStatus as ClusterStatus, DiskImage as DiskImage, Interface as Interface, InterfaceRequest as InterfaceRequest, MemorySpec as MemorySpec, Network as Network, Node as Node, NodeReadiness as NodeReadiness, NodeStatus as NodeStatus, NodeTemplate as NodeTemplate, Part as Part, Readiness as Readiness, StagedCluster as StagedCluster, StagedImage as StagedImage
+    from .site import Booted as Booted, Site as Site
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 

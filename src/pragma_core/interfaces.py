@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import NotSupportedError
-from .model import Allocation, BootRequest, ClusterDescription, ClusterStatus, StagedCluster
+from .model import Allocation, BootRequest, ClusterDescription, ClusterReadiness, ClusterStatus, StagedCluster
 
 if TYPE_CHECKING:
     from .config import SiteConfig
@@ -42,6 +42,8 @@ class Driver(abc.ABC):
     name: ClassVar[str] = ""
     #: attrs class of the driver's settings, or ``None``.
     config_class: ClassVar[type | None] = None
+    #: Whether :meth:`wait_ready` is implemented (``pragma boot wait=``).
+    supports_wait: ClassVar[bool] = False
 
     def __init__(self, config: Any, *, site: SiteConfig) -> None:
         self.config = config
@@ -94,15 +96,16 @@ class Driver(abc.ABC):
         raises :class:`~pragma_core.errors.NotFoundError` for an unknown cluster.
         """
 
-    def wait_ready(self, name: str, timeout: float) -> dict[str, str]:
+    def wait_ready(self, name: str, timeout: float) -> ClusterReadiness | Mapping[str, str]:
         """Wait up to ``timeout`` seconds until every node of cluster ``name`` is reachable.
 
-        Returns node name -> ``"ready"``, or ``"<status>: <detail>"`` for a
-        node that is not (``status`` one word, e.g. ``timeout``, ``failed``,
-        ``stopped``), for every node, frontend first. ``pragma boot wait=S``
-        calls it after a successful boot. Optional: the default raises
-        :class:`~pragma_core.errors.NotSupportedError`; raises
-        :class:`~pragma_core.errors.NotFoundError` for an unknown cluster.
+        Returns a :class:`~pragma_core.model.ClusterReadiness`: every node,
+        frontend first, ready or not and why. (Drivers written for pragma 0.1
+        return the mapping node -> ``"ready"`` or ``"<state>: <detail>"``;
+        core still reads it.) ``pragma boot wait=S`` calls it after a
+        successful boot. Optional: set :attr:`supports_wait` when implementing
+        it; the default raises :class:`~pragma_core.errors.NotSupportedError`.
+        Raises :class:`~pragma_core.errors.NotFoundError` for an unknown cluster.
         """
         raise NotSupportedError(f"driver {self.name!r} cannot wait for nodes to be ready (wait= is not supported)")
 

@@ -19,6 +19,7 @@ Overview::
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
@@ -298,3 +299,69 @@ class ClusterStatus:
     @property
     def frontend(self) -> NodeStatus | None:
         return next((n for n in self.nodes if n.role == "frontend"), None)
+
+
+class Readiness(enum.Enum):
+    """Whether a node came up: what :meth:`Driver.wait_ready <pragma_core.Driver.wait_ready>` reports per node."""
+
+    READY = "ready"
+    #: the guest said it could not configure itself (e.g. ``PRAGMA-FAILED``)
+    FAILED = "failed"
+    #: the node does not run, so it cannot become ready
+    STOPPED = "stopped"
+    #: no verdict before the deadline
+    TIMEOUT = "timeout"
+
+
+@frozen(kw_only=True)
+class NodeReadiness:
+    """One node's readiness and, when it is not ready, why (``detail``)."""
+
+    node: str
+    state: Readiness
+    detail: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.state is Readiness.READY
+
+
+def _readiness_tuple(value: object) -> tuple[NodeReadiness, ...]:
+    return tuple(value or ())  # type: ignore[call-overload]
+
+
+@frozen(kw_only=True)
+class ClusterReadiness:
+    """Every node's readiness, frontend first."""
+
+    cluster: str
+    nodes: tuple[NodeReadiness, ...] = field(default=(), converter=_readiness_tuple)
+
+    @property
+    def ready(self) -> bool:
+        """Whether every node is ready."""
+        return all(n.ready for n in self.nodes)
+
+    @property
+    def not_ready(self) -> tuple[str, ...]:
+        """The names of the nodes that are not ready, sorted."""
+        return tuple(sorted(n.node for n in self.nodes if not n.ready))
+
+    @classmethod
+    def from_mapping(cls, cluster: str, verdicts: Mapping[str, str]) -> ClusterReadiness:
+        """Read the legacy form ``{node: "ready" | "<state>: <detail>"}`` of older drivers.
+
+        A text whose state is not one of :class:`Readiness` counts as a timeout
+        with the whole text as its detail.
+        """
+        nodes = []
+        for node, text in verdicts.items():
+            word, sep, detail = str(text).partition(": ")
+            try:
+                state = Readiness(word.strip())
+            except ValueError:
+                state, detail = Readiness.TIMEOUT, str(text)
+            if state is Readiness.READY:
+                detail = ""
+            nodes.append(NodeReadiness(node=node, state=state, detail=detail if sep or state is not Readiness.READY else ""))
+        return cls(cluster=cluster, nodes=tuple(nodes))

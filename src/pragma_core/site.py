@@ -1,0 +1,268 @@
+"""The front door for Python tools: one site's configuration, driver, repository and hooks.
+
+::
+
+    from pragma_core import Site
+
+    with Site.open() as site:                 # --conf, else $PRAGMA_CONF_DIR, else /opt/pragma_boot/etc
+        print(site.images())
+        booted = site.boot("demo", 2, wait=300)
+        if not booted.readiness.ready:
+            print("not ready:", booted.readiness.not_ready)
+        for cluster in site.clusters():
+            print(cluster.name, [n.state for n in cluster.nodes])
+        site.shutdown(booted.name)
+        site.clean(booted.name)
+
+Every method returns the typed model of :mod:`pragma_core.model` and raises
+:class:`~pragma_core.errors.PragmaError` subclasses whose message is the one
+line the ``pragma`` command prints. The driver, repository and hook plugins
+are loaded on first use, so a tool that only lists images never imports a
+driver's SDK. The ``pragma`` command is a thin layer over this class.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from attrs import frozen
+
+from .errors import NotFoundError, NotSupportedError
+from .model import ClusterReadiness, ClusterStatus, InterfaceRequest, MemorySpec, StagedCluster
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from .config import SiteConfig
+    from .interfaces import Driver, Repository
+    from .model import Allocation, BootRequest
+    from .pipeline import Pipeline
+    from .plugins import PluginInfo
+
+__all__ = ["Booted", "Site"]
+
+log = logging.getLogger(__name__)
+
+
+@frozen(kw_only=True)
+class Booted:
+    """What :meth:`Site.boot` made: the allocation, the staged images, and readiness when waited for."""
+
+    allocation: Allocation
+    staged: StagedCluster
+    vcout_format: int
+    readiness: ClusterReadiness | None = None
+
+    @property
+    def name(self) -> str:
+        """The cluster's name: what :meth:`Site.clusters`, :meth:`Site.shutdown` and :meth:`Site.clean` take."""
+        return self.allocation.cluster
+
+
+class Site:
+    """One PRAGMA site: open it with :meth:`open`, then boot, list, shut down and clean clusters."""
+
+    def __init__(self, config: SiteConfig, *, hooks: pluggy.PluginManager | None = None) -> None:
+        self.config = config
+        self._hooks = hooks
+        self._driver: Driver | None = None
+        self._repository: Repository | None = None
+
+    @classmethod
+    def open(cls, conf_dir: str | os.PathLike[str] | None = None) -> Site:
+        """Read the site's configuration from ``conf_dir``.
+
+        ``None``: ``$PRAGMA_CONF_DIR``, then ``/opt/pragma_boot/etc``. Raises
+        :class:`~pragma_core.errors.ConfigError` naming the file, line and key
+        of a bad setting.
+        """
+        from .config import load_site_config
+
+        return cls(load_site_config(os.fspath(conf_dir) if conf_dir is not None else None))
+
+    # ------------------------------------------------------------------ context manager
+
+    def __enter__(self) -> Site:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release what the driver and repository hold open (connections, sessions). Idempotent."""
+        for part in (self._driver, self._repository):
+            closer = getattr(part, "close", None)
+            if callable(closer):
+                try:
+                    closer()
+                except Exception as exc:  # noqa: BLE001 - closing must not hide the caller's outcome
+                    log.debug("closing %s failed: %s", type(part).__name__, exc)
+        self._driver = self._repository = None
+
+    # ------------------------------------------------------------------ the parts, loaded on first use
+
+    @property
+    def hooks(self) -> pluggy.PluginManager:
+        """The hook plugins (entry-point group ``pragma.plugins``), loaded once."""
+        if self._hooks is None:
+            from .plugins import get_plugin_manager
+
+            self._hooks = get_plugin_manager()
+        return self._hooks
+
+    @property
+    def driver(self) -> Driver:
+        """The site's driver (``site_ve_driver``), built with its validated settings."""
+        if self._driver is None:
+            from .plugins import make_driver
+
+            self._driver = make_driver(self.config)
+        return self._driver
+
+    @property
+    def repository(self) -> Repository:
+        """The site's repository (``repository_settings``)."""
+        if self._repository is None:
+            from .plugins import make_repository
+
+            self._repository = make_repository(self.config)
+        return self._repository
+
+    def pipeline(self, *, driver: bool = True) -> Pipeline:
+        """The boot pipeline over this site's parts (``driver=False``: staging only)."""
+        from .pipeline import Pipeline
+
+        return Pipeline(
+            site=self.config,
+            driver=self.driver if driver else None,
+            repository=self.repository,
+            hooks=self.hooks,
+        )
+
+    # ------------------------------------------------------------------ commands
+
+    def images(self) -> list[str]:
+        """The cluster images this site can boot, sorted (``pragma list repository``)."""
+        if self.config.site_ve_driver:
+            return self.driver.list_repository(self.repository)
+        return self.repository.list()
+
+    def request(
+        self,
+        image: str,
+        cpus: int | str,
+        *,
+        key: str | os.PathLike[str] | None = None,
+        memory: int | str | MemorySpec | None = None,
+        add_ifaces: str | Iterable[str | InterfaceRequest] = (),
+        enable_ent: bool = False,
+    ) -> BootRequest:
+        """A validated :class:`~pragma_core.model.BootRequest` (see :meth:`boot` for the arguments)."""
+        from .request import build_request
+
+        return build_request(image, cpus, key=key, memory=memory, add_ifaces=add_ifaces, enable_ent=enable_ent)
+
+    def boot(
+        self,
+        image: str | BootRequest,
+        cpus: int | str = 0,
+        *,
+        key: str | os.PathLike[str] | None = None,
+        memory: int | str | MemorySpec | None = None,
+        add_ifaces: str | Iterable[str | InterfaceRequest] = (),
+        enable_ent: bool = False,
+        wait: float | None = None,
+    ) -> Booted:
+        """Boot cluster image ``image`` with ``cpus`` compute CPUs (``pragma boot``).
+
+        ``key``: SSH public key text or a key file (default: the user's
+        ``~/.ssh`` key); ``memory``: MiB for every node, ``"FRONTEND:COMPUTE"``
+        or a :class:`~pragma_core.model.MemorySpec`; ``add_ifaces``: extra
+        networks (``"net[:cidr],..."`` or items); ``enable_ent``: a NIC on the
+        driver's ``ent`` network; ``wait``: then wait up to this many seconds
+        for every node (``Booted.readiness``). ``image`` may also be a ready
+        :class:`~pragma_core.model.BootRequest`. Anything that fails after the
+        driver allocated is rolled back before the error is raised.
+        """
+        from .model import BootRequest
+        from .request import parse_wait
+
+        if isinstance(image, BootRequest):
+            request = image
+        else:
+            request = self.request(image, cpus, key=key, memory=memory, add_ifaces=add_ifaces, enable_ent=enable_ent)
+        seconds = parse_wait(wait)
+        if seconds is not None:
+            self.require_wait_support()  # refuse before booting anything
+        result = self.pipeline().boot(request)
+        readiness = self.wait_ready(result.allocation.cluster, seconds) if seconds is not None else None
+        return Booted(
+            allocation=result.allocation, staged=result.cluster, vcout_format=result.vcout_format, readiness=readiness
+        )
+
+    def clusters(self, name: str | None = None) -> list[ClusterStatus]:
+        """The clusters the driver runs, sorted by name; only ``name`` when given (``pragma list cluster``).
+
+        An unknown ``name`` raises :class:`~pragma_core.errors.NotFoundError`.
+        """
+        clusters = self.driver.list_clusters(name)
+        if name is not None and not clusters:
+            raise NotFoundError(f"no virtual cluster named {name!r}")
+        return clusters
+
+    def shutdown(self, name: str) -> ClusterStatus:
+        """Power off every node of cluster ``name`` (forced after the driver's timeout)."""
+        return self.driver.shutdown(name)
+
+    def clean(self, name: str) -> None:
+        """Remove shut-down cluster ``name``: its nodes, disks and allocation."""
+        self.driver.clean(name)
+
+    def stage(self, image: str) -> StagedCluster:
+        """Stage image ``image``'s disks into the cache without booting it (``pragma stage``)."""
+        return self.pipeline(driver=False).stage_images(image)
+
+    def sync(self) -> bool:
+        """Bring the local repository up to date with the remote one; whether anything changed."""
+        return self.repository.sync()
+
+    def require_wait_support(self) -> None:
+        """Raise :class:`~pragma_core.errors.NotSupportedError` when the driver cannot wait for readiness."""
+        from .interfaces import Driver as DriverBase
+
+        driver = self.driver
+        if not getattr(type(driver), "supports_wait", False) and type(driver).wait_ready is DriverBase.wait_ready:
+            raise NotSupportedError(
+                f"driver {driver.name!r} cannot wait for nodes to be ready (wait= is not supported)"
+            )
+
+    def wait_ready(self, name: str, timeout: float) -> ClusterReadiness:
+        """Wait up to ``timeout`` seconds for every node of cluster ``name`` to be ready."""
+        from .request import parse_wait
+
+        seconds = parse_wait(timeout)
+        assert seconds is not None
+        self.require_wait_support()
+        log.info("waiting up to %g s for the nodes of %s", seconds, name)
+        started = time.monotonic()
+        verdicts = self.driver.wait_ready(name, seconds)
+        readiness = (
+            verdicts if isinstance(verdicts, ClusterReadiness) else ClusterReadiness.from_mapping(name, verdicts)
+        )
+        log.info("wait for %s done in %.1f s: %s ready", name, time.monotonic() - started,
+                 "all" if readiness.ready else f"{len(readiness.nodes) - len(readiness.not_ready)}/{len(readiness.nodes)}")
+        return readiness
+
+    @staticmethod
+    def plugins() -> list[PluginInfo]:
+        """Every installed driver, repository and hook plugin with its status (``pragma plugins``)."""
+        from .plugins import list_plugins
+
+        return list_plugins()
