@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Site": "pragma_core.site",
     "Booted": "pragma_core.site",
+    "Hooks": "pragma_core.hooks",
     "hookimpl": "pragma_core.hookspecs",
     "hookspec": "pragma_core.hookspecs",
     "Driver": "pragma_core.interfaces",
@@ -62,6 +63,7 @@ _EXPORTS = {
 if TYPE_CHECKING:  # what type checkers see; at run time names load on first use
     from .errors import CapacityError as CapacityError, ChecksumError as ChecksumError, ConfigError as ConfigError, DriverError as DriverError, FormatError as FormatError, NotFoundError as NotFoundError, NotSupportedError as NotSupportedError, PluginError as PluginError, PragmaError as PragmaError, RepositoryError as RepositoryError, StagingError as StagingError, UsageError as UsageError
     from .events import StageEvent as StageEvent
+    from .hooks import Hooks as Hooks
     from .hookspecs import hookimpl as hookimpl, hookspec as hookspec
     from .interfaces import Driver as Driver, Repository as Repository
     from .model import Allocation as Allocation, BootRequest as BootRequest, Checksum as Checksum, ClusterDescription as ClusterDescription, ClusterReadiness as ClusterReadiness, ClusterStatus as ClusterStatus, DiskImage as DiskImage, Interface as Interface, InterfaceRequest as InterfaceRequest, MemorySpec as MemorySpec, Network as Network, Node as Node, NodeReadiness as NodeReadiness, NodeStatus as NodeStatus, NodeTemplate as NodeTemplate, Part as Part, Readiness as Readiness, StagedCluster as StagedCluster, StagedImage as StagedImage

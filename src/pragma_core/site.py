@@ -36,9 +36,8 @@ from .errors import NotFoundError, NotSupportedError
 from .model import ClusterReadiness, ClusterStatus, InterfaceRequest, MemorySpec, StagedCluster
 
 if TYPE_CHECKING:
-    import pluggy
-
     from .config import SiteConfig
+    from .hooks import Hooks
     from .interfaces import Driver, Repository
     from .model import Allocation, BootRequest
     from .pipeline import Pipeline
@@ -67,7 +66,7 @@ class Booted:
 class Site:
     """One PRAGMA site: open it with :meth:`open`, then boot, list, shut down and clean clusters."""
 
-    def __init__(self, config: SiteConfig, *, hooks: pluggy.PluginManager | None = None) -> None:
+    def __init__(self, config: SiteConfig, *, hooks: Hooks | None = None) -> None:
         self.config = config
         self._hooks = hooks
         self._driver: Driver | None = None
@@ -109,12 +108,13 @@ class Site:
     # ------------------------------------------------------------------ the parts, loaded on first use
 
     @property
-    def hooks(self) -> pluggy.PluginManager:
-        """The hook plugins (entry-point group ``pragma.plugins``), loaded once."""
+    def hooks(self) -> Hooks:
+        """The hook plugins (entry-point group ``pragma.plugins``) behind their typed facade, loaded once."""
         if self._hooks is None:
+            from .hooks import Hooks
             from .plugins import get_plugin_manager
 
-            self._hooks = get_plugin_manager()
+            self._hooks = Hooks(get_plugin_manager())
         return self._hooks
 
     @property
