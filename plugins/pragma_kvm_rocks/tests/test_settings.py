@@ -42,7 +42,7 @@ def test_legacy_template_is_accepted_with_documented_defaults(tmp_path: Path) ->
     ("line", "key", "problem"),
     [
         ("vlans = [0]", "vlans", "outside 1-4094"),
-        ("public_ips = ['300.1.1.1']", "public_ips", "not an IPv4 address"),
+        ("public_ips = ['300.1.1.1']", "public_ips", "must be a list of IPv4 addresses, '300.1.1.1' is not one"),
         ("disk_mode = 'thin'", "disk_mode", "overlay, copy"),
         ("private_bridge = 'br-{vlan}-{x}'", "private_bridge", "only {vlan}"),
         ("cpu_allocation_ratio = 0", "cpu_allocation_ratio", "above 0"),
