@@ -112,6 +112,11 @@ def _number(value: Any, what: str) -> int | float:
     return number
 
 
+def _shown(number: float) -> str:
+    """``number`` as a person writes it: ``30``, ``0.5``, ``31536000``."""
+    return str(int(number)) if float(number).is_integer() else repr(float(number))
+
+
 def to_number(value: Any) -> float:
     """Converter: a finite number, written as an int, a float or a numeric string."""
     return float(_number(value, "a number"))
@@ -124,8 +129,8 @@ def number_between(minimum: float, maximum: float, *, above: bool = False) -> Co
         number = to_number(value)
         low_ok = number > minimum if above else number >= minimum
         if not low_ok or number > maximum:
-            low = f"above {minimum:g}" if above else f"at least {minimum:g}"
-            raise ValueError(f"must be {low} and at most {maximum:g}, not {value!r}")
+            low = f"above {_shown(minimum)}" if above else f"at least {_shown(minimum)}"
+            raise ValueError(f"must be {low} and at most {_shown(maximum)}, not {value!r}")
         return number
 
     return convert
@@ -170,7 +175,7 @@ def seconds(*, above: bool = False, maximum: float = MAX_SECONDS) -> Converter:
         if number < 0 or (above and number == 0):
             raise ValueError(f"must be {'more than 0 seconds' if above else 'at least 0 seconds'}, not {value!r}")
         if number > maximum:
-            raise ValueError(f"must be at most {maximum:g} seconds, not {value!r}")
+            raise ValueError(f"must be at most {_shown(maximum)} seconds, not {value!r}")
         return number
 
     return convert
