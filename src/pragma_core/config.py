@@ -360,7 +360,11 @@ def build_settings(
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
         name = _blame(exc, kwargs)
-        raise where.error(keys.get(name, name) if name else None, _problem(exc, name)) from None
+        problem = _problem(exc, name)
+        for fld in attrs.fields(cls):  # type: ignore[arg-type]
+            if fld.metadata.get("secret") and (fld.alias or fld.name) in kwargs:
+                problem = _hide(problem, kwargs[fld.alias or fld.name])
+        raise where.error(keys.get(name, name) if name else None, problem) from None
 
 
 def _convert_or_blame(fld: attrs.Attribute, value: Any, where: _Where, key: str) -> None:
@@ -371,7 +375,18 @@ def _convert_or_blame(fld: attrs.Attribute, value: Any, where: _Where, key: str)
     try:
         converter(value)
     except (ValueError, TypeError) as exc:
-        raise where.error(key, _problem(exc, fld.name)) from None
+        problem = _problem(exc, fld.name)
+        if fld.metadata.get("secret"):
+            problem = _hide(problem, value)
+        raise where.error(key, problem) from None
+
+
+def _hide(message: str, value: Any) -> str:
+    """``message`` with a secret ``value`` (in any printed form) replaced by ``<hidden>``."""
+    for text in sorted({repr(value), str(value)}, key=len, reverse=True):
+        if len(text) > 2:
+            message = message.replace(text, "<hidden>")
+    return message
 
 
 def _problem(exc: BaseException, name: str | None) -> str:
