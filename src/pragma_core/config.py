@@ -11,6 +11,14 @@ in the file takes effect.
 A TOML file with the same keys (``site_conf.toml``, ``kvm_rocks.toml``) may
 stand beside or instead of the legacy one; when both exist the TOML file wins.
 
+Every settings class -- :class:`SiteConfig`, :class:`RepositorySettings`,
+each driver's ``config_class`` (:func:`driver_settings`) and each
+repository's ``config_class`` (:func:`repository_config`) -- is an attrs
+class built by :func:`build_settings` from fields made with
+:func:`pragma_core.settings.setting` and the converters of
+:mod:`pragma_core.settings`; a bad value is reported as
+``<file> line <n>: <key>: <problem>``.
+
 Lookup of the directory: ``--conf DIR``, else ``$PRAGMA_CONF_DIR``, else the
 legacy install's ``/opt/pragma_boot/etc``.
 
@@ -49,6 +57,17 @@ import attrs
 from attrs import field, frozen
 
 from .errors import ConfigError
+from .settings import (  # noqa: F401 - to_* and invalid are re-exported for plugins that import them from here
+    invalid,
+    optional,
+    setting,
+    to_bool,
+    to_int,
+    to_nonempty_str,
+    to_optional_path,
+    to_path,
+    to_str_list,
+)
 
 log = logging.getLogger(__name__)
 
@@ -258,57 +277,124 @@ def warn_if_readable_by_others(path: Path, what: str) -> bool:
 # --------------------------------------------------------------------------- typed settings
 
 
-def build_settings(cls: type[T], source: ConfigFile, *, values: Mapping[str, Any] | None = None) -> T:
-    """Build the attrs class ``cls`` from the keys of ``source``.
+@frozen
+class _Where:
+    """Where the settings being built come from, for error messages.
 
-    Each attrs field is read from the key of its name, or from one of the
-    names in its ``metadata["aliases"]``. A field's converter or validator
-    that raises :class:`ValueError` or :class:`TypeError` becomes a
-    :class:`ConfigError` naming the file, line and key. A missing field
-    without a default is an error naming the file. Unknown keys are logged at
-    debug level and ignored (legacy files carry keys nobody reads).
-
-    ``values`` replaces ``source.values`` (for a nested dict such as
-    ``repository_settings``) while errors still point at ``source``.
+    ``within`` names the dict setting (``repository_settings``) the keys sit
+    in: errors then read ``<file> line <n>: repository_settings: <key>: ...``.
     """
-    data = dict(source.values if values is None else values)
+
+    source: ConfigFile | None
+    within: str | None = None
+
+    def _at(self, key: str | None, message: str) -> ConfigError:
+        if self.source is None:
+            return ConfigError(message, key=key)
+        return self.source.error(key, message)
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        """A :class:`ConfigError` about setting ``key``."""
+        if self.within:
+            return self._at(self.within, f"{key}: {message}" if key else message)
+        return self._at(key, message)
+
+    def missing(self, key: str) -> ConfigError:
+        """A :class:`ConfigError` about a required setting that is not there."""
+        if self.within:
+            return self._at(self.within, f'missing "{key}"')
+        return ConfigError(f"missing setting {key}", path=self.source.path if self.source else None)
+
+
+def build_settings(
+    cls: type[T],
+    source: ConfigFile | None,
+    *,
+    values: Mapping[str, Any] | None = None,
+    within: str | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> T:
+    """Build the attrs class ``cls`` from the keys of ``source``: the one way settings are read.
+
+    Each field (made with :func:`pragma_core.settings.setting`) is read from
+    the key of its name, or from one of the names in its
+    ``metadata["aliases"]``. A field's converter or validator that raises
+    :class:`ValueError` or :class:`TypeError` becomes a :class:`ConfigError`
+    reading ``<file> line <n>: <key>: <problem>``. A missing field without a
+    default is an error naming the file. Unknown keys are logged at debug
+    level and ignored (legacy files carry keys nobody reads).
+
+    ``values`` replaces ``source.values`` for the keys of a dict setting;
+    ``within`` names that setting, so errors point at its line and read
+    ``<file> line <n>: <within>: <key>: <problem>`` (``source`` may then be
+    ``None``: the message names no file). ``context`` gives fields that do
+    not come from the file (the configuration directory, for example).
+    """
+    where = _Where(source, within)
+    data = dict(values if values is not None else (source.values if source is not None else {}))
+    given = dict(context or {})
     kwargs: dict[str, Any] = {}
+    keys: dict[str, str] = {}
     known: set[str] = set()
     for fld in attrs.fields(cls):  # type: ignore[arg-type]
         if not fld.init:
             continue
         names = (fld.name, *fld.metadata.get("aliases", ()))
         known.update(names)
-        for name in names:
-            if name in data:
-                kwargs[fld.alias or fld.name] = data[name]
-                break
-        else:
+        arg = fld.alias or fld.name
+        if fld.name in given:
+            kwargs[arg] = given[fld.name]
+            continue
+        key = next((n for n in names if n in data), None)
+        if key is None:
             if fld.default is attrs.NOTHING:
-                raise ConfigError(f"missing setting {fld.name}", path=source.path)
+                raise where.missing(fld.name)
+            continue
+        _convert_or_blame(fld, data[key], where, key)
+        kwargs[arg] = data[key]
+        keys[arg] = key
     for key in data:
         if key not in known:
-            log.debug("%s: setting %s is not used", source.path, key)
-    for fld in attrs.fields(cls):  # type: ignore[arg-type]
-        name = fld.alias or fld.name
-        converter = getattr(fld.converter, "converter", fld.converter)
-        if name in kwargs and callable(converter):
-            try:
-                converter(kwargs[name])
-            except (ValueError, TypeError) as exc:
-                used = next((n for n in (fld.name, *fld.metadata.get("aliases", ())) if n in data), fld.name)
-                message = str(exc)
-                if message.startswith(f"{fld.name}:"):
-                    message = message[len(fld.name) + 1 :].strip()
-                raise source.error(used, message) from None
+            log.debug("%s: setting %s is not used", source.path if source else within, key)
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        key = _blame(exc, kwargs)
-        message = str(exc)
-        if key and message.startswith(f"{key}:"):
-            message = message[len(key) + 1 :].strip()
-        raise source.error(key, message) from None
+        name = _blame(exc, kwargs)
+        problem = _problem(exc, name)
+        for fld in attrs.fields(cls):  # type: ignore[arg-type]
+            if fld.metadata.get("secret") and (fld.alias or fld.name) in kwargs:
+                problem = _hide(problem, kwargs[fld.alias or fld.name])
+        raise where.error(keys.get(name, name) if name else None, problem) from None
+
+
+def _convert_or_blame(fld: attrs.Attribute, value: Any, where: _Where, key: str) -> None:
+    """Run the field's converter on ``value`` alone, so an error names the key it came from."""
+    converter = getattr(fld.converter, "converter", fld.converter)
+    if not callable(converter):
+        return
+    try:
+        converter(value)
+    except (ValueError, TypeError) as exc:
+        problem = _problem(exc, fld.name)
+        if fld.metadata.get("secret"):
+            problem = _hide(problem, value)
+        raise where.error(key, problem) from None
+
+
+def _hide(message: str, value: Any) -> str:
+    """``message`` with a secret ``value`` (in any printed form) replaced by ``<hidden>``."""
+    for text in sorted({repr(value), str(value)}, key=len, reverse=True):
+        if len(text) > 2:
+            message = message.replace(text, "<hidden>")
+    return message
+
+
+def _problem(exc: BaseException, name: str | None) -> str:
+    """The message of ``exc`` without a leading ``<name>:``."""
+    message = str(exc)
+    if name and message.startswith(f"{name}:"):
+        message = message[len(name) + 1 :].strip()
+    return message
 
 
 def _blame(exc: BaseException, kwargs: Mapping[str, Any]) -> str | None:
@@ -323,72 +409,37 @@ def _blame(exc: BaseException, kwargs: Mapping[str, Any]) -> str | None:
     return None
 
 
-def invalid(key: str, message: str) -> ValueError:
-    """A :class:`ValueError` that :func:`build_settings` reports against ``key``."""
-    return ValueError(f"{key}: {message}")
-
-
-def to_path(value: Any) -> Path:
-    """Converter: a non-empty string to a :class:`Path`."""
-    if isinstance(value, Path):
-        return value
-    if not isinstance(value, str) or not value:
-        raise TypeError("must be a non-empty path string")
-    return Path(value)
-
-
-def to_optional_path(value: Any) -> Path | None:
-    """Converter: ``None`` or ``""`` to ``None``, else a :class:`Path`."""
-    if value is None or value == "":
-        return None
-    return to_path(value)
-
-
-def to_bool(value: Any) -> bool:
-    """Converter: booleans, and ``yes/no/true/false/1/0/t/f/y/n`` strings."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return bool(value)
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("1", "yes", "y", "true", "t", "on"):
-            return True
-        if lowered in ("0", "no", "n", "false", "f", "off", ""):
-            return False
-    raise ValueError(f"must be a boolean (true/false), not {value!r}")
-
-
-def to_int(value: Any) -> int:
-    """Converter: an integer (or a string of digits)."""
-    if isinstance(value, bool):
-        raise ValueError(f"must be a whole number, not {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
-        return int(value)
-    raise ValueError(f"must be a whole number, not {value!r}")
-
-
-def to_str_list(value: Any) -> tuple[str, ...]:
-    """Converter: a list of strings, or one space/comma separated string."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return tuple(v for v in re.split(r"[\s,]+", value) if v)
-    if isinstance(value, (list, tuple, set)) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ValueError(f"must be a list of strings, not {value!r}")
+def setting_names(cls: type) -> frozenset[str]:
+    """Every key ``cls`` reads: field names and their aliases."""
+    return frozenset(
+        name
+        for fld in attrs.fields(cls)  # type: ignore[arg-type]
+        if fld.init
+        for name in (fld.name, *fld.metadata.get("aliases", ()))
+    )
 
 
 # --------------------------------------------------------------------------- site settings
 
 
 def _vcout_format(value: Any) -> int:
-    number = to_int(value) if not isinstance(value, int) else value
+    number = to_int(value)
     if number not in (1, 2):
         raise ValueError(f"must be 1 or 2, not {value!r}")
     return number
+
+
+def _driver_name(value: Any) -> str:
+    if not (isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", value.strip())):
+        raise ValueError("must be a driver name such as kvm_rocks")
+    return value.strip()
+
+
+def _file_name(value: Any) -> str:
+    name = to_nonempty_str(value)
+    if "/" in name or name in (".", ".."):
+        raise ValueError("must be a file name, not a path")
+    return name
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -402,14 +453,15 @@ class RepositorySettings:
     """The site's ``repository_settings`` dict.
 
     ``options`` keeps every other key of the dict (``keypair_id``,
-    ``private_key_file``, ``local_image_url``, ``include_images``...) for the
-    repository class to read.
+    ``private_key_file``, ``local_image_url``, ``include_images``...); the
+    repository class reads them through its ``config_class``
+    (:func:`repository_config`).
     """
 
-    repository_class: str
-    repository_dir: Path = field(converter=to_path)
-    vcdb_filename: str = "vcdb.txt"
-    repository_url: str | None = None
+    repository_class: str = setting(to_nonempty_str, help="entry point in pragma.repositories")
+    repository_dir: Path = setting(to_path, help="local root or cache of the images")
+    vcdb_filename: str = setting(_file_name, default="vcdb.txt", help="catalogue file in repository_dir")
+    repository_url: str | None = setting(optional(to_nonempty_str), default=None, help="remote side, when any")
     options: Mapping[str, Any] = field(factory=dict, converter=_mapping)
 
     @property
@@ -427,12 +479,14 @@ class SiteConfig:
 
     conf_dir: Path
     source: ConfigFile
-    site_ve_driver: str | None = None
-    temp_directory: Path | None = None
-    log_directory: Path | None = None
-    repository: RepositorySettings | None = None
-    vcout_format: int = 2
-    delete_parts_after_staging: bool = False
+    site_ve_driver: str | None = setting(optional(_driver_name), default=None, help="driver entry point")
+    temp_directory: Path | None = setting(
+        to_optional_path, default=None, aliases=("temporary_directory",), help="staging directory"
+    )
+    log_directory: Path | None = setting(to_optional_path, default=None, help="log files of boot and sync")
+    repository: RepositorySettings | None = setting(default=None, aliases=("repository_settings",))
+    vcout_format: int = setting(_vcout_format, default=2, help="vc-out.xml format, 1 or 2")
+    delete_parts_after_staging: bool = setting(to_bool, default=False, help="delete parts once staged")
 
     def require(self, key: str) -> Any:
         value = getattr(self, key)
@@ -471,52 +525,43 @@ def load_site_config(conf_dir: str | Path | None = None) -> SiteConfig:
 
 def site_config_from(source: ConfigFile, conf_dir: Path) -> SiteConfig:
     """Validate the keys of a parsed site configuration."""
-    repo: RepositorySettings | None = None
-    raw_repo = source.get("repository_settings")
-    if raw_repo is not None:
-        if not isinstance(raw_repo, Mapping):
-            raise source.error("repository_settings", "must be a dict")
-        if "repository_class" not in raw_repo:
-            raise source.error("repository_settings", 'missing "repository_class"')
-        if "repository_dir" not in raw_repo:
-            raise source.error("repository_settings", 'missing "repository_dir"')
-        known = {f.name for f in attrs.fields(RepositorySettings)} - {"options"}
-        fields_ = {k: v for k, v in raw_repo.items() if k in known}
-        options = {k: v for k, v in raw_repo.items() if k not in known}
-        for key in ("repository_class", "vcdb_filename"):
-            if key in fields_ and not (isinstance(fields_[key], str) and fields_[key]):
-                raise source.error("repository_settings", f"{key} must be a non-empty string")
-        if fields_.get("repository_url") is not None and not isinstance(fields_["repository_url"], str):
-            raise source.error("repository_settings", "repository_url must be a string")
-        vcdb = fields_.get("vcdb_filename", "vcdb.txt")
-        if "/" in vcdb or vcdb in (".", ".."):
-            raise source.error("repository_settings", "vcdb_filename must be a file name, not a path")
-        try:
-            repo = RepositorySettings(**fields_, options=options)
-        except (TypeError, ValueError) as exc:
-            raise source.error("repository_settings", f"repository_dir {exc}") from None
+    context = {"conf_dir": conf_dir, "source": source, "repository": _repository_settings(source)}
+    return build_settings(SiteConfig, source, context=context)
 
-    def typed(key: str, convert: Any, *aliases: str) -> Any:
-        for name in (key, *aliases):
-            if name in source:
-                try:
-                    return convert(source.get(name))
-                except (TypeError, ValueError) as exc:
-                    raise source.error(name, str(exc)) from None
+
+def _repository_settings(source: ConfigFile) -> RepositorySettings | None:
+    """The ``repository_settings`` dict of ``source``, or ``None`` when it has none."""
+    raw = source.get("repository_settings")
+    if raw is None:
         return None
-
-    driver = source.get("site_ve_driver")
-    if driver is not None and not (isinstance(driver, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", driver)):
-        raise source.error("site_ve_driver", "must be a driver name such as kvm_rocks")
-    fmt = typed("vcout_format", _vcout_format)
-    delete = typed("delete_parts_after_staging", to_bool)
-    return SiteConfig(
-        conf_dir=conf_dir,
-        source=source,
-        site_ve_driver=driver or None,
-        temp_directory=typed("temp_directory", to_optional_path, "temporary_directory"),
-        log_directory=typed("log_directory", to_optional_path),
-        repository=repo,
-        vcout_format=fmt if fmt is not None else 2,
-        delete_parts_after_staging=bool(delete),
+    if not isinstance(raw, Mapping):
+        raise source.error("repository_settings", "must be a dict")
+    known = setting_names(RepositorySettings) - {"options"}
+    options = {k: v for k, v in raw.items() if k not in known}
+    values = {k: v for k, v in raw.items() if k in known}
+    return build_settings(
+        RepositorySettings, source, values=values, within="repository_settings", context={"options": options}
     )
+
+
+def repository_config(cls: type[T], settings: RepositorySettings, source: ConfigFile | None) -> T:
+    """A repository's ``config_class`` built from its keys of ``repository_settings``.
+
+    Errors read ``<site file> line <n>: repository_settings: <key>: <problem>``
+    (``source`` is the site file; ``None`` leaves the file out).
+    """
+    return build_settings(cls, source, values=settings.options, within="repository_settings")
+
+
+def driver_settings(cls: type[T], site: SiteConfig, name: str) -> T:
+    """A driver's ``config_class`` built from ``<name>.toml`` or ``<name>.conf`` beside the site file.
+
+    A missing file is an error when ``cls`` has a setting without a default.
+    """
+    source = site.driver_config(name)
+    if source is None:
+        required = [f.name for f in attrs.fields(cls) if f.init and f.default is attrs.NOTHING]  # type: ignore[arg-type]
+        if required:
+            raise ConfigError(f"configuration file not found: {site.conf_dir / (name + '.conf')}")
+        source = ConfigFile(path=site.conf_dir / f"{name}.conf", values={}, lines={})
+    return build_settings(cls, source)

@@ -119,14 +119,29 @@ class Repository(abc.ABC):
 
     ``settings`` is the site's ``repository_settings`` as a
     :class:`~pragma_core.config.RepositorySettings`.
+
+    ``config_class`` is an attrs class for the repository's own keys of that
+    dict (fields made with :func:`pragma_core.settings.setting`); the
+    constructor builds it into ``self.config`` with
+    :func:`pragma_core.config.repository_config`, so a bad value is reported
+    as ``site_conf.conf line 4: repository_settings: timeout: ...``. ``None``
+    (the default) means the class reads no key of its own (``self.config``
+    is ``None``).
     """
 
     #: The entry-point name, e.g. ``local``.
     name: ClassVar[str] = ""
+    #: attrs class of the repository's own settings, or ``None``.
+    config_class: ClassVar[type | None] = None
 
     def __init__(self, settings: Any, *, site: SiteConfig) -> None:
         self.settings = settings
         self.site = site
+        self.config: Any = None
+        if self.config_class is not None:
+            from .config import repository_config
+
+            self.config = repository_config(self.config_class, settings, getattr(site, "source", None))
 
     @abc.abstractmethod
     def list(self) -> list[str]:

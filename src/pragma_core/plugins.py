@@ -315,24 +315,18 @@ def make_driver(site: SiteConfig) -> Driver:
     cls = load_driver_class(name)
     config: object = None
     if cls.config_class is not None:
-        from .config import build_settings
-        from .errors import ConfigError
+        from .config import driver_settings
 
-        source = site.driver_config(name)
-        if source is None:
-            import attrs
-
-            from .config import ConfigFile
-
-            if any(f.default is attrs.NOTHING for f in attrs.fields(cls.config_class) if f.init):
-                raise ConfigError(f"configuration file not found: {site.conf_dir / (name + '.conf')}")
-            source = ConfigFile(path=site.conf_dir / f"{name}.conf", values={}, lines={})
-        config = build_settings(cls.config_class, source)
+        config = driver_settings(cls.config_class, site, name)
     return cls(config, site=site)
 
 
 def make_repository(site: SiteConfig) -> Repository:
-    """Construct the site's repository (``repository_settings``)."""
+    """Construct the site's repository (``repository_settings``).
+
+    The repository's constructor builds its ``config_class`` from the
+    dict's other keys (:func:`pragma_core.config.repository_config`).
+    """
     settings = site.require_repository()
     cls = load_repository_class(settings.repository_class)
     return cls(settings, site=site)

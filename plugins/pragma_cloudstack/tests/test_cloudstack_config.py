@@ -12,6 +12,7 @@ from cloudstack_testkit import make_driver, write_conf
 from pragma_core.config import build_settings, parse_legacy
 from pragma_core.errors import ConfigError
 from pragma_core.testing import make_site
+from pragma_core.testing.configkit import FORMATS, load_driver_settings
 
 from pragma_cloudstack.config import CloudStackSettings
 from pragma_cloudstack.driver import CloudStackDriver
@@ -113,3 +114,80 @@ def test_unknown_zone_is_a_config_error_listing_the_zones(tmp_path: Path, sim: C
     write_conf(etc, sim, zone="atlantis")
     with pytest.raises(ConfigError, match=r"cloudstack.conf: zone: no zone 'atlantis' in CloudStack \(zones: zone1\)"):
         make_driver(etc).list_repository(None)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- one settings path
+
+REQUIRED = {"baseurl": "http://cloud.example.org:8080/client/api?", "apikey": "AKEY", "secretkey": "SKEY"}
+
+#: key -> (spellings written into cloudstack.conf / cloudstack.toml, the one value they all mean)
+SPELLINGS = {
+    "job_timeout": ([120, 120.0, "120", " 120 ", "1.2e2"], 120.0),
+    "poll_interval": ([0.5, "0.5", " .5 ", "5e-1"], 0.5),
+    "max_parallel": ([8, 8.0, "8", " 8 "], 8),
+    "retries": ([0, 0.0, "0", "+0"], 0),
+    "page_size": ([100, "100", 100.0], 100),
+    "verify_tls": ([False, 0, "0", "no", "False", "off", ""], False),
+    "dns": ([["1.1.1.1", "9.9.9.9"], "1.1.1.1 9.9.9.9", "1.1.1.1, 9.9.9.9"], ("1.1.1.1", "9.9.9.9")),
+    "templatefilter": (["community", "Community", " COMMUNITY "], "community"),
+    "zone": (["zone1", " zone1 "], "zone1"),
+    "networkoffering": (["", None], None),
+}
+
+
+@pytest.mark.parametrize(
+    ("key", "spelling", "fmt", "expected"),
+    [
+        pytest.param(key, spelling, fmt, expected, id=f"{key}-{fmt}-{i}")
+        for key, (spellings, expected) in SPELLINGS.items()
+        for fmt in FORMATS
+        for i, spelling in enumerate(spellings)
+        if not (fmt == "toml" and spelling is None)  # TOML has no null
+    ],
+)
+def test_every_spelling_of_a_value_gives_the_same_setting(tmp_path: Path, key: str, spelling, fmt: str, expected) -> None:
+    cfg = load_driver_settings(CloudStackSettings, tmp_path, {key: spelling, **REQUIRED}, fmt=fmt, name="cloudstack")
+    assert getattr(cfg, key) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("job_timeout", 0, "more than 0 seconds"),
+        ("job_timeout", "10m", "must be a number of seconds"),
+        ("request_timeout", float("inf"), "must be a number of seconds"),
+        ("signature_lifetime", 10**9, "at most 31536000 seconds"),
+        ("max_parallel", True, "whole number"),
+        ("page_size", "1.5", "whole number"),
+        ("retries", -1, "at least 0"),
+        ("verify_tls", "sometimes", "must be a boolean"),
+        ("verify_tls", 2, "must be a boolean"),
+        ("apikey", "  ", "non-empty string"),
+    ],
+)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_bad_value_is_one_error_naming_file_line_and_key(tmp_path: Path, key: str, value, problem: str, fmt: str) -> None:
+    rest = {k: v for k, v in REQUIRED.items() if k != key}
+    with pytest.raises(ConfigError) as info:
+        load_driver_settings(CloudStackSettings, tmp_path, {key: value, **rest}, fmt=fmt, name="cloudstack")
+    message = str(info.value)
+    line = 2 if fmt == "conf" else 1
+    assert message.startswith(f"{tmp_path / ('cloudstack.' + fmt)} line {line}: {key}: "), message
+    assert problem in message and "SKEY" not in message
+
+
+def test_the_keys_are_marked_secret() -> None:
+    import attrs
+
+    secret = {f.name for f in attrs.fields(CloudStackSettings) if f.metadata.get("secret")}
+    assert secret == {"apikey", "secretkey"}
+
+
+@pytest.mark.parametrize("value", [["S3CR3T-VALUE"], 12345678901, {"k": "S3CR3T-VALUE"}])
+def test_a_bad_secret_value_is_not_shown_in_the_error(tmp_path: Path, value) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_driver_settings(CloudStackSettings, tmp_path, {"secretkey": value, "baseurl": "http://c/api", "apikey": "A"},
+                             name="cloudstack")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'cloudstack.conf'} line 2: secretkey: ")
+    assert "S3CR3T" not in message and "12345678901" not in message

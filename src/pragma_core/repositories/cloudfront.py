@@ -47,9 +47,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from attrs import frozen
+
 from ..config import warn_if_readable_by_others
 from ..errors import ConfigError
-from .http import HttpRepository, _number, _setting_error
+from ..settings import MAX_SECONDS, choice, int_between, setting, to_nonempty_str, to_path
+from .http import HttpRepository, HttpSettings, _setting_error
 
 _HASHES = {"sha1": "SHA-1", "sha-1": "SHA-1", "sha256": "SHA-256", "sha-256": "SHA-256"}
 _RSA_ENCRYPTION_OID = "1.2.840.113549.1.1.1"
@@ -84,31 +87,30 @@ def load_private_key(path: Path) -> Any:
     raise ValueError(f"{path}: not an RSA private key in PEM form (PKCS#1 or PKCS#8)")
 
 
+@frozen(kw_only=True)
+class CloudFrontSettings(HttpSettings):
+    """The ``cloudfront`` repository's own keys of ``repository_settings`` (and the http ones)."""
+
+    keypair_id: str = setting(to_nonempty_str, help="the CloudFront key pair or public key id")
+    private_key_file: Path = setting(to_path, help="path of the PEM private key")
+    url_lifetime: int = setting(int_between(1, MAX_SECONDS), default=3600, help="seconds each signed URL is valid")
+    hash_algorithm: str = setting(choice(*_HASHES), default="sha1", help="sha1 or sha256")
+    policy: str = setting(choice("canned", "custom"), default="canned", help="canned, or custom for <url>/*")
+
+
 class CloudFrontRepository(HttpRepository):
     """The ``http`` repository with every URL signed for a private CloudFront distribution."""
 
     name = "cloudfront"
+    config_class = CloudFrontSettings
 
     def __init__(self, settings: Any, *, site: Any) -> None:
         super().__init__(settings, site=site)
-        options = settings.options
-        keypair_id = options.get("keypair_id")
-        if not isinstance(keypair_id, str) or not keypair_id.strip():
-            raise _setting_error(site, "keypair_id", "missing (the CloudFront key pair or public key id)")
-        key_file = options.get("private_key_file")
-        if not isinstance(key_file, str) or not key_file:
-            raise _setting_error(site, "private_key_file", "missing (path of the PEM private key)")
-        self.keypair_id = keypair_id.strip()
-        self.private_key_file = Path(key_file)
-        self.url_lifetime = _number(site, options, "url_lifetime", integer=True, minimum=1, default=3600)
-        algorithm = str(options.get("hash_algorithm", "sha1")).strip().lower()
-        if algorithm not in _HASHES:
-            raise _setting_error(site, "hash_algorithm", f"must be sha1 or sha256, not {options.get('hash_algorithm')!r}")
-        self.hash_algorithm = _HASHES[algorithm]
-        policy = str(options.get("policy", "canned")).strip().lower()
-        if policy not in ("canned", "custom"):
-            raise _setting_error(site, "policy", f"must be canned or custom, not {options.get('policy')!r}")
-        self.policy = policy
+        self.keypair_id = self.config.keypair_id
+        self.private_key_file = self.config.private_key_file
+        self.url_lifetime = self.config.url_lifetime
+        self.hash_algorithm = _HASHES[self.config.hash_algorithm]
+        self.policy = self.config.policy
 
         from ..download import install_redaction
 

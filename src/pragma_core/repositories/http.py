@@ -48,16 +48,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
+from attrs import frozen
+
 from ..errors import ConfigError, FormatError, NotFoundError, RepositoryError
 from ..model import ClusterDescription, Part, StagedCluster
 from ..paths import safe_join
+from ..settings import setting, to_non_negative_int, to_positive_seconds, to_seconds
 from .local import LocalRepository
 
 if TYPE_CHECKING:
@@ -65,8 +67,6 @@ if TYPE_CHECKING:
     from ..staging import Stager
 
 log = logging.getLogger(__name__)
-
-_DEFAULTS = {"timeout": 30.0, "retries": 5, "backoff": 0.5}
 
 
 def _setting_error(site: Any, key: str, message: str) -> ConfigError:
@@ -76,27 +76,20 @@ def _setting_error(site: Any, key: str, message: str) -> ConfigError:
     return ConfigError(message, key=f"repository_settings {key}")
 
 
-def _number(site: Any, options: Any, key: str, *, integer: bool = False, minimum: float = 0.0,
-            default: float | None = None) -> Any:
-    """The numeric option ``key`` (or its default); a :class:`ConfigError` naming it when invalid."""
-    value = options.get(key, _DEFAULTS[key] if default is None else default)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(value, str):
-        try:
-            value = int(value) if integer else float(value)
-            ok = True
-        except ValueError:
-            ok = False
-    if not ok or (integer and int(value) != value) or not math.isfinite(value) or value < minimum:
-        kind = "a whole number" if integer else "a number"
-        raise _setting_error(site, key, f"must be {kind} >= {minimum:g}, not {options.get(key)!r}")
-    return int(value) if integer else float(value)
+@frozen(kw_only=True)
+class HttpSettings:
+    """The ``http`` repository's own keys of ``repository_settings``."""
+
+    timeout: float = setting(to_positive_seconds, default=30.0, help="seconds to connect, and between two reads")
+    retries: int = setting(to_non_negative_int, default=5, help="extra attempts after an error or HTTP 5xx")
+    backoff: float = setting(to_seconds, default=0.5, help="seconds before the first retry, doubled each time")
 
 
 class HttpRepository(LocalRepository):
     """Cluster images listed in ``<repository_url>/<vcdb_filename>``, cached in ``repository_dir``."""
 
     name = "http"
+    config_class = HttpSettings
 
     def __init__(self, settings: Any, *, site: Any) -> None:
         super().__init__(settings, site=site)
@@ -109,10 +102,9 @@ class HttpRepository(LocalRepository):
         if parts.query or parts.fragment:
             raise _setting_error(site, "repository_url", "must not have a query string or fragment")
         self.base_url = url.rstrip("/")
-        options = settings.options
-        self.timeout = _number(site, options, "timeout", minimum=0.001)
-        self.retries = _number(site, options, "retries", integer=True)
-        self.backoff = _number(site, options, "backoff")
+        self.timeout = self.config.timeout
+        self.retries = self.config.retries
+        self.backoff = self.config.backoff
         self._client: HttpClient | None = None
         self._fetched_catalogue = False
 

@@ -26,9 +26,17 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from attrs import field, frozen
+from attrs import frozen
 
-from ..config import to_bool, to_int, to_optional_path, to_str_list
+from ..settings import (
+    setting,
+    to_bool,
+    to_ipv4_list,
+    to_ipv4_network,
+    to_non_negative_int,
+    to_optional_path,
+    to_positive_int,
+)
 from ..errors import CapacityError, DriverError, NotFoundError
 from ..interfaces import Driver
 from ..model import (
@@ -43,40 +51,18 @@ from ..model import (
 )
 
 
-def _network(value: Any) -> ipaddress.IPv4Network:
-    try:
-        return ipaddress.IPv4Network(value)
-    except (ValueError, TypeError):
-        raise ValueError(f"must be an IPv4 network such as 10.1.0.0/16, not {value!r}") from None
-
-
-def _ips(value: Any) -> tuple[str, ...]:
-    items = to_str_list(value)
-    for item in items:
-        try:
-            ipaddress.IPv4Address(item)
-        except ValueError:
-            raise ValueError(f"{item!r} is not an IPv4 address") from None
-    return items
-
-
 @frozen(kw_only=True)
 class FakeConfig:
     """Settings of the fake driver (``fake.conf``)."""
 
-    total_cpus: int = field(default=64, converter=to_int)
-    cpus_per_node: int = field(default=4, converter=to_int)
-    public_ips: tuple[str, ...] = field(default=tuple(f"192.0.2.{i}" for i in range(10, 30)), converter=_ips)
-    public_network: ipaddress.IPv4Network = field(default="192.0.2.0/24", converter=_network)
-    private_network: ipaddress.IPv4Network = field(default="10.1.0.0/16", converter=_network)
-    dns: tuple[str, ...] = field(default=("8.8.8.8",), converter=_ips)
-    state_file: Path | None = field(default=None, converter=to_optional_path)
-    fail_deploy: bool = field(default=False, converter=to_bool)
-
-    @cpus_per_node.validator
-    def _positive(self, attribute: Any, value: int) -> None:
-        if value <= 0:
-            raise ValueError("cpus_per_node: must be at least 1")
+    total_cpus: int = setting(to_non_negative_int, default=64, help="CPUs all clusters share")
+    cpus_per_node: int = setting(to_positive_int, default=4, help="CPUs of each compute node")
+    public_ips: tuple[str, ...] = setting(to_ipv4_list, default=tuple(f"192.0.2.{i}" for i in range(10, 30)))
+    public_network: ipaddress.IPv4Network = setting(to_ipv4_network, default="192.0.2.0/24")
+    private_network: ipaddress.IPv4Network = setting(to_ipv4_network, default="10.1.0.0/16")
+    dns: tuple[str, ...] = setting(to_ipv4_list, default=("8.8.8.8",))
+    state_file: Path | None = setting(to_optional_path, default=None, help="where the clusters are recorded")
+    fail_deploy: bool = setting(to_bool, default=False, help="make every deploy fail (exercises rollback)")
 
 
 class FakeDriver(Driver):

@@ -16,9 +16,25 @@ from types import MappingProxyType
 from typing import Any
 
 import attrs
-from attrs import field, frozen
+from attrs import frozen
 
-from pragma_core.config import to_int, to_optional_path, to_path, to_str_list
+from pragma_core.settings import (
+    choice,
+    int_between,
+    number_between,
+    optional,
+    setting,
+    to_int,
+    to_ipv4_address,
+    to_ipv4_list,
+    to_ipv4_network,
+    to_non_negative_int,
+    to_optional_path,
+    to_path,
+    to_positive_int,
+    to_seconds,
+    to_str_list,
+)
 
 #: Where allocation records and locks live when ``state_dir`` is not set.
 DEFAULT_STATE_DIR = Path("/var/lib/pragma/kvm_rocks")
@@ -27,28 +43,7 @@ DEFAULT_DISKDIR = Path("/var/lib/libvirt/images")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _OVS = "ovs:"
-
-
-def _ipv4_list(value: Any) -> tuple[ipaddress.IPv4Address, ...]:
-    items = to_str_list(value)
-    out = []
-    for item in items:
-        try:
-            out.append(ipaddress.IPv4Address(item))
-        except ValueError:
-            raise ValueError(f"{item!r} is not an IPv4 address") from None
-    if len(set(out)) != len(out):
-        raise ValueError("lists an address twice")
-    return tuple(out)
-
-
-def _optional_ipv4(value: Any) -> ipaddress.IPv4Address | None:
-    if value in (None, ""):
-        return None
-    try:
-        return ipaddress.IPv4Address(value)
-    except (ValueError, TypeError):
-        raise ValueError(f"must be an IPv4 address, not {value!r}") from None
+_mtu = int_between(68, 65535)
 
 
 def _netmask(value: Any) -> str | None:
@@ -61,25 +56,26 @@ def _netmask(value: Any) -> str | None:
     return str(value)
 
 
-def _network(value: Any) -> ipaddress.IPv4Network:
-    try:
-        return ipaddress.IPv4Network(value)
-    except (ValueError, TypeError):
-        raise ValueError(f"must be an IPv4 network such as 10.1.0.0/16, not {value!r}") from None
+def _vlan(value: Any) -> int:
+    number = to_int(value)
+    if not 1 <= number <= 4094:
+        raise ValueError(f"VLAN id {number} is outside 1-4094")
+    return number
 
 
 def _vlans(value: Any) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, str):
+        value = to_str_list(value)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, (list, tuple, set)):
         raise ValueError(f"must be a list of VLAN ids such as range(2, 100), not {value!r}")
-    out = []
-    for item in value:
-        number = to_int(item)
-        if not 1 <= number <= 4094:
-            raise ValueError(f"VLAN id {number} is outside 1-4094")
-        out.append(number)
-    return tuple(dict.fromkeys(out))
+    return tuple(dict.fromkeys(_vlan(item) for item in value))
+
+
+def _cpus_limit(value: Any) -> int | None:
+    """``None``, ``""`` and ``0`` mean no limit."""
+    return optional(to_non_negative_int)(value) or None
 
 
 def _containers(value: Any) -> tuple[str, ...]:
@@ -91,8 +87,9 @@ def _containers(value: Any) -> tuple[str, ...]:
 
 
 def _bridge(value: Any) -> str:
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value.strip():
         raise ValueError(f"must be a bridge name (template with {{vlan}}) or ovs:NAME, not {value!r}")
+    value = value.strip()
     name = value[len(_OVS) :] if value.startswith(_OVS) else value
     try:
         sample = name.format(vlan=4094)
@@ -101,10 +98,6 @@ def _bridge(value: Any) -> str:
     if not _NAME.fullmatch(sample) or len(sample) > 15:
         raise ValueError(f"{value!r} does not give a valid interface name (at most 15 characters)")
     return value
-
-
-def _optional_bridge(value: Any) -> str | None:
-    return None if value in (None, "") else _bridge(value)
 
 
 @frozen(kw_only=True)
@@ -126,18 +119,19 @@ def _extra_networks(value: Any) -> Mapping[str, ExtraNetwork]:
     for name, spec in value.items():
         if not isinstance(name, str) or not _NAME.fullmatch(name) or name in ("private", "public"):
             raise ValueError(f"network name {name!r} is not allowed")
-        if isinstance(spec, str):
+        if isinstance(spec, ExtraNetwork):
+            out[name] = spec
+        elif isinstance(spec, str):
             out[name] = ExtraNetwork(name=name, bridge=_bridge(spec))
         elif isinstance(spec, Mapping):
             unknown = set(spec) - {"bridge", "subnet", "mtu"}
             if unknown:
                 raise ValueError(f"{name}: unknown keys {sorted(unknown)} (bridge, subnet, mtu)")
-            subnet = spec.get("subnet")
             out[name] = ExtraNetwork(
                 name=name,
                 bridge=_bridge(spec.get("bridge", name)),
-                subnet=_network(subnet) if subnet else None,
-                mtu=to_int(spec.get("mtu", 1500)),
+                subnet=optional(to_ipv4_network)(spec.get("subnet")),
+                mtu=_mtu(spec.get("mtu", 1500)),
             )
         else:
             raise ValueError(f"{name}: must be a bridge name or a dict with bridge/subnet/mtu")
@@ -155,56 +149,10 @@ def _ent(value: Any) -> Mapping[str, str]:
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)} (subnet_name, interface_name, subnet)")
     if "subnet" in value:
-        _network(value["subnet"])
+        to_ipv4_network(value["subnet"])
     if "interface_name" in value:
         _bridge(value["interface_name"])
     return MappingProxyType(dict(value))
-
-
-def _choice(*allowed: str) -> Any:
-    def convert(value: Any) -> str:
-        if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}, not {value!r}")
-        return value
-
-    return convert
-
-
-def _positive_int(value: Any) -> int:
-    number = to_int(value)
-    if number < 1:
-        raise ValueError(f"must be at least 1, not {number}")
-    return number
-
-
-def _optional_positive_int(value: Any) -> int | None:
-    return None if value in (None, "", 0) else _positive_int(value)
-
-
-def _non_negative_int(value: Any) -> int:
-    number = to_int(value)
-    if number < 0:
-        raise ValueError(f"must not be negative, not {number}")
-    return number
-
-
-def _ratio(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"must be a number, not {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"must be a number, not {value!r}") from None
-    if not 0 < number <= 64:
-        raise ValueError(f"must be above 0 and at most 64, not {value!r}")
-    return number
-
-
-def _seconds(value: Any) -> float:
-    number = _ratio(value) if not isinstance(value, (int, float)) or isinstance(value, bool) else float(value)
-    if number < 0:
-        raise ValueError("must not be negative")
-    return number
 
 
 def _uri_template(value: Any) -> str:
@@ -217,42 +165,38 @@ def _uri_template(value: Any) -> str:
     return value
 
 
-def _dns(value: Any) -> tuple[str, ...]:
-    return tuple(str(a) for a in _ipv4_list(value))
-
-
 @frozen(kw_only=True)
 class KvmRocksSettings:
     """Settings of the ``kvm_rocks`` driver (``kvm_rocks.conf`` or ``kvm_rocks.toml``)."""
 
     # ---- legacy keys (reference §2.5)
-    public_ips: tuple[ipaddress.IPv4Address, ...] = field(converter=_ipv4_list)
-    vlans: tuple[int, ...] = field(converter=_vlans)
-    dns: tuple[str, ...] = field(default=("8.8.8.8",), converter=_dns)
-    netmask: str | None = field(default=None, converter=_netmask)
-    gw: ipaddress.IPv4Address | None = field(default=None, converter=_optional_ipv4)
-    diskdir: Path | None = field(default=None, converter=to_optional_path)
-    available_containers: tuple[str, ...] = field(default=(), converter=_containers)
-    num_processors_reserved: int = field(default=0, converter=_non_negative_int)
-    additional_interfaces: Mapping[str, ExtraNetwork] = field(factory=dict, converter=_extra_networks)
-    ent: Mapping[str, str] = field(factory=dict, converter=_ent)
+    public_ips: tuple[str, ...] = setting(to_ipv4_list, help="addresses handed to frontends")
+    vlans: tuple[int, ...] = setting(_vlans, help="VLAN ids of private networks, e.g. range(2, 100)")
+    dns: tuple[str, ...] = setting(to_ipv4_list, default=("8.8.8.8",), help="DNS servers of the nodes")
+    netmask: str | None = setting(_netmask, default=None, help="netmask of the public network")
+    gw: ipaddress.IPv4Address | None = setting(optional(to_ipv4_address), default=None, help="public gateway")
+    diskdir: Path | None = setting(to_optional_path, default=None, help="where node disks are written")
+    available_containers: tuple[str, ...] = setting(_containers, default=(), help="hosts for compute VMs")
+    num_processors_reserved: int = setting(to_non_negative_int, default=0, help="CPUs kept free on each host")
+    additional_interfaces: Mapping[str, ExtraNetwork] = setting(_extra_networks, factory=dict)
+    ent: Mapping[str, str] = setting(_ent, factory=dict, help="PRAGMA-ENT network")
     # ---- new keys
-    libvirt_uri: str = field(default="qemu:///system", converter=_uri_template)
-    frontend_host: str | None = field(default=None)
-    private_bridge: str = field(default="brvlan{vlan}", converter=_bridge)
-    public_bridge: str | None = field(default="br0", converter=_optional_bridge)
-    domain_type: str = field(default="auto", converter=_choice("auto", "kvm", "qemu"))
-    cpu_model: str = field(default="pentium3")
-    disk_mode: str = field(default="overlay", converter=_choice("overlay", "copy"))
-    vcout_injection: str = field(default="auto", converter=_choice("auto", "e2fs", "guestfish", "none"))
-    max_parallel: int = field(default=4, converter=_positive_int)
-    cpu_allocation_ratio: float = field(default=1.0, converter=_ratio)
-    max_cpus_per_node: int | None = field(default=None, converter=_optional_positive_int)
-    private_network: ipaddress.IPv4Network = field(default="10.1.0.0/16", converter=_network)
-    state_dir: Path = field(default=DEFAULT_STATE_DIR, converter=to_path)
-    shutdown_timeout: float = field(default=120.0, converter=_seconds)
-    node_naming: str = field(default="compute", converter=_choice("compute", "legacy"))
-    default_memory_mib: int = field(default=2048, converter=_positive_int)
+    libvirt_uri: str = setting(_uri_template, default="qemu:///system", help="libvirt URI template with {host}")
+    frontend_host: str | None = setting(default=None, help="host of the frontend VM")
+    private_bridge: str = setting(_bridge, default="brvlan{vlan}")
+    public_bridge: str | None = setting(optional(_bridge), default="br0")
+    domain_type: str = setting(choice("auto", "kvm", "qemu"), default="auto")
+    cpu_model: str = setting(default="pentium3")
+    disk_mode: str = setting(choice("overlay", "copy"), default="overlay")
+    vcout_injection: str = setting(choice("auto", "e2fs", "guestfish", "none"), default="auto")
+    max_parallel: int = setting(to_positive_int, default=4, help="nodes created at once")
+    cpu_allocation_ratio: float = setting(number_between(0, 64, above=True), default=1.0)
+    max_cpus_per_node: int | None = setting(_cpus_limit, default=None, help="0: no limit")
+    private_network: ipaddress.IPv4Network = setting(to_ipv4_network, default="10.1.0.0/16")
+    state_dir: Path = setting(to_path, default=DEFAULT_STATE_DIR, help="allocation records and locks")
+    shutdown_timeout: float = setting(to_seconds, default=120.0, help="seconds before a node is powered off")
+    node_naming: str = setting(choice("compute", "legacy"), default="compute")
+    default_memory_mib: int = setting(to_positive_int, default=2048)
 
     @public_ips.validator
     def _some_ips(self, attribute: attrs.Attribute, value: tuple) -> None:
@@ -319,9 +263,9 @@ class KvmRocksSettings:
             return attrs.evolve(
                 known,
                 bridge=bridge or known.bridge,
-                subnet=_network(subnet) if subnet else known.subnet,
+                subnet=to_ipv4_network(subnet) if subnet else known.subnet,
             )
-        return ExtraNetwork(name=name, bridge=bridge or name, subnet=_network(subnet) if subnet else None)
+        return ExtraNetwork(name=name, bridge=bridge or name, subnet=to_ipv4_network(subnet) if subnet else None)
 
 
 def is_ovs(bridge: str) -> bool:

@@ -25,7 +25,7 @@ from pragma_core.interfaces import Repository
 from pragma_core.model import ClusterDescription, StagedCluster
 from pragma_core.vcdb import read_vcdb
 
-from .settings import load_settings
+from .settings import ClonezillaSettings, folder_id
 
 if TYPE_CHECKING:
     from pragma_core.config import RepositorySettings, SiteConfig
@@ -39,10 +39,11 @@ class ClonezillaRepository(Repository):
     """Cluster images synced from a Google Drive folder of Clonezilla restore ISOs."""
 
     name = "clonezilla"
+    config_class = ClonezillaSettings
 
     def __init__(self, settings: RepositorySettings, *, site: SiteConfig | None = None, client: DriveClient | None = None) -> None:
         super().__init__(settings, site=site)  # type: ignore[arg-type]
-        self.config, self.folder_id = load_settings(settings, getattr(site, "source", None))
+        self.folder_id = folder_id(settings, getattr(site, "source", None))
         self.root = settings.repository_dir
         self._client = client
 

@@ -12,10 +12,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from attrs import field, frozen
+from attrs import frozen
 
-from pragma_core.config import ConfigFile, RepositorySettings, build_settings, to_int, to_optional_path
+from pragma_core.config import ConfigFile, RepositorySettings
 from pragma_core.errors import ConfigError
+from pragma_core.settings import (
+    MAX_INT,
+    choice,
+    optional,
+    setting,
+    to_non_negative_int,
+    to_optional_path,
+    to_positive_int,
+    to_seconds,
+)
 
 #: ``local_image_url`` when the site gives none: the image beside its ``-local.xml``.
 DEFAULT_LOCAL_IMAGE_URL = "file://$repository_dir/$cluster/$imagename.raw"
@@ -58,79 +68,51 @@ def _regex(value: Any) -> re.Pattern[str] | None:
         raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
 
 
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"must be a string, not {type(value).__name__}")
+    return value
+
+
 def _http_url(value: Any) -> str:
     if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc:
         raise ValueError(f"must be an http:// or https:// URL, not {value!r}")
     return value.rstrip("/")
 
 
-def _optional_str(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise TypeError(f"must be a string, not {type(value).__name__}")
-    return value
-
-
 def to_size(value: Any) -> int | None:
     """Converter: a disk size, ``50`` (GiB, like ``cziso size=``) or ``"50G"``, ``"512M"``; bytes."""
     if value is None or value == "":
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number, unit = value, ""
-    elif isinstance(value, str) and (match := _SIZE.fullmatch(value)):
-        number, unit = int(match.group(1)), match.group(2).upper()
-    else:
-        raise ValueError(f"must be a size such as 50 (GiB), '50G' or '512M', not {value!r}")
-    if number <= 0:
+    match = _SIZE.fullmatch(value) if isinstance(value, str) else None
+    try:
+        number, unit = (int(match.group(1)), match.group(2).upper()) if match else (to_positive_int(value), "")
+    except ValueError:
+        raise ValueError(f"must be a size such as 50 (GiB), '50G' or '512M', not {value!r}") from None
+    if not 0 < number <= MAX_INT:
         raise ValueError(f"must be positive, not {value!r}")
     return number * _UNITS[unit]
-
-
-def _restore_with(value: Any) -> str:
-    if value not in ("native", "cziso"):
-        raise ValueError(f"must be 'native' or 'cziso', not {value!r}")
-    return str(value)
-
-
-def _positive(value: Any) -> int:
-    number = to_int(value)
-    if number < 0:
-        raise ValueError(f"must not be negative, not {value!r}")
-    return number
-
-
-def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"must be a number of seconds, not {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"must be a number of seconds, not {value!r}") from None
-    if number < 0:
-        raise ValueError(f"must not be negative, not {value!r}")
-    return number
 
 
 @frozen(kw_only=True)
 class ClonezillaSettings:
     """The clonezilla keys of ``repository_settings`` (besides ``repository_dir`` and ``vcdb_filename``)."""
 
-    local_image_url: str = field(default=DEFAULT_LOCAL_IMAGE_URL)
-    api_key: str | None = field(default=None, converter=_optional_str, repr=False)
-    drive_api_url: str = field(default=DEFAULT_DRIVE_API_URL, converter=_http_url)
-    drive_web_url: str = field(default=DEFAULT_DRIVE_WEB_URL, converter=_http_url)
-    drive_download_url: str = field(default=DEFAULT_DRIVE_DOWNLOAD_URL, converter=_http_url)
-    include_images: re.Pattern[str] | None = field(default=None, converter=_regex)
-    exclude_images: re.Pattern[str] | None = field(default=None, converter=_regex)
-    size: int | None = field(default=None, converter=to_size)
-    restore_with: str = field(default="native", converter=_restore_with)
-    cziso: Path | None = field(default=None, converter=to_optional_path)
-    ssh: str = field(default="ssh", converter=str)
-    retries: int = field(default=5, converter=_positive)
-    retry_delay: float = field(default=2.0, converter=_seconds)
-    timeout: float = field(default=60.0, converter=_seconds)
-    work_dir: Path | None = field(default=None, converter=to_optional_path)
+    local_image_url: str = setting(default=DEFAULT_LOCAL_IMAGE_URL, help="where a restored image is written")
+    api_key: str | None = setting(optional(_text), default=None, secret=True, help="Drive API v3 key")
+    drive_api_url: str = setting(_http_url, default=DEFAULT_DRIVE_API_URL)
+    drive_web_url: str = setting(_http_url, default=DEFAULT_DRIVE_WEB_URL)
+    drive_download_url: str = setting(_http_url, default=DEFAULT_DRIVE_DOWNLOAD_URL)
+    include_images: re.Pattern[str] | None = setting(_regex, default=None, help="regex: folders synced")
+    exclude_images: re.Pattern[str] | None = setting(_regex, default=None, help="regex: folders skipped")
+    size: int | None = setting(to_size, default=None, help="disk size, 50 (GiB), '50G' or '512M'")
+    restore_with: str = setting(choice("native", "cziso"), default="native")
+    cziso: Path | None = setting(to_optional_path, default=None, help="path of the cziso executable")
+    ssh: str = setting(_text, default="ssh", help="ssh command for zfs:// targets")
+    retries: int = setting(to_non_negative_int, default=5)
+    retry_delay: float = setting(to_seconds, default=2.0)
+    timeout: float = setting(to_seconds, default=60.0)
+    work_dir: Path | None = setting(to_optional_path, default=None)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.local_image_url, str) or "://" not in self.local_image_url:
@@ -141,25 +123,14 @@ class ClonezillaSettings:
             raise ValueError("restore_with: 'cziso' needs the cziso setting (path of the cziso executable)")
 
 
-def load_settings(settings: RepositorySettings, source: ConfigFile | None) -> tuple[ClonezillaSettings, str]:
-    """The typed settings and the Drive folder id, errors naming the site file and key."""
-    where = source if source is not None else ConfigFile(path=Path("repository_settings"), values={}, lines={})
+def folder_id(settings: RepositorySettings, source: ConfigFile | None) -> str:
+    """The Drive folder id of ``repository_url``; a :class:`ConfigError` naming it when there is none."""
+    path = source.path if source is not None else None
+    line = source.lines.get("repository_settings") if source is not None else None
     if not settings.repository_url:
-        raise ConfigError(
-            "missing repository_url (the Google Drive folder URL or id)", path=where.path, key="repository_settings"
-        )
+        problem = "missing repository_url (the Google Drive folder URL or id)"
+        raise ConfigError(problem, path=path, line=line, key="repository_settings")
     try:
-        folder = folder_id_from(settings.repository_url)
+        return folder_id_from(settings.repository_url)
     except ValueError as exc:
-        raise where.error("repository_settings", str(exc)) from None
-    try:
-        typed = build_settings(ClonezillaSettings, where, values=settings.options)
-    except ConfigError as exc:
-        # build_settings blames the nested key; say where it sits.
-        raise ConfigError(
-            f"{exc.key}: {exc.problem}" if exc.key else exc.problem,
-            path=where.path,
-            line=where.lines.get("repository_settings"),
-            key="repository_settings",
-        ) from None
-    return typed, folder
+        raise ConfigError(str(exc), path=path, line=line, key="repository_settings") from None
