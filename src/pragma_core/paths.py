@@ -223,11 +223,12 @@ def open_lane(root: str | os.PathLike[str], relative: str | os.PathLike[str] = "
             try:
                 child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             except OSError as exc:
-                if exc.errno == errno.ELOOP:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                # O_DIRECTORY|O_NOFOLLOW on a link fails with ENOTDIR on Linux: say which it is
+                if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
                     raise UnsafeFileError(here, "is a symbolic link; pragma does not write through symbolic links", errno.ELOOP) from None
-                if exc.errno == errno.ENOTDIR:
-                    raise UnsafeFileError(here, "is not a directory", errno.ENOTDIR) from None
-                raise
+                raise UnsafeFileError(here, "is not a directory", errno.ENOTDIR) from None
             os.close(fd)
             fd = child
     except BaseException:

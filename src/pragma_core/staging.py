@@ -700,6 +700,8 @@ class Stager:
                 raise StagingError(f"{plan.output}: image not found (listed in {plan.description.path})")
             return self._done(plan, reused=True, started=started)
         with self._lane(plan, create=True) as lane:
+            for path in plan.written:
+                _own_stat(lane, path)  # a link or special file where pragma writes: refused, not replaced
             if self._ready(plan, lane):
                 return self._done(plan, reused=True, started=started)
             with self._locked(plan, lane):
@@ -816,8 +818,6 @@ class Stager:
             for key in _read_keys(path):
                 guarded.setdefault(key, what)
 
-        for path, what in (reserved or {}).items():
-            guard(Path(path), what)
         guard(description.path, "the cluster description itself")
         own_output = self._output(description, disk)
         for other in (description.frontend.disk, description.compute_template.disk):
@@ -835,6 +835,8 @@ class Stager:
                 stamp, lock = bookkeeping_paths(output)
                 guard(stamp, f"the stamp of image {other.source}")
                 guard(lock, f"the lock of image {other.source}")
+        for path, what in (reserved or {}).items():
+            guard(Path(path), what)
         return guarded
 
     def _expected_image(self, plan: _Plan) -> list[Checksum]:
