@@ -430,8 +430,8 @@ def parse_cluster_xml(path: Path, name: str, *, root: Path | None = None) -> Clu
     """
     path = Path(os.path.abspath(path))
     data = _read(path, root)
-    root, lines = _parse_bytes(data, path)
-    return _Reader(path, name, lines).describe(root)
+    element, lines = _parse_bytes(data, path)
+    return _Reader(path, name, lines).describe(element)
 
 
 def replace_disk_source(

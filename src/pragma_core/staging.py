@@ -83,6 +83,7 @@ from typing import Any, BinaryIO
 from attrs import frozen
 
 from .errors import ChecksumError, FormatError, StagingError
+from .imagecheck import check_image
 from .model import (
     CHECKSUM_ALGORITHMS,
     Checksum,
@@ -92,7 +93,6 @@ from .model import (
     StagedCluster,
     StagedImage,
 )
-from .imagecheck import check_image
 from .paths import UnsafeFileError, open_inside, open_lane, safe_join, stat_inside
 from .processors import OUTPUT_CHUNK, Processor, ProcessorRegistry
 
@@ -584,10 +584,9 @@ def _create(lane: int, name: str, mode: int) -> int:
     return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=lane)
 
 
-def _unlink_quietly(lane: int, name: str | None) -> None:
-    if name is not None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=lane)
+def _unlink_quietly(lane: int, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=lane)
 
 
 def _fsync_lane(lane: int) -> None:
@@ -1038,11 +1037,11 @@ class Stager:
             self._expected_part(plan, p, path)
             for p, path in zip(plan.parts, plan.part_paths, strict=True)
         ]
-        temp: str | None = _temp_name(plan.temp_prefix)
+        temp = _temp_name(plan.temp_prefix)
+        leftovers: list[str] = [temp]  # removed on the way out unless published
         bar = self._progress_bar(plan, sizes, position)
         fd = -1
         writer: _SparseWriter | None = None
-        stamp_temp: str | None = None
         try:
             fd = _create(lane, temp, _OUTPUT_MODE)
             mode = _mode_of(os.fstat(fd))
@@ -1120,13 +1119,14 @@ class Stager:
             # The stamp is written and synced while the image is; it is
             # renamed into place only after the image is durable and in place.
             stamp_temp = self._prepare_stamp(plan, lane, image, part_records, verified_image)
+            leftovers.append(stamp_temp)
             writer.wait_durable()
             writer.close()
             writer = None
             os.close(fd)
             fd = -1
             self._publish(plan, lane, temp, stamp_temp)
-            temp = stamp_temp = None
+            leftovers.clear()
             return bytes_in
         except OSError as exc:
             raise StagingError(
@@ -1139,8 +1139,8 @@ class Stager:
                 writer.close()  # its background syscalls end before the descriptor is closed
             if fd >= 0:
                 os.close(fd)
-            _unlink_quietly(lane, temp)
-            _unlink_quietly(lane, stamp_temp)
+            for name in leftovers:
+                _unlink_quietly(lane, name)
 
     def _publish(self, plan: _Plan, lane: int, temp: str, stamp_temp: str) -> None:
         """Rename the durable image into place, then its stamp; the image is ready only with both.

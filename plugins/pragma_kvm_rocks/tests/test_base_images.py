@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from pragma_core.errors import DriverError
 from pragma_kvm_rocks.disks import DiskBuilder, DiskJob
 from pragma_kvm_rocks.qcow2 import read_header
+
+from pragma_core.errors import DriverError
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) not installed")
 
@@ -82,7 +82,7 @@ def _symlink_out(cluster: Path, wire: Tripwire) -> str:
 
 PAYLOADS: dict[str, tuple[Callable[[Path, Tripwire], str], str]] = {
     "nbd": (lambda c, w: f"nbd:127.0.0.1:{w.port}", "names a protocol (nbd:)"),
-    "json": (lambda c, w: 'json:{"file.driver":"nbd","file.host":"127.0.0.1","file.port":"%d"}' % w.port, "(json:)"),
+    "json": (lambda c, w: 'json:{"file.driver":"nbd","file.host":"127.0.0.1","file.port":"' + f'{w.port}"}}', "(json:)"),
     "http": (lambda c, w: f"http://127.0.0.1:{w.port}/base.raw", "names a protocol (http:)"),
     "absolute": (lambda c, w: str(c.parent / "outside.raw"), "is outside the cluster directory"),
     "dotdot": (lambda c, w: "../outside.raw", "has a '..' component"),
@@ -158,9 +158,10 @@ def _kernel(tmp_path: Path, how: str) -> tuple[Path, str]:
     ],
 )
 def test_a_kernel_the_domain_boots_is_a_regular_file_inside_the_cluster(tmp_path: Path, how: str, expected: str | None) -> None:
-    from pragma_core.errors import FormatError
     from pragma_kvm_rocks.domainxml import build_domain_xml
     from pragma_kvm_rocks.records import NodeRecord
+
+    from pragma_core.errors import FormatError
 
     cluster, kernel = _kernel(tmp_path, how)
     template = f'<domain type="kvm"><os><type arch="x86_64">hvm</type><kernel>{kernel}</kernel></os><devices/></domain>'

@@ -31,8 +31,8 @@ def local_xml_path(xml_path: Path) -> Path:
 
 def replace_disk_volume(xml: bytes, role: Role, target: Target, *, label: str) -> bytes:
     """Point the ``role`` node's first disk at a ZFS volume (``<source volume pool host>``), legacy style."""
-    from defusedxml.ElementTree import fromstring
     from defusedxml import DefusedXmlException
+    from defusedxml.ElementTree import fromstring
 
     try:
         root = fromstring(xml, forbid_dtd=True)
