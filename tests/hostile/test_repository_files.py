@@ -245,3 +245,35 @@ def test_an_empty_in_place_image_and_a_directory_image_are_refused(tmp_path: Pat
         with pytest.raises(StagingError) as info:
             Stager(progress=False).stage_image(describe(tmp_path, disk), disk)
         assert expected in one_line(str(info.value))
+
+
+def test_the_http_repository_reads_a_cached_part_only_inside_the_cluster_directory(tmp_path: Path) -> None:
+    from httpfaults import FaultServer, write_remote_repository
+
+    from pragma_core.config import ConfigFile, SiteConfig
+    from pragma_core.repositories.http import HttpRepository
+
+    www = tmp_path / "www"
+    www.mkdir()
+    write_remote_repository(www)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    with FaultServer(www) as server:
+        settings = RepositorySettings(
+            repository_class="http",
+            repository_dir=tmp_path / "cache",
+            repository_url=server.base_url,
+            options={"timeout": 2, "retries": 0, "backoff": 0.01},
+        )
+        source = ConfigFile(path=tmp_path / "site_conf.conf", values={}, lines={})
+        site = SiteConfig(conf_dir=tmp_path, source=source, repository=settings)
+        repo = HttpRepository(settings, site=site)
+        description = repo.describe("demo")
+        part = description.directory / description.frontend.disk.parts[0].name
+        shutil.copyfile(www / "clusters" / "demo" / part.name, outside / part.name)
+        part.symlink_to(outside / part.name)  # the very bytes the server has: following it would "work"
+        with pytest.raises(StagingError) as info:
+            repo.stage(description, Stager(progress=False))
+    line = one_line(str(info.value))
+    assert line.startswith(f"{part}: cannot read part: ") and "outside" in line
+    assert not (description.directory / "demo-frontend.img").exists()

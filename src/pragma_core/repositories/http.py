@@ -57,7 +57,7 @@ from urllib.parse import quote, urlsplit
 
 from ..errors import ConfigError, FormatError, NotFoundError, RepositoryError
 from ..model import ClusterDescription, Part, StagedCluster
-from ..paths import safe_join
+from ..paths import open_inside, safe_join
 from .local import LocalRepository
 
 if TYPE_CHECKING:
@@ -230,11 +230,12 @@ class HttpRepository(LocalRepository):
         """Stream the images the cluster needs from the server into ``stager`` (once)."""
         from ..download import RemoteChangedError
 
+        reserved = self.reserved_paths(description)
         if self._all_local(description):
-            return stager.stage(description)
+            return stager.stage(description, reserved=reserved)
         for attempt in (1, 2):
             try:
-                return stager.stage(description, opener=self.part_opener(description))
+                return stager.stage(description, opener=self.part_opener(description), reserved=reserved)
             except RemoteChangedError as exc:
                 if attempt == 2:
                     raise
@@ -261,7 +262,7 @@ class HttpRepository(LocalRepository):
         def open_part(part: Part) -> Iterator[BinaryIO]:
             local = safe_join(description.directory, part.name, what="part", source=description.path)
             if local.is_file():
-                with open(local, "rb") as handle:
+                with open_inside(description.directory, local) as handle:
                     yield handle
                 return
             url = self.url_for(local)
