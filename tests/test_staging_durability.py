@@ -65,8 +65,8 @@ def syscalls(monkeypatch):
         with lock:
             events.append(("fsync", name))
 
-    def replace(src, dst):
-        real_replace(src, dst)
+    def replace(src, dst, **dir_fds):
+        real_replace(src, dst, **dir_fds)
         with lock:
             events.append(
                 ("replace", f"{os.path.basename(src)}->{os.path.basename(dst)}")

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from pragma_core import staging
+from pragma_core import imagecheck
 from pragma_core.errors import StagingError
 from pragma_core.model import ClusterDescription, DiskImage, NodeTemplate, Part
 from pragma_core.staging import Stager
@@ -42,7 +42,7 @@ def inspector(request, monkeypatch):
     else:
         real = shutil.which
         monkeypatch.setattr(
-            staging.shutil,
+            imagecheck.shutil,
             "which",
             lambda name: None if name == "qemu-img" else real(name),
         )

@@ -68,7 +68,7 @@ from defusedxml.ElementTree import DefusedXMLParser
 
 from .errors import FormatError, RepositoryError
 from .model import Checksum, ClusterDescription, DiskImage, NodeTemplate, Part, Role
-from .paths import safe_join
+from .paths import open_inside, safe_join
 
 __all__ = [
     "DISK_FORMATS",
@@ -121,9 +121,10 @@ class _LineRecordingBuilder:
         return self._builder.close()
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path, root: Path | None = None) -> bytes:
+    """The bytes of the description at ``path``: a regular file really inside ``root`` (default: its directory)."""
     try:
-        with open(path, "rb") as handle:
+        with open_inside(root if root is not None else path.parent, path) as handle:
             data = handle.read(MAX_DESCRIPTION_BYTES + 1)
     except FileNotFoundError:
         raise RepositoryError(f"{path}: cluster description does not exist") from None
@@ -415,19 +416,22 @@ class _Reader:
 # --------------------------------------------------------------------------- public API
 
 
-def parse_cluster_xml(path: Path, name: str) -> ClusterDescription:
+def parse_cluster_xml(path: Path, name: str, *, root: Path | None = None) -> ClusterDescription:
     """Parse the cluster description at ``path`` for image ``name``.
 
     ``name`` is the image's catalogue name (used in messages and kept as
     ``ClusterDescription.name``). Raises :class:`FormatError` naming the file
     (and line when known) for unsafe or malformed XML and every schema
     problem listed in this module's documentation, and
-    :class:`RepositoryError` when the file is missing or unreadable.
+    :class:`RepositoryError` when the file is missing or unreadable, or is not
+    a regular file really inside ``root`` (the repository directory; default:
+    the description's own directory) -- a symbolic link leading out, a FIFO,
+    a device or a directory.
     """
     path = Path(os.path.abspath(path))
-    data = _read(path)
-    root, lines = _parse_bytes(data, path)
-    return _Reader(path, name, lines).describe(root)
+    data = _read(path, root)
+    element, lines = _parse_bytes(data, path)
+    return _Reader(path, name, lines).describe(element)
 
 
 def replace_disk_source(

@@ -1,12 +1,47 @@
-"""Path safety: names from configuration, catalogues and XML never leave their directory."""
+"""Path safety: names from configuration, catalogues and XML never leave their directory.
+
+Two kinds of check, one function each:
+
+* :func:`safe_join` -- lexical: a name joined onto a directory stays inside
+  it (``..`` and absolute names are refused). It holds for files that do not
+  exist yet, and follows no symbolic link.
+* :func:`open_inside` / :func:`stat_inside` -- what a name *really* is, for
+  every file pragma reads out of a repository: it must be a regular file
+  whose real location lies inside the given root. A symbolic link that stays
+  inside is fine; one that leads out, a device, a FIFO, a socket or a
+  directory is refused with an :class:`UnsafeFileError` naming the file. The
+  check is made on the opened descriptor (``O_PATH``, then
+  ``/proc/self/fd``), so swapping the file between the check and the read
+  changes nothing, opening a FIFO never blocks, and a device is never opened
+  (opening some devices has effects).
+* :func:`open_lane` -- where pragma *writes* inside a repository: a directory
+  under a root reached without following any symbolic link, as a descriptor
+  for ``dir_fd`` calls (``O_EXCL|O_NOFOLLOW`` creates, renames and removals
+  that cannot be redirected).
+"""
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
-from .errors import FormatError
+from .errors import FormatError, PragmaError
+
+__all__ = [
+    "UnsafeFileError",
+    "fsync_directory",
+    "is_inside",
+    "open_inside",
+    "open_lane",
+    "safe_join",
+    "stat_inside",
+]
 
 
 @functools.lru_cache(maxsize=64)
@@ -46,3 +81,157 @@ def fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------------------- reading inside a root
+
+
+class UnsafeFileError(PragmaError, OSError):
+    """A file is not a regular file really inside its directory (or a write would leave it).
+
+    It is an :class:`OSError` too (``strerror`` says what is wrong, ``filename``
+    names the file), so code that already turns ``OSError`` into a one-line
+    message ("<file>: cannot read part: <strerror>") reports it unchanged.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], problem: str, code: int = errno.EPERM) -> None:
+        OSError.__init__(self, code, problem, os.fspath(path))
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+_PROC_FD = "/proc/self/fd"
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory", errno.EISDIR),
+    (stat.S_ISFIFO, "a FIFO", errno.EINVAL),
+    (stat.S_ISSOCK, "a socket", errno.EINVAL),
+    (stat.S_ISCHR, "a character device", errno.EINVAL),
+    (stat.S_ISBLK, "a block device", errno.EINVAL),
+)
+
+
+def is_inside(path: str, root: str) -> bool:
+    """Whether the absolute, normalized ``path`` lies strictly below ``root``."""
+    prefix = root if root.endswith(os.sep) else root + os.sep
+    return path.startswith(prefix) and path != root
+
+
+def _not_regular(path: str | os.PathLike[str], st: os.stat_result) -> UnsafeFileError | None:
+    if stat.S_ISREG(st.st_mode):
+        return None
+    for test, kind, code in _KINDS:
+        if test(st.st_mode):
+            return UnsafeFileError(path, f"is {kind}, not a regular file", code)
+    return UnsafeFileError(path, "is not a regular file", errno.EINVAL)
+
+
+def _fd_location(fd: int) -> str | None:
+    """Where the file open on ``fd`` really is (``None`` without ``/proc``)."""
+    try:
+        return os.readlink(f"{_PROC_FD}/{fd}")
+    except OSError:
+        return None
+
+
+@contextmanager
+def _checked_path_fd(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Iterator[tuple[int, os.stat_result]]:
+    """An ``O_PATH`` descriptor of ``path`` that is a regular file inside ``root``, and its stat.
+
+    ``O_PATH`` opens nothing (no FIFO wait, no device side effect); the checks
+    are made on that descriptor, so they hold for whatever is read through it.
+    """
+    real_root = os.path.realpath(root)
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        where = _fd_location(fd)
+        if where is None:  # no /proc: resolve the name (not proof against a concurrent swap)
+            where = os.path.realpath(path)
+            if not os.path.samestat(st, os.stat(where)):
+                raise UnsafeFileError(path, "changed while it was being checked", errno.EAGAIN)
+        if not is_inside(where, real_root):
+            raise UnsafeFileError(path, f"resolves to {where}, outside {real_root}", errno.EXDEV)
+        problem = _not_regular(path, st)
+        if problem is not None:
+            raise problem
+        yield fd, st
+    finally:
+        os.close(fd)
+
+
+def stat_inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> os.stat_result:
+    """The stat of ``path`` once it is known to be a regular file really inside ``root``.
+
+    Symbolic links are followed and must end inside ``root``. Raises
+    :class:`UnsafeFileError` otherwise, and the usual :class:`OSError` s
+    (:class:`FileNotFoundError` ...) when the file cannot be found.
+    """
+    with _checked_path_fd(root, path) as (_, st):
+        return st
+
+
+def open_inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> BinaryIO:
+    """Open ``path`` for reading (binary) once it is known to be a regular file really inside ``root``.
+
+    The checks of :func:`stat_inside` are made on an ``O_PATH`` descriptor,
+    and the file is then opened through that very descriptor
+    (``/proc/self/fd/N``): what is read is what was checked. Raises
+    :class:`UnsafeFileError` (an :class:`OSError` too) or the usual
+    :class:`OSError` s.
+    """
+    with _checked_path_fd(root, path) as (pfd, st):
+        source = f"{_PROC_FD}/{pfd}" if os.path.isdir(_PROC_FD) else os.fspath(path)
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            if not os.path.samestat(st, os.fstat(fd)):
+                raise UnsafeFileError(path, "changed while it was being checked", errno.EAGAIN)
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+
+# --------------------------------------------------------------------------- writing inside a root
+
+
+def open_lane(root: str | os.PathLike[str], relative: str | os.PathLike[str] = "", *, create: bool = False) -> int:
+    """A directory descriptor of ``root/relative`` reached without following a symbolic link.
+
+    ``root`` itself is opened as it is (it may be a link); every component of
+    ``relative`` below it must be a real directory (``O_NOFOLLOW``), created
+    when missing if ``create``. Files made through the descriptor with
+    ``dir_fd`` calls therefore land in that directory and nowhere else.
+    Raises :class:`UnsafeFileError` for a component that is a symbolic link or
+    not a directory, :class:`OSError` otherwise. The caller closes it.
+    """
+    parts = [p for p in Path(relative).parts if p not in ("", ".")]
+    if Path(relative).is_absolute() or ".." in parts:
+        raise UnsafeFileError(Path(root, relative), f"is not a directory name inside {root}", errno.EXDEV)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    here = Path(root)
+    try:
+        for name in parts:
+            here = here / name
+            if create:
+                try:
+                    os.mkdir(name, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            try:
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                # O_DIRECTORY|O_NOFOLLOW on a link fails with ENOTDIR on Linux: say which it is
+                if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                    raise UnsafeFileError(here, "is a symbolic link; pragma does not write through symbolic links", errno.ELOOP) from None
+                raise UnsafeFileError(here, "is not a directory", errno.ENOTDIR) from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

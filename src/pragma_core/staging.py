@@ -32,9 +32,31 @@ Checksums come from the description (:attr:`Part.checksum`,
 ``sha256sum``/``md5sum`` format next to the part or the image
 (``<name>.sha256``, then ``<name>.md5``).
 
-``raw`` and ``qcow2`` images are used in place.  ``qemu-img info`` (when
-installed; else the qcow2 header is read) gives a qcow2's virtual size and
-backing chain; a backing file outside the cluster directory is refused.
+``raw`` and ``qcow2`` images are used in place.  Every image handed out is
+checked by :func:`pragma_core.imagecheck.check_image` first (its qcow2
+backing chain confined to the cluster directory, read by pragma before any
+qemu tool opens it), then ``qemu-img info`` (when installed) confirms each
+qcow2 level and gives the virtual size.
+
+Confinement (the repository is not trusted):
+
+* every file staging *reads* -- parts, in-place images, checksum sidecars,
+  its own stamps -- is opened with :func:`pragma_core.paths.open_inside`
+  under the cluster directory: a regular file really inside it (symbolic
+  links that stay inside are fine), never a device, FIFO or directory;
+* every file staging *writes* -- the image, its stamp, lock and temporary
+  files -- is named from the description's validated image name, in a
+  directory reached from the cluster directory without following a symbolic
+  link (:func:`pragma_core.paths.open_lane`), through ``dir_fd`` calls:
+  temporary files are created ``O_EXCL|O_NOFOLLOW``, an image, stamp or lock
+  that is a symbolic link is refused, never written through;
+* a description may not make staging write over its own description, its
+  own parts (beyond the documented in-place image), the other node's files,
+  or a file the repository reserves (``reserved``: the catalogue, every
+  cluster description, other clusters' images and parts);
+* a staged image (and its stamp) is never more readable than its sources:
+  its permission bits are the intersection of ``0644`` and those of every
+  local part.
 """
 
 from __future__ import annotations
@@ -42,18 +64,18 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import errno
+import fcntl
 import hashlib
 import io
 import json
 import logging
 import os
+import re
 import secrets
-import shutil
-import struct
-import subprocess
+import stat
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -61,6 +83,7 @@ from typing import Any, BinaryIO
 from attrs import frozen
 
 from .errors import ChecksumError, FormatError, StagingError
+from .imagecheck import check_image
 from .model import (
     CHECKSUM_ALGORITHMS,
     Checksum,
@@ -70,7 +93,7 @@ from .model import (
     StagedCluster,
     StagedImage,
 )
-from .paths import fsync_directory, safe_join
+from .paths import UnsafeFileError, open_inside, open_lane, safe_join, stat_inside
 from .processors import OUTPUT_CHUNK, Processor, ProcessorRegistry
 
 __all__ = [
@@ -78,8 +101,10 @@ __all__ = [
     "ProcessorRegistry",
     "StageReport",
     "Stager",
+    "bookkeeping_paths",
     "inspect_image",
     "read_sidecar",
+    "sidecar_paths",
 ]
 
 log = logging.getLogger("pragma_core.staging")
@@ -102,7 +127,12 @@ _ZERO_PAGE = bytes(4096)
 _WRITEBACK_EVERY = 8 << 20
 
 _STAMP_VERSION = 1
-_QCOW2_MAGIC = b"QFI\xfb"
+#: A stamp larger than this is not one pragma wrote (one part takes ~200 bytes).
+_MAX_STAMP = 16 << 20
+#: A checksum file larger than this is refused before it is read.
+_MAX_SIDECAR = 1 << 20
+#: Permission bits of a staged image (and stamp) made from nothing more private.
+_OUTPUT_MODE = 0o644
 
 
 def _local_stat(stream: BinaryIO, path: Path) -> os.stat_result | None:
@@ -157,19 +187,35 @@ def _size(n: int) -> str:
 # checksums
 
 
-def read_sidecar(path: Path) -> Checksum | None:
+def sidecar_paths(path: Path) -> list[Path]:
+    """The checksum files :func:`read_sidecar` looks for beside ``path``, in order."""
+    return [path.with_name(f"{path.name}.{algorithm}") for algorithm in CHECKSUM_ALGORITHMS]
+
+
+def _read_small(root: Path, path: Path, limit: int, what: str) -> bytes:
+    """At most ``limit`` bytes of the regular file ``path`` inside ``root``; a :class:`StagingError` if larger."""
+    with open_inside(root, path) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise StagingError(f"{path}: {what} is larger than {limit} bytes")
+    return data
+
+
+def read_sidecar(path: Path, *, root: Path | None = None) -> Checksum | None:
     """The checksum a ``<path>.sha256`` (else ``<path>.md5``) file gives for ``path``.
 
     The sidecar is in ``sha256sum``/``md5sum`` format: lines of
     ``<hex>  <name>`` (``*<name>`` in binary mode).  The line for
     ``path``'s file name is used; a file of one line may name anything (or
     hold only the digest).  ``None`` when there is no sidecar; a malformed
-    one is a :class:`StagingError` naming it and the line.
+    one, or one that is not a regular file inside ``root`` (default: the
+    directory of ``path``), is a :class:`StagingError` naming it.
     """
-    for algorithm in CHECKSUM_ALGORITHMS:
-        sidecar = path.with_name(path.name + "." + algorithm)
+    for algorithm, sidecar in zip(CHECKSUM_ALGORITHMS, sidecar_paths(path), strict=True):
         try:
-            text = sidecar.read_text(encoding="utf-8", errors="replace")
+            text = _read_small(root or path.parent, sidecar, _MAX_SIDECAR, "checksum file").decode(
+                "utf-8", errors="replace"
+            )
         except FileNotFoundError:
             continue
         except OSError as exc:
@@ -432,95 +478,42 @@ def _write_error(path: Path, exc: OSError) -> StagingError:
 def inspect_image(path: Path, fmt: str, directory: Path) -> StagedImage:
     """``path`` as a :class:`StagedImage`: format, virtual size and backing file.
 
-    ``raw``: the file size.  Others: ``qemu-img info --backing-chain`` when
-    ``qemu-img`` is on PATH, else (qcow2 only) the qcow2 header.  Every
-    backing file must lie inside ``directory``.
+    The image and its whole backing chain are checked by
+    :func:`pragma_core.imagecheck.check_image` under ``directory`` (the
+    cluster directory) before any tool opens them; then, when ``qemu-img``
+    is installed, ``qemu-img info`` confirms each qcow2 level. Raises a
+    one-line :class:`StagingError`.
     """
-    if fmt == "raw":
-        return StagedImage(path=path, format="raw", virtual_size=path.stat().st_size)
-    qemu_img = shutil.which("qemu-img")
-    if qemu_img is not None:
-        return _inspect_with_qemu_img(qemu_img, path, fmt, directory)
-    if fmt == "qcow2":
-        return _inspect_qcow2_header(path, directory)
-    raise StagingError(
-        f"{path}: cannot inspect a {fmt} image without qemu-img (install qemu-utils)"
-    )
-
-
-def _inside(path: Path, directory: Path) -> bool:
-    real, root = os.path.realpath(path), os.path.realpath(directory)
-    return real != root and real.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def _check_backing(image: Path, backing: Path, directory: Path) -> None:
-    if not _inside(backing, directory):
-        raise StagingError(
-            f"{image}: backing file {backing} is outside the cluster directory {directory}"
-        )
-
-
-def _inspect_with_qemu_img(
-    qemu_img: str, path: Path, fmt: str, directory: Path
-) -> StagedImage:
-    argv = [qemu_img, "info", "--output=json", "--backing-chain", "-f", fmt, str(path)]
-    try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=120, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise StagingError(f"{path}: qemu-img info failed: {exc}") from None
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        reason = lines[-1].strip() if lines else f"exit status {done.returncode}"
-        raise StagingError(f"{path}: not a usable {fmt} image: {reason}")
-    try:
-        chain = json.loads(done.stdout)
-        if isinstance(chain, dict):
-            chain = [chain]
-        top = chain[0]
-        virtual_size = int(top["virtual-size"])
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise StagingError(f"{path}: unexpected qemu-img info output: {exc}") from None
-    backing_file = None
-    for entry in chain:
-        name = entry.get("full-backing-filename") or entry.get("backing-filename")
-        if not name:
-            break
-        image = Path(entry.get("filename", path))
-        backing = Path(name) if os.path.isabs(name) else image.parent / name
-        _check_backing(path, backing, directory)
-        if backing_file is None:
-            backing_file = Path(os.path.abspath(backing))
+    checked = check_image(path, fmt, root=directory, qemu_img=True)
     return StagedImage(
-        path=path, format=fmt, virtual_size=virtual_size, backing_file=backing_file
-    )
-
-
-def _inspect_qcow2_header(path: Path, directory: Path) -> StagedImage:
-    try:
-        with open(path, "rb") as f:
-            header = f.read(72)
-            if len(header) < 32 or header[:4] != _QCOW2_MAGIC:
-                raise StagingError(f"{path}: not a qcow2 image (bad magic)")
-            backing_offset, backing_size = struct.unpack(">QI", header[8:20])
-            (virtual_size,) = struct.unpack(">Q", header[24:32])
-            backing_file = None
-            if backing_offset:
-                f.seek(backing_offset)
-                name = f.read(backing_size).decode("utf-8", "replace")
-                backing = Path(name) if os.path.isabs(name) else path.parent / name
-                _check_backing(path, backing, directory)
-                backing_file = Path(os.path.abspath(backing))
-    except OSError as exc:
-        raise StagingError(f"{path}: cannot read image: {exc.strerror}") from None
-    return StagedImage(
-        path=path, format="qcow2", virtual_size=virtual_size, backing_file=backing_file
+        path=checked.path,
+        format=checked.format,
+        virtual_size=checked.virtual_size,
+        backing_file=checked.backing_file,
     )
 
 
 # --------------------------------------------------------------------------
 # the stager
+
+
+#: What a file the repository reserves is, for messages: path -> "the image catalogue".
+Reserved = Mapping[Path, str]
+
+
+def bookkeeping_paths(image: Path) -> tuple[Path, Path]:
+    """The stamp and the lock staging keeps beside ``image`` (``.<image>.ready``, ``.<image>.lock``)."""
+    return image.with_name(f".{image.name}.ready"), image.with_name(f".{image.name}.lock")
+
+
+def _written_key(path: Path) -> str:
+    """Where a file pragma writes lands: its directory resolved, its own name not (it is never followed)."""
+    return os.path.join(os.path.realpath(path.parent), path.name)
+
+
+def _read_keys(path: Path) -> set[str]:
+    """The names under which writing could clobber the file ``path``: as named, and where it leads."""
+    return {_written_key(path), os.path.realpath(path)}
 
 
 @frozen(kw_only=True)
@@ -534,22 +527,80 @@ class _Plan:
     parts: tuple[Part, ...]  # what is streamed; () when the image is used in place
     part_paths: tuple[Path, ...]  # where each part would be locally
     local: bool  # parts are read from part_paths (no custom opener)
+    guarded: frozenset[str]  # real paths staging this image may not write
+    kept: frozenset[str]  # real paths it may not delete (its own parts excepted)
 
     @property
     def in_place(self) -> bool:
         return not self.parts
 
     @property
+    def root(self) -> Path:
+        """The cluster directory: everything this image reads lies in it."""
+        return self.description.directory
+
+    @property
     def stamp(self) -> Path:
-        return self.output.with_name(f".{self.output.name}.ready")
+        return bookkeeping_paths(self.output)[0]
 
     @property
     def lock(self) -> Path:
-        return self.output.with_name(f".{self.output.name}.lock")
+        return bookkeeping_paths(self.output)[1]
 
     @property
     def temp_prefix(self) -> str:
         return f".{self.output.name}.staging-"
+
+    @property
+    def stamp_temp_prefix(self) -> str:
+        return f".{self.stamp.name}.tmp-"
+
+    @property
+    def written(self) -> tuple[Path, ...]:
+        """The files staging this image may write (the image itself unless it is used in place)."""
+        own = (self.stamp, self.lock)
+        return own if self.in_place else (self.output, *own)
+
+
+def _own_stat(lane: int, path: Path) -> os.stat_result | None:
+    """The stat of a file pragma writes in ``lane`` (never followed); ``None`` when absent.
+
+    A symbolic link or anything but a regular file there is refused: pragma
+    neither writes through it nor replaces it.
+    """
+    try:
+        st = os.stat(path.name, dir_fd=lane, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        raise StagingError(f"{path}: is a symbolic link; pragma does not write through symbolic links (remove it)")
+    if not stat.S_ISREG(st.st_mode):
+        raise StagingError(f"{path}: is not a regular file; pragma will not replace it")
+    return st
+
+
+def _create(lane: int, name: str, mode: int) -> int:
+    """A new file ``name`` in ``lane``: never an existing file, never through a link."""
+    return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=lane)
+
+
+def _unlink_quietly(lane: int, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=lane)
+
+
+def _fsync_lane(lane: int) -> None:
+    """Make the renames and removals in the lane durable (best effort: some filesystems refuse)."""
+    with contextlib.suppress(OSError):
+        os.fsync(lane)
+
+
+def _temp_name(prefix: str) -> str:
+    return f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _mode_of(st: os.stat_result) -> int:
+    return stat.S_IMODE(st.st_mode)
 
 
 class Stager:
@@ -577,9 +628,19 @@ class Stager:
     # -- public API ---------------------------------------------------------
 
     def stage(
-        self, description: ClusterDescription, *, opener: PartOpener | None = None
+        self,
+        description: ClusterDescription,
+        *,
+        opener: PartOpener | None = None,
+        reserved: Reserved | None = None,
     ) -> StagedCluster:
-        """Stage the frontend's and the compute nodes' images (both at once when they differ)."""
+        """Stage the frontend's and the compute nodes' images (both at once when they differ).
+
+        ``reserved``: files of the repository staging may never write or
+        delete, with what each is (the catalogue, other descriptions, other
+        clusters' images and parts; see
+        :meth:`pragma_core.repositories.local.LocalRepository.reserved_paths`).
+        """
         front_disk = description.frontend.disk
         compute_disk = description.compute_template.disk
         front_out = self._output(description, front_disk)
@@ -591,16 +652,19 @@ class Stager:
                 raise StagingError(
                     f"{description.path}: frontend and compute describe the image {front_disk.source} differently"
                 )
-            image = self.stage_image(description, front_disk, opener=opener)
+            image = self.stage_image(description, front_disk, opener=opener, reserved=reserved)
             return StagedCluster(description=description, frontend=image, compute=image)
+        # Plan both first: a description whose two images collide fails before either is written.
+        for disk in (front_disk, compute_disk):
+            self._plan(description, disk, opener, reserved)
         with concurrent.futures.ThreadPoolExecutor(
             2, thread_name_prefix="pragma-stage"
         ) as pool:
             front = pool.submit(
-                self.stage_image, description, front_disk, opener=opener, _position=0
+                self.stage_image, description, front_disk, opener=opener, reserved=reserved, _position=0
             )
             compute = pool.submit(
-                self.stage_image, description, compute_disk, opener=opener, _position=1
+                self.stage_image, description, compute_disk, opener=opener, reserved=reserved, _position=1
             )
             # Both run to the end (a finished one stays cached); the frontend's error comes first.
             concurrent.futures.wait([front, compute])
@@ -616,6 +680,7 @@ class Stager:
         disk: DiskImage,
         *,
         opener: PartOpener | None = None,
+        reserved: Reserved | None = None,
         _position: int = 0,
     ) -> StagedImage:
         """Make ``description.directory / disk.source`` ready and return it.
@@ -626,26 +691,40 @@ class Stager:
         :class:`StagingError`\\ s (or :class:`ChecksumError`) naming the file;
         the cache is then left as it was.
         """
-        plan = self._plan(description, disk, opener)
+        plan = self._plan(description, disk, opener, reserved)
         started = time.monotonic()
-        if self._ready(plan):
+        if plan.in_place and not self._expected_image(plan):
+            # Nothing to verify, nothing to write: the file is the image.
+            if self._image_stat(plan, None) is None:
+                raise StagingError(f"{plan.output}: image not found (listed in {plan.description.path})")
             return self._done(plan, reused=True, started=started)
-        plan.output.parent.mkdir(parents=True, exist_ok=True)
-        with self._locked(plan):
-            if self._ready(plan):  # staged by whoever held the lock before us
+        with self._lane(plan, create=True) as lane:
+            for path in plan.written:
+                _own_stat(lane, path)  # a link or special file where pragma writes: refused, not replaced
+            if self._ready(plan, lane):
                 return self._done(plan, reused=True, started=started)
-            self._remove_stale_temps(plan)
-            if plan.in_place:
-                self._verify_in_place(plan)
-                return self._done(plan, reused=False, started=started)
-            bytes_in = self._stream(plan, opener, position=_position)
+            with self._locked(plan, lane):
+                if self._ready(plan, lane):  # staged by whoever held the lock before us
+                    return self._done(plan, reused=True, started=started)
+                self._remove_stale_temps(plan, lane)
+                if plan.in_place:
+                    self._verify_in_place(plan, lane)
+                    return self._done(plan, reused=False, started=started)
+                bytes_in = self._stream(plan, lane, opener, position=_position)
         if self.delete_parts and plan.local:
             self._delete_parts(plan)
         return self._done(plan, reused=False, started=started, bytes_in=bytes_in)
 
     def is_ready(self, description: ClusterDescription, disk: DiskImage) -> bool:
         """True when ``disk``'s image is staged, verified and up to date (no work to do)."""
-        return self._ready(self._plan(description, disk, None))
+        plan = self._plan(description, disk, None, None)
+        if plan.in_place and not self._expected_image(plan):
+            return self._image_stat(plan, None) is not None
+        try:
+            with self._lane(plan, create=False) as lane:
+                return self._ready(plan, lane)
+        except FileNotFoundError:
+            return False
 
     # -- planning -------------------------------------------------------------
 
@@ -661,24 +740,27 @@ class Stager:
         except FormatError as exc:
             raise StagingError(str(exc)) from None
 
+    @staticmethod
+    def _part_paths(description: ClusterDescription, disk: DiskImage) -> tuple[Path, ...]:
+        try:
+            return tuple(
+                safe_join(description.directory, p.name, what="part", source=description.path)
+                for p in disk.parts
+            )
+        except FormatError as exc:
+            raise StagingError(str(exc)) from None
+
     def _plan(
         self,
         description: ClusterDescription,
         disk: DiskImage,
         opener: PartOpener | None,
+        reserved: Reserved | None,
     ) -> _Plan:
         processor = self.processors.get(disk.processor, source=description.path)
         output = self._output(description, disk)
         parts = tuple(disk.parts)
-        try:
-            paths = tuple(
-                safe_join(
-                    description.directory, p.name, what="part", source=description.path
-                )
-                for p in parts
-            )
-        except FormatError as exc:
-            raise StagingError(str(exc)) from None
+        paths = self._part_paths(description, disk)
         if processor.in_place:
             if all(path == output for path in paths):
                 parts, paths = (), ()  # no parts, or the image itself: used in place
@@ -694,7 +776,8 @@ class Stager:
             raise StagingError(
                 f"{description.path}: image {disk.source} is also listed as one of its own parts"
             )
-        return _Plan(
+        guarded = self._guarded(description, disk, reserved, own_parts=True)
+        plan = _Plan(
             description=description,
             disk=disk,
             processor=processor,
@@ -702,32 +785,125 @@ class Stager:
             parts=parts,
             part_paths=paths,
             local=opener is None,
+            guarded=frozenset(guarded),
+            kept=frozenset(self._guarded(description, disk, reserved, own_parts=False)),
         )
+        for path in plan.written:
+            what = guarded.get(_written_key(path))
+            if what is not None:
+                raise StagingError(
+                    f"{description.path}: image {disk.source}: staging it would write {path}, which is {what}"
+                )
+        return plan
+
+    def _guarded(
+        self,
+        description: ClusterDescription,
+        disk: DiskImage,
+        reserved: Reserved | None,
+        *,
+        own_parts: bool,
+    ) -> dict[str, str]:
+        """Real path -> what it is, for every file staging ``disk`` may not write (or delete).
+
+        The description itself, every part of either image (of ``disk``
+        itself only with ``own_parts``) and their checksum files, the other
+        image of the cluster (with its stamp and lock) and the repository's
+        ``reserved`` files.
+        """
+        guarded: dict[str, str] = {}
+
+        def guard(path: Path, what: str) -> None:
+            for key in _read_keys(path):
+                guarded.setdefault(key, what)
+
+        guard(description.path, "the cluster description itself")
+        own_output = self._output(description, disk)
+        for other in (description.frontend.disk, description.compute_template.disk):
+            for part, path in zip(other.parts, self._part_paths(description, other), strict=True):
+                if other == disk and (path == own_output or not own_parts):
+                    continue  # the documented in-place case is checked by _plan
+                guard(path, f"part {part.name} of image {other.source}")
+                for sidecar in sidecar_paths(path):
+                    guard(sidecar, f"the checksum file of part {part.name}")
+            output = self._output(description, other)
+            for sidecar in sidecar_paths(output):
+                guard(sidecar, f"the checksum file of image {other.source}")
+            if output != own_output:
+                guard(output, f"image {other.source} of this cluster")
+                stamp, lock = bookkeeping_paths(output)
+                guard(stamp, f"the stamp of image {other.source}")
+                guard(lock, f"the lock of image {other.source}")
+        for path, what in (reserved or {}).items():
+            guard(Path(path), what)
+        return guarded
 
     def _expected_image(self, plan: _Plan) -> list[Checksum]:
         if plan.disk.checksum is not None:
             return [plan.disk.checksum]
-        sidecar = read_sidecar(plan.output)
+        sidecar = read_sidecar(plan.output, root=plan.root)
         return [sidecar] if sidecar is not None else []
 
     @staticmethod
-    def _expected_part(part: Part, path: Path) -> list[Checksum]:
+    def _expected_part(plan: _Plan, part: Part, path: Path) -> list[Checksum]:
         if part.checksum is not None:
             return [part.checksum]
-        sidecar = read_sidecar(path)
+        sidecar = read_sidecar(path, root=plan.root)
         return [sidecar] if sidecar is not None else []
+
+    # -- where files are -------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lane(self, plan: _Plan, *, create: bool) -> Iterator[int]:
+        """The directory the image is written in, reached without a symbolic link (a descriptor)."""
+        relative = os.path.relpath(plan.output.parent, plan.root)
+        try:
+            lane = open_lane(plan.root, relative, create=create)
+        except FileNotFoundError:
+            if not create:
+                raise
+            raise StagingError(f"{plan.output}: cannot stage image: {plan.root} does not exist") from None
+        except UnsafeFileError as exc:
+            raise StagingError(f"{plan.output}: cannot stage image: {exc}") from None
+        except OSError as exc:
+            raise StagingError(f"{plan.output}: cannot stage image: {exc.strerror or exc}") from None
+        try:
+            yield lane
+        finally:
+            os.close(lane)
+
+    def _image_stat(self, plan: _Plan, lane: int | None) -> os.stat_result | None:
+        """The image's stat, ``None`` when it does not exist yet; a refusal when it is not a file pragma may use."""
+        if plan.in_place:
+            try:
+                return stat_inside(plan.root, plan.output)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise StagingError(f"{plan.output}: cannot read image: {exc.strerror or exc}") from None
+        assert lane is not None
+        return _own_stat(lane, plan.output)
+
+    @staticmethod
+    def _part_stat(plan: _Plan, path: Path) -> os.stat_result:
+        """The stat of a local part, once it is known to be a regular file in the cluster directory."""
+        try:
+            return stat_inside(plan.root, path)
+        except FileNotFoundError:
+            raise StagingError(f"{path}: part not found (listed in {plan.description.path})") from None
+        except OSError as exc:
+            raise StagingError(f"{path}: cannot read part: {exc.strerror or exc}") from None
 
     # -- readiness -------------------------------------------------------------
 
-    def _ready(self, plan: _Plan) -> bool:
-        try:
-            image = plan.output.stat()
-        except FileNotFoundError:
+    def _ready(self, plan: _Plan, lane: int) -> bool:
+        image = self._image_stat(plan, lane)
+        if image is None:
             return False
         expected_image = self._expected_image(plan)
         if plan.in_place and not expected_image:
             return True  # a raw file with nothing to verify: it is the image
-        stamp = _read_stamp(plan.stamp)
+        stamp = _read_stamp(lane, plan.stamp)
         if stamp is None:
             return False
         if (
@@ -743,23 +919,27 @@ class Stager:
             return False
         recorded = stamp.get("parts", [])
         names = [p.name for p in plan.parts] if not plan.in_place else []
-        if [entry.get("name") for entry in recorded] != names:
+        if not isinstance(recorded, list) or [
+            entry.get("name") if isinstance(entry, dict) else None for entry in recorded
+        ] != names:
             return False
         for part, path, entry in zip(
             plan.parts, plan.part_paths, recorded, strict=False
         ):
             checksum_ok = all(
                 str(c) in entry.get("verified", [])
-                for c in self._expected_part(part, path)
+                for c in self._expected_part(plan, part, path)
             )
             if not checksum_ok:
                 return False
             if entry.get("mtime_ns") is None:
                 continue  # streamed through a repository's opener, not read from a local file
             try:
-                st = path.stat()
+                st = stat_inside(plan.root, path)
             except FileNotFoundError:
                 continue  # deleted after staging
+            except OSError as exc:
+                raise StagingError(f"{path}: cannot read part: {exc.strerror or exc}") from None
             if (
                 entry.get("size") != st.st_size
                 or entry.get("mtime_ns") != st.st_mtime_ns
@@ -770,80 +950,83 @@ class Stager:
     # -- doing the work ------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self, plan: _Plan) -> Iterator[None]:
-        """Hold the image's lock; say so in the log when someone else has it."""
-        import filelock
-
-        lock = filelock.FileLock(str(plan.lock))
+    def _locked(self, plan: _Plan, lane: int) -> Iterator[None]:
+        """Hold the image's lock (``flock`` on ``.<image>.lock``, never through a link); say so when someone else has it."""
         try:
+            fd = os.open(
+                plan.lock.name,
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                0o644,
+                dir_fd=lane,
+            )
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StagingError(
+                    f"{plan.lock}: is a symbolic link; pragma does not write through symbolic links (remove it)"
+                ) from None
+            raise StagingError(f"{plan.lock}: cannot take the image lock: {exc.strerror}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StagingError(f"{plan.lock}: is not a regular file; pragma will not use it as a lock")
             try:
-                lock.acquire(timeout=0)
-            except filelock.Timeout:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
                 log.info(
                     "waiting for another staging of %s to finish (lock %s)",
                     plan.output,
                     plan.lock,
                 )
-                lock.acquire()
-        except OSError as exc:
-            raise StagingError(
-                f"{plan.lock}: cannot take the image lock: {exc.strerror}"
-            ) from None
-        try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise StagingError(f"{plan.lock}: cannot take the image lock: {exc.strerror}") from None
             yield
         finally:
-            lock.release()
+            os.close(fd)  # releases the lock
 
-    def _remove_stale_temps(self, plan: _Plan) -> None:
+    def _remove_stale_temps(self, plan: _Plan, lane: int) -> None:
         # Holding the lock, no one else is writing this image: any temp file is
-        # what a killed run left behind.
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(plan.output.parent):
-                if entry.name.startswith(plan.temp_prefix) or entry.name.startswith(
-                    f".{plan.stamp.name}.tmp-"
-                ):
-                    log.info("removing %s left by an interrupted staging", entry.path)
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
+        # what a killed run left behind. Only names staging makes, only files.
+        ours = re.compile(
+            f"(?:{re.escape(plan.temp_prefix)}|{re.escape(plan.stamp_temp_prefix)})[0-9]+-[0-9a-f]{{8}}"
+        )
+        with contextlib.suppress(OSError), os.scandir(lane) as entries:
+            for entry in entries:
+                if not ours.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+                    continue
+                if _read_keys(plan.output.with_name(entry.name)) & plan.guarded:
+                    continue
+                log.info("removing %s left by an interrupted staging", plan.output.with_name(entry.name))
+                _unlink_quietly(lane, entry.name)
 
-    def _verify_in_place(self, plan: _Plan) -> None:
+    def _verify_in_place(self, plan: _Plan, lane: int) -> None:
         """A raw image used in place that has a checksum: verify it once, then stamp it."""
-        if not plan.output.exists():
-            raise StagingError(
-                f"{plan.output}: image not found (listed in {plan.description.path})"
-            )
         digests = _Digests(self._expected_image(plan))
         try:
-            with open(plan.output, "rb") as f:
+            with open_inside(plan.root, plan.output) as f:
                 before = os.fstat(f.fileno())
                 while chunk := f.read(INPUT_CHUNK):
                     digests.update(chunk)
+        except FileNotFoundError:
+            raise StagingError(
+                f"{plan.output}: image not found (listed in {plan.description.path})"
+            ) from None
         except OSError as exc:
             raise StagingError(
                 f"{plan.output}: cannot read image: {exc.strerror}"
             ) from None
         verified = digests.verify(plan.output)
-        self._write_stamp(plan, before, [], verified)
+        self._write_stamp(plan, lane, before, [], verified)
 
     def _open_local(self, plan: _Plan, index: int) -> AbstractContextManager[BinaryIO]:
-        return open(plan.part_paths[index], "rb")
+        return open_inside(plan.root, plan.part_paths[index])
 
-    def _stream(self, plan: _Plan, opener: PartOpener | None, *, position: int) -> int:
+    def _stream(self, plan: _Plan, lane: int, opener: PartOpener | None, *, position: int) -> int:
         """Write the image from its parts; returns the bytes read."""
         sizes: list[int | None] = []
         for part, path in zip(plan.parts, plan.part_paths, strict=True):
             size = part.size
             if plan.local:
-                try:
-                    st = path.stat()
-                except FileNotFoundError:
-                    raise StagingError(
-                        f"{path}: part not found (listed in {plan.description.path})"
-                    ) from None
-                except OSError as exc:
-                    raise StagingError(
-                        f"{path}: cannot read part: {exc.strerror}"
-                    ) from None
+                st = self._part_stat(plan, path)
                 if part.size is not None and st.st_size != part.size:
                     raise StagingError(
                         f"{path}: part is {st.st_size} bytes, the description says {part.size}"
@@ -851,20 +1034,17 @@ class Stager:
                 size = st.st_size
             sizes.append(size)
         expected_parts = [
-            self._expected_part(p, path)
+            self._expected_part(plan, p, path)
             for p, path in zip(plan.parts, plan.part_paths, strict=True)
         ]
-        temp = plan.output.with_name(
-            f"{plan.temp_prefix}{os.getpid()}-{secrets.token_hex(4)}"
-        )
+        temp = _temp_name(plan.temp_prefix)
+        leftovers: list[str] = [temp]  # removed on the way out unless published
         bar = self._progress_bar(plan, sizes, position)
         fd = -1
         writer: _SparseWriter | None = None
-        stamp_temp: Path | None = None
         try:
-            fd = os.open(
-                temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
-            )
+            fd = _create(lane, temp, _OUTPUT_MODE)
+            mode = _mode_of(os.fstat(fd))
             writer = _SparseWriter(
                 fd, plan.output, _Digests(self._expected_image(plan))
             )
@@ -888,6 +1068,10 @@ class Stager:
                             if opener is not None and not plan.local
                             else (os.fstat(stream.fileno()) if plan.local else None)
                         )
+                        if info is not None and mode & ~_mode_of(info):
+                            # never more readable than a source: narrow before its bytes are written
+                            mode &= _mode_of(info)
+                            os.fchmod(fd, mode)
                         while chunk := stream.read(INPUT_CHUNK):
                             read += len(chunk)
                             if digests:
@@ -927,18 +1111,22 @@ class Stager:
                     }
                 )
             writer.write_all(decoder.finish())
+            if writer.pos == 0:
+                raise StagingError(f"{plan.output}: the parts make an empty image (0 bytes)")
             # From here the image's fsync runs in the background.
             image = writer.finish()
             verified_image = writer.digests.verify(plan.output)
             # The stamp is written and synced while the image is; it is
             # renamed into place only after the image is durable and in place.
-            stamp_temp = self._prepare_stamp(plan, image, part_records, verified_image)
+            stamp_temp = self._prepare_stamp(plan, lane, image, part_records, verified_image)
+            leftovers.append(stamp_temp)
             writer.wait_durable()
             writer.close()
             writer = None
             os.close(fd)
             fd = -1
-            self._publish(plan, temp, stamp_temp)
+            self._publish(plan, lane, temp, stamp_temp)
+            leftovers.clear()
             return bytes_in
         except OSError as exc:
             raise StagingError(
@@ -951,12 +1139,10 @@ class Stager:
                 writer.close()  # its background syscalls end before the descriptor is closed
             if fd >= 0:
                 os.close(fd)
-            for leftover in (temp, stamp_temp):
-                if leftover is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(leftover)
+            for name in leftovers:
+                _unlink_quietly(lane, name)
 
-    def _publish(self, plan: _Plan, temp: Path, stamp_temp: Path) -> None:
+    def _publish(self, plan: _Plan, lane: int, temp: str, stamp_temp: str) -> None:
         """Rename the durable image into place, then its stamp; the image is ready only with both.
 
         An old stamp is removed (and that made durable) first: it must never
@@ -964,34 +1150,41 @@ class Stager:
         modification time, so a stamp whose rename reached the disk while the
         image's did not (a crash in between, on a file system that reorders
         renames) does not match whatever file is there: never a torn image
-        taken as ready.
+        taken as ready.  Renames work on names in the lane: a link there is
+        replaced, never followed (and was refused when planning).
         """
+        _own_stat(lane, plan.output)
         try:
-            os.unlink(plan.stamp)
+            os.unlink(plan.stamp.name, dir_fd=lane)
         except FileNotFoundError:
             pass
         else:
-            fsync_directory(plan.output.parent)
-        os.replace(temp, plan.output)
-        self._install_stamp(plan, stamp_temp)
+            _fsync_lane(lane)
+        os.replace(temp, plan.output.name, src_dir_fd=lane, dst_dir_fd=lane)
+        self._install_stamp(plan, lane, stamp_temp)
 
     def _write_stamp(
         self,
         plan: _Plan,
+        lane: int,
         image: os.stat_result,
         parts: list[dict[str, Any]],
         verified: list[str],
     ) -> None:
-        self._install_stamp(plan, self._prepare_stamp(plan, image, parts, verified))
+        self._install_stamp(plan, lane, self._prepare_stamp(plan, lane, image, parts, verified))
 
     def _prepare_stamp(
         self,
         plan: _Plan,
+        lane: int,
         image: os.stat_result,
         parts: list[dict[str, Any]],
         verified: list[str],
-    ) -> Path:
-        """Write and sync the stamp under a temporary name (never taken as a stamp); returns it."""
+    ) -> str:
+        """Write and sync the stamp under a temporary name (never taken as a stamp); returns that name.
+
+        The stamp is no more readable than the image it describes.
+        """
         stamp = {
             "version": _STAMP_VERSION,
             "source": plan.disk.source,
@@ -1000,34 +1193,34 @@ class Stager:
             "verified": verified,
             "parts": parts,
         }
-        temp = plan.stamp.with_name(
-            f".{plan.stamp.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        )
+        temp = _temp_name(plan.stamp_temp_prefix)
         try:
-            with open(temp, "w", encoding="utf-8") as f:
+            fd = _create(lane, temp, _OUTPUT_MODE & _mode_of(image))
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(stamp, f, indent=1)
                 f.write("\n")
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
+            _unlink_quietly(lane, temp)
             raise StagingError(f"{plan.stamp}: cannot write: {exc.strerror}") from None
         return temp
 
-    def _install_stamp(self, plan: _Plan, temp: Path) -> None:
+    def _install_stamp(self, plan: _Plan, lane: int, temp: str) -> None:
         """Rename a prepared stamp into place and make that durable."""
         try:
-            os.replace(temp, plan.stamp)
+            os.replace(temp, plan.stamp.name, src_dir_fd=lane, dst_dir_fd=lane)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
+            _unlink_quietly(lane, temp)
             raise StagingError(f"{plan.stamp}: cannot write: {exc.strerror}") from None
-        fsync_directory(plan.output.parent)
+        _fsync_lane(lane)
 
     def _delete_parts(self, plan: _Plan) -> None:
         for path in plan.part_paths:
             if path == plan.output:
+                continue
+            if _read_keys(path) & plan.kept:
+                log.info("keeping part %s: the repository uses it elsewhere", path)
                 continue
             try:
                 path.unlink()
@@ -1062,10 +1255,8 @@ class Stager:
     def _done(
         self, plan: _Plan, *, reused: bool, started: float, bytes_in: int = 0
     ) -> StagedImage:
-        staged = inspect_image(
-            plan.output, plan.disk.format, plan.description.directory
-        )
-        st = plan.output.stat()
+        staged = inspect_image(plan.output, plan.disk.format, plan.root)
+        st = stat_inside(plan.root, plan.output)
         report = StageReport(
             path=plan.output,
             processor=plan.processor.name,
@@ -1083,10 +1274,22 @@ class Stager:
         return staged
 
 
-def _read_stamp(path: Path) -> dict[str, Any] | None:
+def _read_stamp(lane: int, path: Path) -> dict[str, Any] | None:
+    """The stamp at ``path`` in ``lane``, ``None`` when absent or not a stamp pragma wrote."""
+    if _own_stat(lane, path) is None:
+        return None
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+        fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=lane)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        raw = f.read(_MAX_STAMP + 1)
+    if len(raw) > _MAX_STAMP:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
         return None
     return data if isinstance(data, dict) else None

@@ -8,7 +8,10 @@ One image per line, ``<name>,<path to its cluster description XML>``::
 
 A relative path is relative to the repository directory; an absolute path is
 accepted only when it lies inside that directory (the legacy tool accepted any
-absolute path). Names are letters, digits and ``._-+``, not starting with a dot.
+absolute path). The catalogue itself must be a regular file really inside the
+repository directory (:func:`pragma_core.paths.open_inside`: a symbolic link
+leading out, a FIFO or a device is refused) and at most
+:data:`MAX_CATALOGUE_BYTES` long. Names are letters, digits and ``._-+``, not starting with a dot.
 
 Errors are :class:`~pragma_core.errors.FormatError` naming the file and line
 (``vcdb.txt line 7: ...``). A missing or unreadable catalogue is a
@@ -31,9 +34,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import FormatError, RepositoryError
-from .paths import fsync_directory, safe_join
+from .paths import fsync_directory, open_inside, safe_join
 
-__all__ = ["NAME_PATTERN", "is_valid_name", "read_vcdb", "write_vcdb"]
+__all__ = ["MAX_CATALOGUE_BYTES", "NAME_PATTERN", "is_valid_name", "read_vcdb", "write_vcdb"]
+
+#: A catalogue larger than this is refused before it is read (a line is ~60 bytes).
+MAX_CATALOGUE_BYTES = 8 * 1024 * 1024
 
 #: What an image name may look like (the vc-name users type on ``pragma boot``).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9._+\-]*")
@@ -56,17 +62,22 @@ def read_vcdb(path: Path, repository_dir: Path, *, missing_ok: bool = False) -> 
     Raises :class:`FormatError` (file and line) for a line that is not exactly
     two non-empty comma-separated fields, an invalid name, a path that leaves
     ``repository_dir``, or a name given twice (both lines named). A missing
-    file gives ``{}`` when ``missing_ok``, else :class:`RepositoryError`.
+    file gives ``{}`` when ``missing_ok``, else :class:`RepositoryError`, as
+    does a catalogue that is not a regular file inside ``repository_dir`` or
+    is larger than :data:`MAX_CATALOGUE_BYTES`.
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open_inside(repository_dir, path) as handle:
+            data = handle.read(MAX_CATALOGUE_BYTES + 1)
     except FileNotFoundError:
         if missing_ok:
             return {}
         raise RepositoryError(f"{path}: image catalogue does not exist") from None
     except OSError as exc:
         raise RepositoryError(f"{path}: cannot read image catalogue: {exc.strerror or exc}") from None
+    if len(data) > MAX_CATALOGUE_BYTES:
+        raise RepositoryError(f"{path}: image catalogue is larger than {MAX_CATALOGUE_BYTES} bytes")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -58,7 +58,7 @@ from attrs import frozen
 
 from ..errors import ConfigError, FormatError, NotFoundError, RepositoryError
 from ..model import ClusterDescription, Part, StagedCluster
-from ..paths import safe_join
+from ..paths import open_inside, safe_join
 from ..settings import setting, to_non_negative_int, to_positive_seconds, to_seconds
 from .local import LocalRepository
 
@@ -222,11 +222,12 @@ class HttpRepository(LocalRepository):
         """Stream the images the cluster needs from the server into ``stager`` (once)."""
         from ..download import RemoteChangedError
 
+        reserved = self.reserved_paths(description)
         if self._all_local(description):
-            return stager.stage(description)
+            return stager.stage(description, reserved=reserved)
         for attempt in (1, 2):
             try:
-                return stager.stage(description, opener=self.part_opener(description))
+                return stager.stage(description, opener=self.part_opener(description), reserved=reserved)
             except RemoteChangedError as exc:
                 if attempt == 2:
                     raise
@@ -253,7 +254,7 @@ class HttpRepository(LocalRepository):
         def open_part(part: Part) -> Iterator[BinaryIO]:
             local = safe_join(description.directory, part.name, what="part", source=description.path)
             if local.is_file():
-                with open(local, "rb") as handle:
+                with open_inside(description.directory, local) as handle:
                     yield handle
                 return
             url = self.url_for(local)

@@ -13,6 +13,14 @@ written, so an image pragma cannot edit fails cleanly:
 Overlays are written by :mod:`pragma_kvm_rocks.qcow2` in this process (no
 ``qemu-img`` per node); copies use ``copy_file_range`` over data extents only.
 Work runs on ``max_parallel`` threads.
+
+A base image comes from a repository: before anything opens it (e2fsprogs,
+libguestfs, libvirt through the overlay), :func:`pragma_core.imagecheck.check_image`
+checks it and its whole qcow2 backing chain under the cluster directory
+(:attr:`DiskJob.root`): regular files inside it, plain relative backing names,
+raw or qcow2 only. A refused base fails the build before any disk is written.
+A full copy of a qcow2 base that has a backing file is refused too: the copy
+would resolve the relative backing name in the disk directory instead.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ from pathlib import Path
 
 from attrs import frozen
 
-from pragma_core.errors import DriverError
+from pragma_core.errors import DriverError, StagingError
+from pragma_core.imagecheck import CheckedImage, check_image
 
 from . import e2fs, guestfish, qcow2
 from .sparse import sparse_copy
@@ -35,20 +44,32 @@ log = logging.getLogger(__name__)
 
 @frozen(kw_only=True)
 class DiskJob:
-    """One node disk to make: from ``base`` (of ``base_format``) into ``target``."""
+    """One node disk to make: from ``base`` (of ``base_format``) into ``target``.
+
+    ``root`` is the directory the base image and its backing chain must stay
+    in: the cluster directory (default: the base image's own directory).
+    """
 
     node: str
     base: Path
     base_format: str
     target: Path
     vcout: bytes | None = None
+    root: Path | None = None
 
 
-def virtual_size(path: Path, fmt: str) -> int:
-    """The size the guest sees of a raw or qcow2 image."""
-    if fmt == "qcow2":
-        return int(qcow2.read_header(path)["virtual_size"])  # type: ignore[arg-type]
-    return path.stat().st_size
+def check_base(base: Path, fmt: str, *, root: Path | None = None, mode: str = "overlay") -> CheckedImage:
+    """Check a base image (and its backing chain) before anything opens it; a one-line :class:`DriverError`."""
+    try:
+        checked = check_image(base, fmt, root=root if root is not None else base.parent)
+    except StagingError as exc:
+        raise DriverError(f"refusing base image: {exc}") from None
+    if mode == "copy" and checked.backing_file is not None:
+        raise DriverError(
+            f"refusing base image: {base} has a backing file ({checked.chain[0].backing_name}); "
+            "disk_mode = copy needs a base image without one (use disk_mode = overlay)"
+        )
+    return checked
 
 
 def target_format(mode: str, base_format: str) -> str:
@@ -64,9 +85,11 @@ def disk_name(node: str, mode: str) -> str:
 class _BasePlan:
     """How the disks of one base image get their vc-out."""
 
-    def __init__(self, base: Path, fmt: str, injection: str, any_vcout: bool) -> None:
+    def __init__(self, checked: CheckedImage, injection: str, any_vcout: bool) -> None:
+        base, fmt = checked.path, checked.format
         self.base = base
         self.format = fmt
+        self.virtual_size = checked.virtual_size
         self.method = "none"
         self.location: e2fs.ExtLocation | None = None
         self.plan: e2fs.GuestPlan | None = None
@@ -106,11 +129,14 @@ class DiskBuilder:
 
     def build(self, jobs: Sequence[DiskJob]) -> None:
         """Make every disk; on failure remove the ones made and re-raise."""
+        checked = {
+            job.base: check_base(job.base, job.base_format, root=job.root, mode=self.mode) for job in jobs
+        }
         plans: dict[Path, _BasePlan] = {}
         for job in jobs:
             if job.base not in plans:
                 any_vcout = any(j.vcout is not None for j in jobs if j.base == job.base)
-                plans[job.base] = _BasePlan(job.base, job.base_format, self.injection, any_vcout)
+                plans[job.base] = _BasePlan(checked[job.base], self.injection, any_vcout)
         made: list[Path] = []
         try:
             with tempfile.TemporaryDirectory(prefix="pragma-disks-") as tmp:
@@ -150,7 +176,7 @@ class DiskBuilder:
                 job.target,
                 backing_file=job.base,
                 backing_format=job.base_format,
-                virtual_size=virtual_size(job.base, job.base_format),
+                virtual_size=plan.virtual_size,
                 data=data,
             )
         else:

@@ -4,7 +4,8 @@ The template (``NodeTemplate.domain_xml``) keeps its devices (consoles,
 graphics, cdroms, controllers...) and its ``<os>`` section; pragma sets what
 belongs to the node: name, type, vCPUs, memory, the one disk, the NICs, the
 CPU model and the metadata. Kernel, initrd and dtb paths in ``<os>`` are
-resolved against the cluster directory and may not leave it. With
+resolved against the cluster directory and must be regular files really
+inside it (a symbolic link leading out, a device or a FIFO is refused). With
 ``console_log``, the first serial port (added as a ``pty`` when the template
 has none) logs everything the guest prints to that file (``<log
 append="off"/>``: each start begins a new file), written by libvirt's
@@ -21,7 +22,7 @@ import defusedxml.ElementTree as SafeET
 from attrs import frozen
 
 from pragma_core.errors import FormatError
-from pragma_core.paths import safe_join
+from pragma_core.paths import safe_join, stat_inside
 
 from .records import NAMESPACE, PREFIX, NodeRecord
 from .settings import bridge_name, is_ovs
@@ -78,7 +79,12 @@ def build_domain_xml(
     for tag in ("kernel", "initrd", "dtb"):
         element = os_el.find(tag)
         if element is not None and (element.text or "").strip():
-            element.text = str(safe_join(cluster_dir, element.text.strip(), what=f"<os><{tag}>"))
+            path = safe_join(cluster_dir, element.text.strip(), what=f"<os><{tag}>")
+            try:
+                stat_inside(cluster_dir, path)  # libvirt hands it to qemu as root: a regular file really inside
+            except OSError as exc:
+                raise FormatError(f"<os><{tag}> {path}: {exc.strerror or exc}") from None
+            element.text = str(path)
 
     if domain_type == "kvm" and cpu_model:
         if cpu_model in ("host-model", "host-passthrough"):

@@ -23,6 +23,12 @@ Two ways, one per disk mode:
   into the base image's 64 KiB clusters around them, become the only data
   clusters of the node's qcow2 overlay (:func:`pragma_kvm_rocks.qcow2.write_overlay`).
   Cost grows with the filesystem's metadata, never with the data in the image.
+
+Every base image given to this module has passed
+:func:`pragma_core.imagecheck.check_image` first (:class:`pragma_kvm_rocks.disks.DiskBuilder`
+checks each base before planning): a regular, non-empty raw file inside the
+cluster directory, so ``sfdisk``, ``debugfs`` and ``e2image`` never open a
+link leading out, a device or a FIFO a repository put there.
 """
 
 from __future__ import annotations

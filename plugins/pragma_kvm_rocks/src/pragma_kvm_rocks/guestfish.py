@@ -21,6 +21,12 @@ Facts about ``guestfish --listen`` this module depends on (libguestfs 1.48):
   stderr is a log file read back on failure, and probing commands that may
   fail (mounting a candidate root) use guestfish's ``-command`` prefix, which
   makes the server ignore the error.
+
+libguestfs opens only node disks :class:`pragma_kvm_rocks.disks.DiskBuilder`
+made, on base images whose whole backing chain passed
+:func:`pragma_core.imagecheck.check_image`: a qcow2 overlay names its base by
+absolute path with its format recorded, so nothing the repository wrote makes
+the appliance open another file or a network connection.
 """
 
 from __future__ import annotations

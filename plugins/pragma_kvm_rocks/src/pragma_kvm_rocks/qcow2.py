@@ -25,6 +25,9 @@ import struct
 from collections.abc import Mapping
 from pathlib import Path
 
+from pragma_core.errors import StagingError
+from pragma_core.imagecheck import read_qcow2_header
+
 CLUSTER_BITS = 16
 CLUSTER_SIZE = 1 << CLUSTER_BITS
 _MAGIC = b"QFI\xfb"
@@ -144,11 +147,20 @@ def write_overlay(
 
 
 def read_header(path: Path) -> dict[str, object]:
-    """The main fields of a qcow2 header (for checks and tests): version, size, backing file."""
+    """The main fields of a qcow2 header (for checks and tests): version, size, backing file and its format.
+
+    Parsed by :func:`pragma_core.imagecheck.read_qcow2_header`, the one
+    reader of the format; a file that is not qcow2 is a :class:`ValueError`.
+    """
     with open(path, "rb") as fh:
-        head = fh.read(CLUSTER_SIZE)
-    if head[:4] != _MAGIC:
-        raise ValueError(f"{path} is not a qcow2 file")
-    version, boff, bsize, cbits, size = struct.unpack_from(">IQIIQ", head, 4)
-    backing = head[boff : boff + bsize].decode() if bsize else None
-    return {"version": version, "cluster_bits": cbits, "virtual_size": size, "backing_file": backing}
+        try:
+            header = read_qcow2_header(fh, path)
+        except StagingError as exc:
+            raise ValueError(str(exc)) from None
+    return {
+        "version": header.version,
+        "cluster_bits": header.cluster_bits,
+        "virtual_size": header.virtual_size,
+        "backing_file": header.backing_file,
+        "backing_format": header.backing_format,
+    }

@@ -14,8 +14,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Literal
 
-from pragma_core.clusterxml import replace_disk_source
-from pragma_core.errors import FormatError
+from pragma_core.clusterxml import MAX_DESCRIPTION_BYTES, replace_disk_source
+from pragma_core.errors import FormatError, RepositoryError
+from pragma_core.paths import open_inside
 
 from .target import Target
 
@@ -30,8 +31,8 @@ def local_xml_path(xml_path: Path) -> Path:
 
 def replace_disk_volume(xml: bytes, role: Role, target: Target, *, label: str) -> bytes:
     """Point the ``role`` node's first disk at a ZFS volume (``<source volume pool host>``), legacy style."""
-    from defusedxml.ElementTree import fromstring
     from defusedxml import DefusedXmlException
+    from defusedxml.ElementTree import fromstring
 
     try:
         root = fromstring(xml, forbid_dtd=True)
@@ -56,6 +57,20 @@ def replace_disk_volume(xml: bytes, role: Role, target: Target, *, label: str) -
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
 
 
+def _read_local(path: Path, root: Path) -> bytes:
+    """A downloaded or written description: a regular file really inside ``root``, bounded in size."""
+    try:
+        with open_inside(root, path) as handle:
+            data = handle.read(MAX_DESCRIPTION_BYTES + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise RepositoryError(f"{path}: cannot read cluster description: {exc.strerror or exc}") from None
+    if len(data) > MAX_DESCRIPTION_BYTES:
+        raise FormatError(f"cluster description is larger than {MAX_DESCRIPTION_BYTES} bytes", path=path)
+    return data
+
+
 def render_local_xml(source: Path, images: dict[Role, Target], cluster_dir: Path) -> bytes:
     """The ``-local.xml`` bytes for the description at ``source`` and the restored ``images``."""
     data: bytes | None = None
@@ -69,17 +84,17 @@ def render_local_xml(source: Path, images: dict[Role, Target], cluster_dir: Path
             relative = os.path.relpath(target.path, cluster_dir)
             data = replace_disk_source(xml, role, source_file=relative, format=target.format)  # type: ignore[arg-type]
         else:
-            raw = source.read_bytes() if data is None else data
+            raw = _read_local(source, cluster_dir) if data is None else data
             data = replace_disk_volume(raw, role, target, label=str(source))  # type: ignore[arg-type]
     if data is None:
-        data = source.read_bytes()
+        data = _read_local(source, cluster_dir)
     return data
 
 
 def write_if_changed(path: Path, data: bytes) -> bool:
     """Atomically write ``data`` to ``path`` unless it already holds exactly that; whether it wrote."""
     try:
-        if path.read_bytes() == data:
+        if _read_local(path, path.parent) == data:
             return False
     except FileNotFoundError:
         pass

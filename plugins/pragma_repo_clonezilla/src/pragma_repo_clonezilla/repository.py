@@ -59,7 +59,7 @@ class ClonezillaRepository(Repository):
         catalogue = self._catalogue()
         if name not in catalogue:
             raise NotFoundError(f"Virtual image {name} does not exist (run 'pragma sync repository' to fetch new images)")
-        return parse_cluster_xml(catalogue[name], name)
+        return parse_cluster_xml(catalogue[name], name, root=self.root)
 
     def stage(self, description: ClusterDescription, stager: Stager) -> StagedCluster:
         """The images were restored by sync: the stager finds them in place."""
