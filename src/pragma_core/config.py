@@ -35,12 +35,13 @@ Settings of ``site_conf.conf`` (legacy keys first):
 from __future__ import annotations
 
 import ast
+import json
 import logging
 import os
 import re
 import stat
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -49,6 +50,7 @@ import attrs
 from attrs import field, frozen
 
 from .errors import ConfigError
+from .redaction import MASK, redact, register_secret
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,14 @@ class ConfigFile:
     path: Path
     values: Mapping[str, Any] = field(converter=lambda v: MappingProxyType(dict(v)))
     lines: Mapping[str, int] = field(converter=lambda v: MappingProxyType(dict(v)))
+    #: The values of its secret settings (:func:`is_secret_key`), registered for masking when the file is parsed.
+    secrets: tuple[str, ...] = field(
+        init=False, repr=False, eq=False, default=attrs.Factory(lambda self: secret_values(self.values), takes_self=True)
+    )
+
+    def __attrs_post_init__(self) -> None:
+        for value in self.secrets:
+            register_secret(value, name=f"{self.path} setting")
 
     def __contains__(self, key: str) -> bool:
         return key in self.values
@@ -80,7 +90,7 @@ class ConfigFile:
     def error(self, key: str | None, message: str) -> ConfigError:
         """A :class:`ConfigError` about ``key`` in this file, with its line when known."""
         line = self.lines.get(key) if key else None
-        return ConfigError(message, path=self.path, line=line, key=key)
+        return ConfigError(hide_secret_values(message, self.secrets), path=self.path, line=line, key=key)
 
     def require(self, key: str, *aliases: str) -> Any:
         """The value of ``key`` (or the first alias present); an error naming the file when missing."""
@@ -228,8 +238,16 @@ def read_config_file(path: str | Path) -> ConfigFile:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read: {exc}", path=path) from None
     if path.suffix == ".toml":
-        return parse_toml(text, path)
-    return parse_legacy(text, path)
+        parsed = parse_toml(text, path)
+    else:
+        try:
+            parsed = parse_legacy(text, path)
+        except ConfigError as exc:
+            raise _without_literal_secrets(exc, text, path) from None
+    if parsed.secrets:
+        names = ", ".join(sorted(_secret_keys(parsed.values)))
+        warn_if_readable_by_others(path, f"secrets ({names})")
+    return parsed
 
 
 def find_config(conf_dir: Path, stem: str) -> ConfigFile | None:
@@ -243,16 +261,146 @@ def find_config(conf_dir: Path, stem: str) -> ConfigFile | None:
     return None
 
 
+_warned_readable: set[tuple[str, int, int, int]] = set()
+
+
 def warn_if_readable_by_others(path: Path, what: str) -> bool:
-    """Log a warning when ``path`` (holding a secret) is readable by group or others."""
+    """Log a warning when ``path`` (holding a secret) is readable by group or others.
+
+    Returns whether it is; the warning is logged once per file (and mode) per process.
+    """
     try:
-        mode = path.stat().st_mode
+        st = path.stat()
     except OSError:
         return False
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
-        log.warning("%s holds %s and is readable by group or others; run: chmod 600 %s", path, what, path)
+    if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        seen = (str(path.absolute()), st.st_ino, st.st_mtime_ns, st.st_mode)
+        if seen not in _warned_readable:
+            _warned_readable.add(seen)
+            log.warning("%s holds %s and is readable by group or others; run: chmod 600 %s", path, what, path)
         return True
     return False
+
+
+# --------------------------------------------------------------------------- secrets
+#
+# A setting is secret when its attrs field says so (``metadata={"secret": True}``)
+# or, in files that declare nothing (the legacy ones, nested dicts such as
+# ``repository_settings``), by its name (:func:`is_secret_key`). Every value of
+# a secret setting is registered with :mod:`pragma_core.redaction` as soon as a
+# file is parsed -- before any error about any key is formatted -- and every
+# config error leaves out the values of the file's secret settings, even those
+# too short for the registry.
+
+#: Words that make a setting secret by its name.
+SECRET_KEY_WORDS = ("secret", "apikey", "api_key", "api-key", "password", "passwd", "private_key", "token")
+#: Endings of settings that say where a secret is, not what it is (``private_key_file``).
+_SECRET_LOCATION_SUFFIXES = ("_file", "_path", "_dir", "_url")
+
+
+def is_secret_key(name: object) -> bool:
+    """Whether a setting called ``name`` holds a secret (by its name: ``secretkey``, ``api_key``...)."""
+    if not isinstance(name, str):
+        return False
+    lowered = name.lower()
+    return any(word in lowered for word in SECRET_KEY_WORDS) and not lowered.endswith(_SECRET_LOCATION_SUFFIXES)
+
+
+def _leaves(value: Any) -> Iterator[str]:
+    """Every scalar in ``value`` as text (booleans and ``None`` are no secrets)."""
+    if isinstance(value, Mapping):
+        for item in value.values():
+            yield from _leaves(item)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            yield from _leaves(item)
+    elif isinstance(value, str):
+        if value.strip():
+            yield value.strip()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield str(value)
+
+
+def _secret_keys(values: Mapping[str, Any]) -> Iterator[str]:
+    """The names of the secret settings in ``values``, nested dicts included."""
+    for key, value in values.items():
+        if is_secret_key(key):
+            yield str(key)
+        elif isinstance(value, Mapping):
+            yield from _secret_keys(value)
+
+
+def secret_values(values: Mapping[str, Any]) -> tuple[str, ...]:
+    """The values of the secret settings (by name) in ``values``, nested dicts included."""
+    found: list[str] = []
+    for key, value in values.items():
+        if is_secret_key(key):
+            found.extend(_leaves(value))
+        elif isinstance(value, Mapping):
+            found.extend(secret_values(value))
+    return tuple(dict.fromkeys(found))
+
+
+def register_literal_secrets(text: str, path: Path) -> tuple[str, ...]:
+    """Register the literals assigned to secret settings in a legacy file that could not be evaluated.
+
+    Evaluation may fail on a later line (``zone = s3cr3tvalue``, an unknown
+    name echoed in the error) before the file's values exist; this pass
+    registers what the file's secret settings are set to from its syntax
+    tree alone: constants, and bare names (a secret written without quotes).
+    Returns them all (the short ones too, for :func:`hide_secret_values`).
+    A file that is not even valid syntax fails with a message that echoes no value.
+    """
+    try:
+        tree = ast.parse(text, filename=str(path))
+    except (SyntaxError, ValueError):
+        return ()
+    found: list[str] = []
+    for node in ast.walk(tree):
+        pairs: list[tuple[object, ast.AST]] = []
+        if isinstance(node, ast.Assign):
+            pairs = [(getattr(t, "id", None), node.value) for t in node.targets]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            pairs = [(getattr(node.target, "id", None), node.value)]
+        elif isinstance(node, ast.Dict):
+            pairs = [(k.value, v) for k, v in zip(node.keys, node.values) if isinstance(k, ast.Constant)]
+        for name, value in pairs:
+            if is_secret_key(name):
+                for leaf in ast.walk(value):
+                    if isinstance(leaf, ast.Constant) and isinstance(leaf.value, (str, int, float)):
+                        if not isinstance(leaf.value, bool) and str(leaf.value).strip():
+                            found.append(str(leaf.value).strip())
+                    elif isinstance(leaf, ast.Name):
+                        found.append(leaf.id)
+    for literal in found:
+        register_secret(literal, name=f"{path} secret setting")
+    return tuple(dict.fromkeys(found))
+
+
+def _without_literal_secrets(exc: ConfigError, text: str, path: Path) -> ConfigError:
+    """``exc`` (a failed parse of ``text``) once the file's secret literals are registered and out of its message."""
+    literals = register_literal_secrets(text, path)
+    if not literals:
+        return exc
+    return ConfigError(hide_secret_values(exc.problem, literals), path=exc.path, line=exc.line, key=exc.key)
+
+
+def _declared_secret_values(cls: type, data: Mapping[str, Any]) -> Iterator[str]:
+    """The values in ``data`` of the fields of ``cls`` declared ``metadata={"secret": True}``."""
+    for fld in attrs.fields(cls):  # type: ignore[arg-type]
+        if fld.metadata.get("secret"):
+            for name in (fld.name, *fld.metadata.get("aliases", ())):
+                if name in data:
+                    yield from _leaves(data[name])
+
+
+def hide_secret_values(message: str, values: Iterable[str]) -> str:
+    """``message`` without any of ``values`` (raw, quoted or escaped), however short, nor any registered secret."""
+    for value in sorted(set(values), key=len, reverse=True):
+        for form in dict.fromkeys((repr(value)[1:-1], json.dumps(value)[1:-1], value)):
+            if form:
+                message = re.sub(rf"(?<![A-Za-z0-9]){re.escape(form)}(?![A-Za-z0-9])", MASK, message)
+    return redact(message)
 
 
 # --------------------------------------------------------------------------- typed settings
@@ -270,8 +418,15 @@ def build_settings(cls: type[T], source: ConfigFile, *, values: Mapping[str, Any
 
     ``values`` replaces ``source.values`` (for a nested dict such as
     ``repository_settings``) while errors still point at ``source``.
+
+    The values of fields declared ``metadata={"secret": True}`` are
+    registered for masking before anything is converted, and no error
+    message shows them.
     """
     data = dict(source.values if values is None else values)
+    declared = tuple(_declared_secret_values(cls, data))
+    for secret in declared:
+        register_secret(secret, name=f"{source.path} {cls.__name__}")
     kwargs: dict[str, Any] = {}
     known: set[str] = set()
     for fld in attrs.fields(cls):  # type: ignore[arg-type]
@@ -300,7 +455,7 @@ def build_settings(cls: type[T], source: ConfigFile, *, values: Mapping[str, Any
                 message = str(exc)
                 if message.startswith(f"{fld.name}:"):
                     message = message[len(fld.name) + 1 :].strip()
-                raise source.error(used, message) from None
+                raise source.error(used, hide_secret_values(message, declared)) from None
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
@@ -308,7 +463,7 @@ def build_settings(cls: type[T], source: ConfigFile, *, values: Mapping[str, Any
         message = str(exc)
         if key and message.startswith(f"{key}:"):
             message = message[len(key) + 1 :].strip()
-        raise source.error(key, message) from None
+        raise source.error(key, hide_secret_values(message, declared)) from None
 
 
 def _blame(exc: BaseException, kwargs: Mapping[str, Any]) -> str | None:

@@ -108,12 +108,14 @@ def _nonnegative_int(value: Any) -> int:
 class CloudStackSettings:
     """The validated contents of ``cloudstack.conf``.
 
-    ``secretkey`` is kept out of ``repr``; nothing logs it.
+    ``apikey`` and ``secretkey`` are secrets (``metadata={"secret": True}``):
+    kept out of ``repr``, registered for masking when the file is read, and
+    never shown in a config error or a log line.
     """
 
     baseurl: str = field(converter=lambda v: _checked("baseurl", _baseurl, v))
-    apikey: str = field(converter=lambda v: _checked("apikey", _nonempty, v), repr=False)
-    secretkey: str = field(converter=lambda v: _checked("secretkey", _nonempty, v), repr=False)
+    apikey: str = field(converter=lambda v: _checked("apikey", _nonempty, v), repr=False, metadata={"secret": True})
+    secretkey: str = field(converter=lambda v: _checked("secretkey", _nonempty, v), repr=False, metadata={"secret": True})
     templatefilter: str = field(default="executable", converter=lambda v: _checked("templatefilter", _templatefilter, v))
     networkoffering: str | None = field(default=None, converter=lambda v: _checked("networkoffering", _optional_name, v))
     zone: str | None = field(default=None, converter=lambda v: _checked("zone", _optional_name, v))

@@ -117,7 +117,7 @@ class ClonezillaSettings:
     """The clonezilla keys of ``repository_settings`` (besides ``repository_dir`` and ``vcdb_filename``)."""
 
     local_image_url: str = field(default=DEFAULT_LOCAL_IMAGE_URL)
-    api_key: str | None = field(default=None, converter=_optional_str, repr=False)
+    api_key: str | None = field(default=None, converter=_optional_str, repr=False, metadata={"secret": True})
     drive_api_url: str = field(default=DEFAULT_DRIVE_API_URL, converter=_http_url)
     drive_web_url: str = field(default=DEFAULT_DRIVE_WEB_URL, converter=_http_url)
     drive_download_url: str = field(default=DEFAULT_DRIVE_DOWNLOAD_URL, converter=_http_url)
