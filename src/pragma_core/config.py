@@ -377,6 +377,18 @@ def register_literal_secrets(text: str, path: Path) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
+def register_secret_fields(settings: Any) -> None:
+    """Register the values of the fields of an attrs ``settings`` object declared ``metadata={"secret": True}``.
+
+    For a settings class's ``__attrs_post_init__``: its secrets are then
+    masked however it was built (from a file, or by a program).
+    """
+    for fld in attrs.fields(type(settings)):
+        if fld.metadata.get("secret"):
+            for value in _leaves(getattr(settings, fld.name)):
+                register_secret(value, name=f"{type(settings).__name__}.{fld.name}")
+
+
 def _without_literal_secrets(exc: ConfigError, text: str, path: Path) -> ConfigError:
     """``exc`` (a failed parse of ``text``) once the file's secret literals are registered and out of its message."""
     literals = register_literal_secrets(text, path)

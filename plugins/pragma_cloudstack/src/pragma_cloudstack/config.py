@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from attrs import field, frozen
-from pragma_core.config import invalid, to_bool, to_int, to_str_list, warn_if_readable_by_others
+from pragma_core.config import (
+    invalid,
+    register_secret_fields,
+    to_bool,
+    to_int,
+    to_str_list,
+    warn_if_readable_by_others,
+)
 
 #: Values CloudStack accepts for ``templatefilter``.
 TEMPLATE_FILTERS = ("featured", "self", "selfexecutable", "sharedexecutable", "executable", "community", "all")
@@ -132,6 +139,9 @@ class CloudStackSettings:
     signature_lifetime: float = field(default=600.0, converter=lambda v: _checked("signature_lifetime", _seconds, v))
     page_size: int = field(default=500, converter=lambda v: _checked("page_size", _positive_int, v))
     verify_tls: bool = field(default=True, converter=lambda v: _checked("verify_tls", to_bool, v))
+
+    def __attrs_post_init__(self) -> None:
+        register_secret_fields(self)
 
 
 def settings_file(conf_dir: Path) -> Path | None:

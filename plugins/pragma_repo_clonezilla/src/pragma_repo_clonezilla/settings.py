@@ -14,7 +14,14 @@ from urllib.parse import urlsplit
 
 from attrs import field, frozen
 
-from pragma_core.config import ConfigFile, RepositorySettings, build_settings, to_int, to_optional_path
+from pragma_core.config import (
+    ConfigFile,
+    RepositorySettings,
+    build_settings,
+    register_secret_fields,
+    to_int,
+    to_optional_path,
+)
 from pragma_core.errors import ConfigError
 
 #: ``local_image_url`` when the site gives none: the image beside its ``-local.xml``.
@@ -133,6 +140,7 @@ class ClonezillaSettings:
     work_dir: Path | None = field(default=None, converter=to_optional_path)
 
     def __attrs_post_init__(self) -> None:
+        register_secret_fields(self)
         if not isinstance(self.local_image_url, str) or "://" not in self.local_image_url:
             raise ValueError(
                 f"local_image_url: must be a file://... or zfs://nas/pool/volume template, not {self.local_image_url!r}"
