@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__
 from .errors import PragmaError, UsageError
+from .redaction import redact
 
 if TYPE_CHECKING:
     from .config import SiteConfig
@@ -429,7 +430,7 @@ def _boot(ctx: Context, args: list[str], params: dict[str, str]) -> int:
                 ctx.print(line)
     if readiness is not None and any(value != "ready" for value in readiness.values()):
         bad = sorted(node for node, value in readiness.items() if value != "ready")
-        ctx.err.write(f"Error: cluster {alloc.cluster}: node(s) not ready after {wait:g} s: {', '.join(bad)}\n")
+        ctx.err.write(redact(f"Error: cluster {alloc.cluster}: node(s) not ready after {wait:g} s: {', '.join(bad)}") + "\n")
         return 1
     return 0
 
@@ -839,8 +840,8 @@ def run(argv: Sequence[str], *, out: TextIO, err: TextIO) -> int:
         if ctx.debug:
             import traceback
 
-            traceback.print_exc(file=err)
-        err.write(f"Error: {exc}\n")
+            err.write(redact(traceback.format_exc()))
+        err.write(redact(f"Error: {exc}") + "\n")
         return exc.exit_code
     except KeyboardInterrupt:
         err.write("Error: interrupted\n")
@@ -849,8 +850,8 @@ def run(argv: Sequence[str], *, out: TextIO, err: TextIO) -> int:
         if ctx.debug:
             import traceback
 
-            traceback.print_exc(file=err)
-        err.write(f"Error: internal error: {type(exc).__name__}: {exc} (run with loglevel=DEBUG for details)\n")
+            err.write(redact(traceback.format_exc()))
+        err.write(redact(f"Error: internal error: {type(exc).__name__}: {exc} (run with loglevel=DEBUG for details)") + "\n")
         return 1
 
 

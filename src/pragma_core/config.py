@@ -43,12 +43,13 @@ Settings of ``site_conf.conf`` (legacy keys first):
 from __future__ import annotations
 
 import ast
+import json
 import logging
 import os
 import re
 import stat
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -68,6 +69,7 @@ from .settings import (  # noqa: F401 - to_* and invalid are re-exported for plu
     to_path,
     to_str_list,
 )
+from .redaction import MASK, redact, register_secret
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,14 @@ class ConfigFile:
     path: Path
     values: Mapping[str, Any] = field(converter=lambda v: MappingProxyType(dict(v)))
     lines: Mapping[str, int] = field(converter=lambda v: MappingProxyType(dict(v)))
+    #: The values of its secret settings (:func:`is_secret_key`), registered for masking when the file is parsed.
+    secrets: tuple[str, ...] = field(
+        init=False, repr=False, eq=False, default=attrs.Factory(lambda self: secret_values(self.values), takes_self=True)
+    )
+
+    def __attrs_post_init__(self) -> None:
+        for value in self.secrets:
+            register_secret(value, name=f"{self.path} setting")
 
     def __contains__(self, key: str) -> bool:
         return key in self.values
@@ -99,7 +109,7 @@ class ConfigFile:
     def error(self, key: str | None, message: str) -> ConfigError:
         """A :class:`ConfigError` about ``key`` in this file, with its line when known."""
         line = self.lines.get(key) if key else None
-        return ConfigError(message, path=self.path, line=line, key=key)
+        return ConfigError(hide_secret_values(message, self.secrets), path=self.path, line=line, key=key)
 
     def require(self, key: str, *aliases: str) -> Any:
         """The value of ``key`` (or the first alias present); an error naming the file when missing."""
@@ -247,8 +257,16 @@ def read_config_file(path: str | Path) -> ConfigFile:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read: {exc}", path=path) from None
     if path.suffix == ".toml":
-        return parse_toml(text, path)
-    return parse_legacy(text, path)
+        parsed = parse_toml(text, path)
+    else:
+        try:
+            parsed = parse_legacy(text, path)
+        except ConfigError as exc:
+            raise _without_literal_secrets(exc, text, path) from None
+    if parsed.secrets:
+        names = ", ".join(sorted(_secret_keys(parsed.values)))
+        warn_if_readable_by_others(path, f"secrets ({names})")
+    return parsed
 
 
 def find_config(conf_dir: Path, stem: str) -> ConfigFile | None:
@@ -262,16 +280,158 @@ def find_config(conf_dir: Path, stem: str) -> ConfigFile | None:
     return None
 
 
+_warned_readable: set[tuple[str, int, int, int]] = set()
+
+
 def warn_if_readable_by_others(path: Path, what: str) -> bool:
-    """Log a warning when ``path`` (holding a secret) is readable by group or others."""
+    """Log a warning when ``path`` (holding a secret) is readable by group or others.
+
+    Returns whether it is; the warning is logged once per file (and mode) per process.
+    """
     try:
-        mode = path.stat().st_mode
+        st = path.stat()
     except OSError:
         return False
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
-        log.warning("%s holds %s and is readable by group or others; run: chmod 600 %s", path, what, path)
+    if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        seen = (str(path.absolute()), st.st_ino, st.st_mtime_ns, st.st_mode)
+        if seen not in _warned_readable:
+            _warned_readable.add(seen)
+            log.warning("%s holds %s and is readable by group or others; run: chmod 600 %s", path, what, path)
         return True
     return False
+
+
+# --------------------------------------------------------------------------- secrets
+#
+# A setting is secret when its attrs field says so (``metadata={"secret": True}``)
+# or, in files that declare nothing (the legacy ones, nested dicts such as
+# ``repository_settings``), by its name (:func:`is_secret_key`). Every value of
+# a secret setting is registered with :mod:`pragma_core.redaction` as soon as a
+# file is parsed -- before any error about any key is formatted -- and every
+# config error leaves out the values of the file's secret settings, even those
+# too short for the registry.
+
+#: Words that make a setting secret by its name.
+SECRET_KEY_WORDS = ("secret", "apikey", "api_key", "api-key", "password", "passwd", "private_key", "token")
+#: Endings of settings that say where a secret is, not what it is (``private_key_file``).
+_SECRET_LOCATION_SUFFIXES = ("_file", "_path", "_dir", "_url")
+
+
+def is_secret_key(name: object) -> bool:
+    """Whether a setting called ``name`` holds a secret (by its name: ``secretkey``, ``api_key``...)."""
+    if not isinstance(name, str):
+        return False
+    lowered = name.lower()
+    return any(word in lowered for word in SECRET_KEY_WORDS) and not lowered.endswith(_SECRET_LOCATION_SUFFIXES)
+
+
+def _leaves(value: Any) -> Iterator[str]:
+    """Every scalar in ``value`` as text (booleans and ``None`` are no secrets)."""
+    if isinstance(value, Mapping):
+        for item in value.values():
+            yield from _leaves(item)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            yield from _leaves(item)
+    elif isinstance(value, str):
+        if value.strip():
+            yield value.strip()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield str(value)
+
+
+def _secret_keys(values: Mapping[str, Any]) -> Iterator[str]:
+    """The names of the secret settings in ``values``, nested dicts included."""
+    for key, value in values.items():
+        if is_secret_key(key):
+            yield str(key)
+        elif isinstance(value, Mapping):
+            yield from _secret_keys(value)
+
+
+def secret_values(values: Mapping[str, Any]) -> tuple[str, ...]:
+    """The values of the secret settings (by name) in ``values``, nested dicts included."""
+    found: list[str] = []
+    for key, value in values.items():
+        if is_secret_key(key):
+            found.extend(_leaves(value))
+        elif isinstance(value, Mapping):
+            found.extend(secret_values(value))
+    return tuple(dict.fromkeys(found))
+
+
+def register_literal_secrets(text: str, path: Path) -> tuple[str, ...]:
+    """Register the literals assigned to secret settings in a legacy file that could not be evaluated.
+
+    Evaluation may fail on a later line (``zone = s3cr3tvalue``, an unknown
+    name echoed in the error) before the file's values exist; this pass
+    registers what the file's secret settings are set to from its syntax
+    tree alone: constants, and bare names (a secret written without quotes).
+    Returns them all (the short ones too, for :func:`hide_secret_values`).
+    A file that is not even valid syntax fails with a message that echoes no value.
+    """
+    try:
+        tree = ast.parse(text, filename=str(path))
+    except (SyntaxError, ValueError):
+        return ()
+    found: list[str] = []
+    for node in ast.walk(tree):
+        pairs: list[tuple[object, ast.AST]] = []
+        if isinstance(node, ast.Assign):
+            pairs = [(getattr(t, "id", None), node.value) for t in node.targets]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            pairs = [(getattr(node.target, "id", None), node.value)]
+        elif isinstance(node, ast.Dict):
+            pairs = [(k.value, v) for k, v in zip(node.keys, node.values) if isinstance(k, ast.Constant)]
+        for name, value in pairs:
+            if is_secret_key(name):
+                for leaf in ast.walk(value):
+                    if isinstance(leaf, ast.Constant) and isinstance(leaf.value, (str, int, float)):
+                        if not isinstance(leaf.value, bool) and str(leaf.value).strip():
+                            found.append(str(leaf.value).strip())
+                    elif isinstance(leaf, ast.Name):
+                        found.append(leaf.id)
+    for literal in found:
+        register_secret(literal, name=f"{path} secret setting")
+    return tuple(dict.fromkeys(found))
+
+
+def register_secret_fields(settings: Any) -> None:
+    """Register the values of the fields of an attrs ``settings`` object declared ``metadata={"secret": True}``.
+
+    For a settings class's ``__attrs_post_init__``: its secrets are then
+    masked however it was built (from a file, or by a program).
+    """
+    for fld in attrs.fields(type(settings)):
+        if fld.metadata.get("secret"):
+            for value in _leaves(getattr(settings, fld.name)):
+                register_secret(value, name=f"{type(settings).__name__}.{fld.name}")
+
+
+def _without_literal_secrets(exc: ConfigError, text: str, path: Path) -> ConfigError:
+    """``exc`` (a failed parse of ``text``) once the file's secret literals are registered and out of its message."""
+    literals = register_literal_secrets(text, path)
+    if not literals:
+        return exc
+    return ConfigError(hide_secret_values(exc.problem, literals), path=exc.path, line=exc.line, key=exc.key)
+
+
+def _declared_secret_values(cls: type, data: Mapping[str, Any]) -> Iterator[str]:
+    """The values in ``data`` of the fields of ``cls`` declared ``metadata={"secret": True}``."""
+    for fld in attrs.fields(cls):  # type: ignore[arg-type]
+        if fld.metadata.get("secret"):
+            for name in (fld.name, *fld.metadata.get("aliases", ())):
+                if name in data:
+                    yield from _leaves(data[name])
+
+
+def hide_secret_values(message: str, values: Iterable[str]) -> str:
+    """``message`` without any of ``values`` (raw, quoted or escaped), however short, nor any registered secret."""
+    for value in sorted(set(values), key=len, reverse=True):
+        for form in dict.fromkeys((repr(value)[1:-1], json.dumps(value)[1:-1], value)):
+            if form:
+                message = re.sub(rf"(?<![A-Za-z0-9]){re.escape(form)}(?![A-Za-z0-9])", MASK, message)
+    return redact(message)
 
 
 # --------------------------------------------------------------------------- typed settings
@@ -333,6 +493,9 @@ def build_settings(
     where = _Where(source, within)
     data = dict(values if values is not None else (source.values if source is not None else {}))
     given = dict(context or {})
+    declared = tuple(_declared_secret_values(cls, data))
+    for secret in declared:
+        register_secret(secret, name=f"{source.path if source else within} {cls.__name__}")
     kwargs: dict[str, Any] = {}
     keys: dict[str, str] = {}
     known: set[str] = set()
@@ -350,7 +513,7 @@ def build_settings(
             if fld.default is attrs.NOTHING:
                 raise where.missing(fld.name)
             continue
-        _convert_or_blame(fld, data[key], where, key)
+        _convert_or_blame(fld, data[key], where, key, declared)
         kwargs[arg] = data[key]
         keys[arg] = key
     for key in data:
@@ -364,10 +527,10 @@ def build_settings(
         for fld in attrs.fields(cls):  # type: ignore[arg-type]
             if fld.metadata.get("secret") and (fld.alias or fld.name) in kwargs:
                 problem = _hide(problem, kwargs[fld.alias or fld.name])
-        raise where.error(keys.get(name, name) if name else None, problem) from None
+        raise where.error(keys.get(name, name) if name else None, hide_secret_values(problem, declared)) from None
 
 
-def _convert_or_blame(fld: attrs.Attribute, value: Any, where: _Where, key: str) -> None:
+def _convert_or_blame(fld: attrs.Attribute, value: Any, where: _Where, key: str, declared: tuple[str, ...] = ()) -> None:
     """Run the field's converter on ``value`` alone, so an error names the key it came from."""
     converter = getattr(fld.converter, "converter", fld.converter)
     if not callable(converter):
@@ -378,15 +541,14 @@ def _convert_or_blame(fld: attrs.Attribute, value: Any, where: _Where, key: str)
         problem = _problem(exc, fld.name)
         if fld.metadata.get("secret"):
             problem = _hide(problem, value)
-        raise where.error(key, problem) from None
+        raise where.error(key, hide_secret_values(problem, declared)) from None
 
 
 def _hide(message: str, value: Any) -> str:
-    """``message`` with a secret ``value`` (in any printed form) replaced by ``<hidden>``."""
-    for text in sorted({repr(value), str(value)}, key=len, reverse=True):
-        if len(text) > 2:
-            message = message.replace(text, "<hidden>")
-    return message
+    """``message`` with a secret ``value`` (in any printed form) masked as every secret is (``***``)."""
+    if len(str(value)) > 2 and str(value) in message:
+        return message.replace(str(value), MASK)
+    return message.replace(repr(value), repr(MASK)) if len(repr(value)) > 2 else message
 
 
 def _problem(exc: BaseException, name: str | None) -> str:

@@ -105,7 +105,9 @@ _USERINFO = re.compile(r"(://)[^/\s@'\"]+@")
 
 
 def redact_url(url: str) -> str:
-    """``url`` without user information and query string (``?...`` when it had one)."""
+    """``url`` without user information and query string (``?...`` when it had one), secrets masked."""
+    from .redaction import redact
+
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -113,13 +115,18 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[-1]
     query = "..." if parts.query else ""
     text = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    return f"{text}?{query}" if query else text
+    return redact(f"{text}?{query}" if query else text)
 
 
 def redact_text(text: str) -> str:
-    """``text`` with every query string and ``user:password@`` removed."""
-    text = _USERINFO.sub(r"\1", text)
-    text = _SECRET_PARAM.sub(r"\1REDACTED", text)
+    """``text`` with every query string and ``user:password@`` removed, and secrets masked.
+
+    Registered secrets and ``signature=``-like values go first
+    (:func:`pragma_core.redaction.redact`), then every query string.
+    """
+    from .redaction import redact
+
+    text = _USERINFO.sub(r"\1", redact(text))
     return _QUERY_IN_TEXT.sub("?...", text)
 
 

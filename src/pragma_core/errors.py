@@ -15,9 +15,18 @@ from pathlib import Path
 
 
 class PragmaError(Exception):
-    """Base class of every error pragma reports to a user."""
+    """Base class of every error pragma reports to a user.
+
+    Its text (``str(exc)``) has every registered secret masked
+    (:func:`pragma_core.redaction.redact`), whoever formats it.
+    """
 
     exit_code: int = 1
+
+    def __str__(self) -> str:
+        from .redaction import redact
+
+        return redact(super().__str__())
 
 
 class UsageError(PragmaError):

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit
 
 API_PATH = "/client/api"
 GET_USERDATA_LIMIT = 4096
@@ -95,6 +95,18 @@ def server_signature(params: dict[str, str], secret: str) -> str:
     """``Base64.encodeBase64String(HmacSHA1(secret, unsignedRequest))``."""
     mac = hmac.new(secret.encode("utf-8"), server_string_to_sign(params).encode("utf-8"), hashlib.sha1)
     return base64.b64encode(mac.digest()).decode("ascii")
+
+
+def echo_of(params: dict[str, str]) -> str:
+    """What a careless server repeats of a request: its key and signature raw, URL-encoded (once
+    and twice) and JSON-quoted, and the whole query re-encoded and as JSON (one ASCII line)."""
+    api_key = next((v for k, v in params.items() if k.lower() == "apikey"), "")
+    forms = []
+    for value in (api_key, params.get("signature", "")):
+        once = quote(value, safe="")
+        forms += [value, once, quote_plus(value), once.lower(), quote(once, safe=""), json.dumps(value)]
+    forms += [urlencode(params), json.dumps(params), quote(urlencode(params), safe="")]
+    return "unable to verify the request " + " ".join(forms)
 
 
 def parse_expires(text: str) -> datetime:
@@ -303,9 +315,14 @@ class CloudStackSimulator:
         (option ``status``, default 503, an HTML body as a proxy sends),
         ``drop`` (the connection is closed without an answer),
         ``drop_after`` (the command takes effect, then the answer is lost), ``expire``
-        (the server's clock runs ahead, so the signature has expired).
+        (the server's clock runs ahead, so the signature has expired), ``echo``
+        (a careless server: an error whose ``errortext`` -- or, with option
+        ``reason=True``, the HTTP reason phrase of a non-JSON answer -- repeats
+        the request's ``apiKey``, ``signature`` and whole query, raw,
+        URL-encoded and JSON-quoted, see :func:`echo_of`; option ``status``,
+        default 431).
         """
-        assert kind in ("fail_job", "slow_job", "http_error", "drop", "drop_after", "expire"), kind
+        assert kind in ("fail_job", "slow_job", "http_error", "drop", "drop_after", "expire", "echo"), kind
         with self.lock:
             self.faults.setdefault(command, []).append(_Fault(kind, count, **options))
 
@@ -362,7 +379,12 @@ class CloudStackSimulator:
         key = command.lower() + "response"
         with self.lock:
             self.requests.append((method, command, dict(params)))
-        fault = self._take_fault(command, ("drop", "http_error"))
+        fault = self._take_fault(command, ("drop", "http_error", "echo"))
+        if fault is not None and fault.kind == "echo":
+            status = fault.options.get("status", PARAM_ERROR)
+            if fault.options.get("reason"):
+                return status, None, "echo_reason"
+            return status, {key: {"uuidList": [], "errorcode": status, "errortext": echo_of(params)}}, None
         if fault is not None:
             return fault.options.get("status", 503), None, fault.kind
         skew = 0.0
@@ -984,6 +1006,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(2)
             except OSError:
                 pass
+            return
+        if fault == "echo_reason":
+            data = b"<html><body>rejected</body></html>"
+            self.send_response(status, echo_of(params))
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
             return
         if fault == "http_error":
             data = b"<html><body><h1>503 Service Unavailable</h1></body></html>"

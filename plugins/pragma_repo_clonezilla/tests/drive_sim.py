@@ -24,7 +24,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 FOLDER = "application/vnd.google-apps.folder"
 _Q = re.compile(r"'([A-Za-z0-9_-]+)' in parents and trashed=false")
@@ -33,6 +33,8 @@ _Q = re.compile(r"'([A-Za-z0-9_-]+)' in parents and trashed=false")
 class DriveSim:
     def __init__(self, *, api_key: str | None = "sim-key-0123456789", page_size: int = 2, large: int = 64 * 1024) -> None:
         self.api_key = api_key
+        #: answer a wrong API key with a message that repeats it (raw, URL-encoded, JSON-quoted), as a careless server may
+        self.echo_keys = False
         self.page_size = page_size
         self.large = large
         self.items: dict[str, dict] = {}
@@ -137,8 +139,10 @@ class DriveSim:
             def key_ok(self, query: dict) -> bool:
                 given = self.headers.get("X-Goog-Api-Key") or (query.get("key") or [None])[0]
                 if given != sim.api_key:
-                    self.api_error(400 if given else 403, "keyInvalid" if given else "forbidden",
-                                   "API key not valid. Please pass a valid API key." if given else "The request is missing a valid API key.")
+                    message = "API key not valid. Please pass a valid API key." if given else "The request is missing a valid API key."
+                    if given and sim.echo_keys:
+                        message += f" Got {given} ({quote(given, safe='')}, {quote_plus(given)}, {json.dumps(given)}, {self.path})"
+                    self.api_error(400 if given else 403, "keyInvalid" if given else "forbidden", message)
                     return False
                 return True
 

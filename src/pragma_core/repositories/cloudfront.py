@@ -53,6 +53,7 @@ from ..config import warn_if_readable_by_others
 from ..errors import ConfigError
 from ..settings import MAX_SECONDS, choice, int_between, setting, to_nonempty_str, to_path
 from .http import HttpRepository, HttpSettings, _setting_error
+from ..redaction import register_pem, register_secret
 
 _HASHES = {"sha1": "SHA-1", "sha-1": "SHA-1", "sha256": "SHA-256", "sha-256": "SHA-256"}
 _RSA_ENCRYPTION_OID = "1.2.840.113549.1.1.1"
@@ -71,6 +72,7 @@ def load_private_key(path: Path) -> Any:
         raise ValueError(f"{path}: file not found") from None
     except OSError as exc:
         raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
+    register_pem(data, name=f"CloudFront private key {path}")
     try:
         if b"-----BEGIN RSA PRIVATE KEY-----" in data:
             return rsa.PrivateKey.load_pkcs1(data, format="PEM")
@@ -152,7 +154,7 @@ class CloudFrontRepository(HttpRepository):
         if self.policy == "custom":
             return self._sign_custom(url, now)
         expires = _dt.datetime.fromtimestamp(int(now) + self.url_lifetime, tz=_dt.UTC)
-        return self._signer.generate_presigned_url(url, date_less_than=expires) + self._suffix()
+        return _registered(self._signer.generate_presigned_url(url, date_less_than=expires) + self._suffix())
 
     def _sign_custom(self, url: str, now: float) -> str:
         with self._custom_lock:
@@ -160,8 +162,16 @@ class CloudFrontRepository(HttpRepository):
                 expires = _dt.datetime.fromtimestamp(int(now) + self.url_lifetime, tz=_dt.UTC)
                 policy = self._signer.build_policy(self.base_url + "/*", expires)
                 signed = self._signer.generate_presigned_url(self.base_url + "/", policy=policy)
-                query = signed.split("?", 1)[1] + self._suffix()
+                query = _registered(signed).split("?", 1)[1] + self._suffix()
                 self._custom = (now + self.url_lifetime / 2, query)
             query = self._custom[1]
         return url + ("&" if "?" in url else "?") + query
 
+
+def _registered(signed_url: str) -> str:
+    """``signed_url``, its ``Signature`` registered as a (short-lived) secret for masking."""
+    for pair in signed_url.partition("?")[2].split("&"):
+        name, _, value = pair.partition("=")
+        if name == "Signature":
+            register_secret(value, name="CloudFront signature", transient=True)
+    return signed_url

@@ -46,16 +46,28 @@ _SECRET_IN_TEXT = re.compile(r"(?i)\b(signature|apikey|secretkey)=[^&\s'\"]*")
 
 
 def redact(text: str) -> str:
-    """``text`` with the values of ``signature``, ``apikey`` and ``secretkey`` replaced by ``***``."""
-    return _SECRET_IN_TEXT.sub(lambda m: f"{m.group(1)}=***", text)
+    """``text`` with the values of ``signature``, ``apikey`` and ``secretkey`` replaced by ``***``.
+
+    The one masking of :func:`pragma_core.redaction.redact`: by pattern, and
+    by value for the keys and every signature made (all registered).
+    """
+    from pragma_core.redaction import redact as redact_secrets
+
+    return redact_secrets(text)
 
 
 _FILTER = RedactingFilter(redact)
 
 
 def _install_log_redaction() -> None:
-    """Scrub signed query strings out of urllib3's debug lines (which log the request URL)."""
-    add_filter(_FILTER, "urllib3.connectionpool")
+    """Scrub signed query strings out of urllib3's debug lines (which log the request URL).
+
+    Every log record of the process is masked by :mod:`pragma_core.redaction`;
+    this only makes sure its record factory is in place.
+    """
+    from pragma_core.redaction import install
+
+    install()
 
 
 class CloudStackError(DriverError):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from attrs import frozen
-from pragma_core.config import warn_if_readable_by_others
+from pragma_core.config import register_secret_fields, warn_if_readable_by_others
 from pragma_core.settings import (
     choice,
     optional,
@@ -78,6 +78,9 @@ class CloudStackSettings:
     signature_lifetime: float = setting(to_positive_seconds, default=600.0)
     page_size: int = setting(to_positive_int, default=500)
     verify_tls: bool = setting(to_bool, default=True)
+
+    def __attrs_post_init__(self) -> None:
+        register_secret_fields(self)
 
 
 def settings_file(conf_dir: Path) -> Path | None:

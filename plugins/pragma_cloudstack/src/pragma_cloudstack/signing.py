@@ -21,6 +21,8 @@ import time
 from collections.abc import Mapping
 from urllib.parse import quote_plus
 
+from pragma_core.redaction import register_secret
+
 #: ``SimpleDateFormat("yyyy-MM-dd'T'HH:mm:ssZ")`` as a ``strftime`` pattern (always UTC).
 EXPIRES_FORMAT = "%Y-%m-%dT%H:%M:%S+0000"
 
@@ -74,7 +76,8 @@ def signed_params(
 
     Adds ``command``, ``response=json`` and ``apiKey``; with ``expires_after``
     (seconds, the default) also ``signatureVersion=3`` and ``expires``.
-    ``None`` signs the old way, without expiry.
+    ``None`` signs the old way, without expiry. The keys and the signature
+    are registered for masking (:mod:`pragma_core.redaction`).
     """
     full = {name: str(value) for name, value in params.items()}
     full["command"] = command
@@ -84,4 +87,7 @@ def signed_params(
         full["signatureVersion"] = "3"
         full["expires"] = expires_at(expires_after, now=now)
     full["signature"] = sign(full, secret_key)
+    register_secret(api_key, name="CloudStack apikey")
+    register_secret(secret_key, name="CloudStack secretkey")
+    register_secret(full["signature"], name="CloudStack request signature", transient=True)
     return full

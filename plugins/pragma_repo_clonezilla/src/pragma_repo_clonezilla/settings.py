@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from attrs import frozen
 
-from pragma_core.config import ConfigFile, RepositorySettings
+from pragma_core.config import ConfigFile, RepositorySettings, register_secret_fields
 from pragma_core.errors import ConfigError
 from pragma_core.settings import (
     MAX_INT,
@@ -115,6 +115,7 @@ class ClonezillaSettings:
     work_dir: Path | None = setting(to_optional_path, default=None)
 
     def __attrs_post_init__(self) -> None:
+        register_secret_fields(self)
         if not isinstance(self.local_image_url, str) or "://" not in self.local_image_url:
             raise ValueError(
                 f"local_image_url: must be a file://... or zfs://nas/pool/volume template, not {self.local_image_url!r}"
