@@ -33,10 +33,12 @@ from pathlib import Path
 from .errors import FormatError, RepositoryError
 from .paths import fsync_directory, safe_join
 
-__all__ = ["NAME_PATTERN", "is_valid_name", "read_vcdb", "write_vcdb"]
+__all__ = ["MAX_CATALOGUE_BYTES", "NAME_PATTERN", "is_valid_name", "read_vcdb", "write_vcdb"]
 
 #: What an image name may look like (the vc-name users type on ``pragma boot``).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9._+\-]*")
+#: A catalogue larger than this is refused before it is read (real ones are a few KiB).
+MAX_CATALOGUE_BYTES = 4 * 1024 * 1024
 
 
 def is_valid_name(name: str) -> bool:
@@ -60,13 +62,16 @@ def read_vcdb(path: Path, repository_dir: Path, *, missing_ok: bool = False) -> 
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CATALOGUE_BYTES + 1)
     except FileNotFoundError:
         if missing_ok:
             return {}
         raise RepositoryError(f"{path}: image catalogue does not exist") from None
     except OSError as exc:
         raise RepositoryError(f"{path}: cannot read image catalogue: {exc.strerror or exc}") from None
+    if len(data) > MAX_CATALOGUE_BYTES:
+        raise FormatError(f"image catalogue is larger than {MAX_CATALOGUE_BYTES} bytes", path=path)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
