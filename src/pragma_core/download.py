@@ -70,7 +70,6 @@ from .http import (
     TooLargeError,
     TransferError,
     TransientError,
-    _int_header,
 )
 from .model import Checksum
 from .redaction import RedactingFilter, add_filter
