@@ -702,6 +702,10 @@ class HttpClient:
         except requests.RequestException as exc:
             watch.stop()
             raise TransferError(_describe(exc), url=plain) from None
+        if watch.fired or limit.expired:  # the headers were cut short when the deadline passed
+            watch.stop()
+            response.close()
+            raise limit.error(plain)
         return Reply(response, url=plain, watch=watch, per_read=self.timeout, max_bytes=max_bytes, cap_name=cap_name)
 
     def get(self, url: str, headers: Mapping[str, str] | None = None, *, deadline: float | Deadline | None = None,
