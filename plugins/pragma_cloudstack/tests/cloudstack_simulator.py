@@ -40,6 +40,8 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
 API_PATH = "/client/api"
+#: Seconds between two bytes of a ``drip`` answer.
+DRIP = 0.02
 GET_USERDATA_LIMIT = 4096
 POST_USERDATA_LIMIT = 32768
 VM_NAME = re.compile(r"^[a-zA-Z]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
@@ -303,9 +305,11 @@ class CloudStackSimulator:
         (option ``status``, default 503, an HTML body as a proxy sends),
         ``drop`` (the connection is closed without an answer),
         ``drop_after`` (the command takes effect, then the answer is lost), ``expire``
-        (the server's clock runs ahead, so the signature has expired).
+        (the server's clock runs ahead, so the signature has expired), ``drip``
+        (the answer comes one byte every :data:`DRIP` seconds), ``huge`` (the
+        answer announces a length of 10**12 bytes).
         """
-        assert kind in ("fail_job", "slow_job", "http_error", "drop", "drop_after", "expire"), kind
+        assert kind in ("fail_job", "slow_job", "http_error", "drop", "drop_after", "expire", "drip", "huge"), kind
         with self.lock:
             self.faults.setdefault(command, []).append(_Fault(kind, count, **options))
 
@@ -362,7 +366,7 @@ class CloudStackSimulator:
         key = command.lower() + "response"
         with self.lock:
             self.requests.append((method, command, dict(params)))
-        fault = self._take_fault(command, ("drop", "http_error"))
+        fault = self._take_fault(command, ("drop", "http_error", "drip", "huge"))
         if fault is not None:
             return fault.options.get("status", 503), None, fault.kind
         skew = 0.0
@@ -985,6 +989,9 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             return
+        if fault in ("drip", "huge"):
+            self._hostile_answer(fault)
+            return
         if fault == "http_error":
             data = b"<html><body><h1>503 Service Unavailable</h1></body></html>"
             self.send_response(status)
@@ -994,6 +1001,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
             return
         self._reply(status, answer)
+
+    def _hostile_answer(self, fault: str) -> None:
+        """A 200 whose JSON body comes one byte at a time, or whose length is absurd."""
+        data = json.dumps({"listzonesresponse": {"count": 0, "zone": []}}).encode("utf-8") + b" " * 4096
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(10**12 if fault == "huge" else len(data)))
+        self.end_headers()
+        try:
+            for index in range(len(data)):
+                if fault == "drip":
+                    time.sleep(DRIP)
+                self.wfile.write(data[index : index + 1])
+        except OSError:  # the client gave up
+            pass
 
     def _reply(self, status: int, answer: dict | None) -> None:
         data = json.dumps(answer or {}).encode("utf-8")
