@@ -290,7 +290,7 @@ def fetch_if_newer(client: HttpClient, url: str, dest: Path, *, validate: Callab
             log.debug("%s: fetched %d bytes", plain, reply.received)
             return True
 
-    return client._retrying(url, attempt, retries=retries, deadline=limit)
+    return client.retrying(url, attempt, retries=retries, deadline=limit)
 
 
 def _save_reply(reply: Reply, dest: Path, validate: Callable[[Path], None] | None) -> None:
@@ -387,7 +387,7 @@ class _Download:
         show = self.client.progress if self.client.progress is not None else True
         self.bar = _progress_bar(self.total, self.label, self.offset) if show else None
         try:
-            self.client._retrying(self.url, self._attempt, progress=lambda: self.offset, deadline=self.deadline)
+            self.client.retrying(self.url, self._attempt, progress=lambda: self.offset, deadline=self.deadline)
         except BaseException as exc:
             self._close_bar()
             # keep a good start of the file for a later run to resume; nothing else
@@ -607,7 +607,7 @@ class RemoteStream(io.RawIOBase):
             self._cap(reply)
             self._response = reply
 
-        self.client._retrying(self.url, attempt, deadline=self.deadline)
+        self.client.retrying(self.url, attempt, deadline=self.deadline)
 
     def _resume(self) -> None:
         validator = self.etag or self.last_modified or ""
@@ -652,7 +652,7 @@ class RemoteStream(io.RawIOBase):
             return b""
         while True:
             if self._response is None:
-                self.client._retrying(self.url, self._resume, progress=lambda: self.position, deadline=self.deadline)
+                self.client.retrying(self.url, self._resume, progress=lambda: self.position, deadline=self.deadline)
             assert self._response is not None
             try:
                 chunk = self._response.read(size)

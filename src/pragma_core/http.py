@@ -761,7 +761,7 @@ class HttpClient:
                                      retry_after=_int_header(reply.headers.get("Retry-After")))
             return reply
 
-        return self._retrying(url, attempt, retries=retries if idempotent else 0, deadline=limit)
+        return self.retrying(url, attempt, retries=retries if idempotent else 0, deadline=limit)
 
     def _delay(self, failures: int, exc: TransientError) -> float:
         delay = min(_MAX_BACKOFF, self.backoff * (2 ** (failures - 1)))
@@ -769,7 +769,7 @@ class HttpClient:
             delay = min(_MAX_BACKOFF, max(delay, float(exc.retry_after)))
         return delay
 
-    def _retrying(self, url: str, attempt: Callable[[], T], *, progress: Callable[[], int] | None = None,
+    def retrying(self, url: str, attempt: Callable[[], T], *, progress: Callable[[], int] | None = None,
                   retries: int | None = None, deadline: Deadline | None = None) -> T:
         """Run ``attempt`` until it succeeds or transient failures exhaust the retries (or the deadline)."""
         limit = self.retries if retries is None else retries

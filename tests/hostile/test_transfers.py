@@ -248,7 +248,7 @@ def test_a_body_without_length_is_accepted_when_a_size_a_checksum_or_its_framing
 
 
 def test_a_truncated_body_without_length_is_not_taken_for_a_whole_one(served, tmp_path):
-    server, data = served
+    server, _ = served
     server.add_fault("/blob.bin", Fault(no_length=True, no_validators=True, drop_after=SIZE // 2))
     message = failing(lambda: client().download(server.url("blob.bin"), tmp_path / "x", size=SIZE))
     assert f"connection closed after {SIZE // 2} of {SIZE} bytes" in message

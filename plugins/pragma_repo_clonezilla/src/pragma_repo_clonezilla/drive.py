@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 from attrs import frozen
-
 from pragma_core import RepositoryError
 from pragma_core.http import (
     DEFAULT_DEADLINE,
