@@ -690,10 +690,15 @@ class HttpClient:
                     request.method, request.url, params=request.params or None, data=request.data,
                     headers=request.headers, stream=True, timeout=(wait, wait), allow_redirects=True,
                     hooks={"response": [_skip_redirect_body]},
+                    # explicit: a CA bundle named in the environment must not turn checking back on
+                    verify=None if self.verify else False,
                 )
         except requests.TooManyRedirects:
             watch.stop()
             raise TransferError(f"too many redirects (more than {self.max_redirects})", url=plain) from None
+        except requests.exceptions.SSLError as exc:  # a certificate problem does not go away by retrying
+            watch.stop()
+            raise TransferError(_describe(exc), url=plain) from None
         except (requests.ConnectionError, requests.Timeout, OSError) as exc:
             watch.stop()
             if watch.fired or limit.expired:
@@ -880,7 +885,10 @@ def _describe(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     # requests/urllib3 nest the interesting part: "(Caused by NewConnectionError(...: [Errno 111] ..."
     match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
-    if match:
+    certificate = re.search(r"certificate verify failed: ([^'\")(]+)", text, re.IGNORECASE)
+    if certificate:
+        text = f"certificate verify failed: {certificate.group(1).strip()}"
+    elif match:
         text = match.group(1).strip()
     elif "timed out" in text.lower():
         text = "timed out"
