@@ -16,6 +16,13 @@ Faults are attached to a URL path and apply to the next ``times`` requests
 ``authorize`` (a callable taking a :class:`Request` and returning ``None`` to
 allow or an HTTP status to refuse) lets a test check signed URLs.
 
+Hostile servers, for the transfer-bounding tests: ``drip`` (one byte every
+``drip`` seconds, the headers too with ``drip_headers``), ``no_length`` (no
+``Content-Length``: the body ends when the connection closes), ``endless``
+(after the file, zeros until the client hangs up), ``chunked`` (chunked
+transfer encoding), ``trailing`` (bytes beyond the file), ``announce`` (a
+``Content-Length`` of its own); ``drop_after`` cuts any of them short.
+
 Usable outside pytest (the benchmark runs it in its own process): ``python
 tests/httpfaults.py DIR`` serves ``DIR`` and prints the base URL.
 """
@@ -60,8 +67,28 @@ class Fault:
     no_validators: bool = False
     #: flip one bit of the body at this offset
     corrupt_at: int | None = None
+    #: send the body one byte at a time, this many seconds apart
+    drip: float = 0.0
+    #: drip the status line and headers too
+    drip_headers: bool = False
+    #: no Content-Length: the body ends when the connection closes
+    no_length: bool = False
+    #: after the body, send zeros until the client hangs up (or the server stops)
+    endless: bool = False
+    #: send the body with chunked transfer encoding (no Content-Length, but framed)
+    chunked: bool = False
+    #: this many bytes beyond the file (counted in Content-Length unless no_length)
+    trailing: int = 0
+    #: announce this Content-Length whatever the body
+    announce: int | None = None
     #: how many requests this applies to (None: every request)
     times: int | None = None
+
+    @property
+    def hostile(self) -> bool:
+        """Whether the answer needs the hand-written path (:meth:`_Handler._hostile`)."""
+        return bool(self.drip or self.drip_headers or self.no_length or self.endless or self.trailing
+                    or self.chunked or self.announce is not None)
 
 
 @dataclass
@@ -186,6 +213,9 @@ class _Handler(BaseHTTPRequestHandler):
                     status = 206
                     headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         length = end - start + 1 if size else 0
+        if fault is not None and fault.hostile:
+            self._hostile(file, status, headers, start, length, fault, head=head)
+            return
         announced = length + (fault.extra_length if fault is not None else 0)
         self.record.status = status
         self.send_response(status)
@@ -206,6 +236,64 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def _hostile(self, file: Path, status: int, headers: dict[str, str], start: int, length: int, fault: Fault,
+                 *, head: bool) -> None:
+        """Answer as a hostile server would: drip, no length, endless, trailing bytes, a false length."""
+        self.record.status = status
+        self.close_connection = True
+        with open(file, "rb") as handle:
+            handle.seek(start)
+            body = handle.read(length) + b"\xee" * fault.trailing
+        if fault.announce is not None:
+            headers["Content-Length"] = str(fault.announce)
+        elif fault.chunked:
+            headers["Transfer-Encoding"] = "chunked"
+        elif not fault.no_length and not fault.endless:
+            headers["Content-Length"] = str(len(body))
+        if fault.drop_after is not None:
+            body = body[: fault.drop_after]
+        headers["Connection"] = "close"
+        reason = self.responses.get(status, ("",))[0]
+        head_bytes = (f"HTTP/1.1 {status} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                      + "\r\n").encode("latin-1")
+        try:
+            self._write(head_bytes, fault.drip if fault.drip_headers else 0.0)
+            if head:
+                return
+            self._write(self._framed(body, fault), fault.drip)
+            while fault.endless and not self.server.stopping.is_set():
+                self._write(self._framed(b"\0" * 65536, fault), fault.drip)
+            if fault.chunked and fault.drop_after is None:
+                self._write(b"0\r\n\r\n", fault.drip)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            return
+        finally:
+            try:
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    @staticmethod
+    def _framed(data: bytes, fault: Fault) -> bytes:
+        """``data`` as one chunk of a chunked body when the fault asks for one."""
+        if not fault.chunked or not data:
+            return data
+        return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+    def _write(self, data: bytes, drip: float) -> None:
+        """Send ``data``: at once, or one byte every ``drip`` seconds (until the server stops)."""
+        if not drip:
+            self.wfile.write(data)
+            self.record.sent += len(data)
+            return
+        for index in range(len(data)):
+            if self.server.stopping.wait(drip):
+                return
+            self.wfile.write(data[index : index + 1])
+            self.wfile.flush()
+            self.record.sent += 1
 
     def _send_body(self, file: Path, start: int, count: int, fault: Fault | None) -> None:
         with open(file, "rb") as handle:

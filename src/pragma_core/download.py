@@ -1,19 +1,24 @@
 """Resumable, verified HTTP downloads for the remote repositories.
 
-Three ways to get a remote file, all through one :class:`HttpClient`:
+Three ways to get a remote file, all through one
+:class:`~pragma_core.http.HttpClient` (which bounds every call in time and
+size, retries, authenticates and redacts; see :mod:`pragma_core.http`):
 
-* :meth:`HttpClient.fetch_if_newer` -- small files (``vcdb.txt``, cluster
-  XML): a conditional ``GET`` (``If-None-Match`` / ``If-Modified-Since``, the
+* :func:`fetch_if_newer` -- small files (``vcdb.txt``, cluster XML): a
+  conditional ``GET`` (``If-None-Match`` / ``If-Modified-Since``, the
   validators kept in a hidden sidecar ``.<name>.http.json`` beside the file),
-  written to a unique temporary name and renamed over the old copy, so
+  capped in size (a larger ``Content-Length`` is refused before the body is
+  read), written to a unique temporary name and renamed over the old copy, so
   concurrent readers see the old or the new file, never half of one.
-* :meth:`HttpClient.download` -- a whole file to disk: streamed into
-  ``<dest>.part`` (validators in ``<dest>.part.json``), resumed with
-  ``Range`` + ``If-Range`` after a dropped connection or in a later run,
-  restarted from zero when the server's copy changed or it ignores ``Range``,
-  checked for size and checksum, then renamed to ``dest``. A file lock
-  (``.<name>.lock``) keeps two processes from writing the same ``.part``.
-* :meth:`HttpClient.open_stream` -- a :class:`RemoteStream`: a readable binary
+* :func:`download` -- a whole file to disk: streamed into ``<dest>.part``
+  (validators in ``<dest>.part.json``), resumed with ``Range`` + ``If-Range``
+  after a dropped connection or in a later run, restarted from zero when the
+  server's copy changed or it ignores ``Range``, never grown past its
+  declared size, checked for size and checksum, then renamed to ``dest``. A
+  file lock (``.<name>.lock``) keeps two processes from writing the same
+  ``.part``; a ``.part`` that does not belong to the file asked for (left by
+  a crash, another URL, no validator to resume it with) is removed.
+* :class:`RemoteStream` (``HttpClient.open_stream``) -- a readable binary
   stream over one ``GET`` that reconnects with ``Range`` where the previous
   connection dropped, so a consumer (the staging engine) reads the file once,
   straight from the network. A stream whose server cannot resume safely
@@ -21,8 +26,11 @@ Three ways to get a remote file, all through one :class:`HttpClient`:
   :attr:`RemoteStream.resumable`; a stream whose remote file changes while
   it is read raises :class:`RemoteChangedError`.
 
-Every request is retried with exponential backoff on connection errors,
-timeouts and HTTP 5xx/429; other HTTP errors (404, 403...) fail at once.
+A body whose completeness cannot be verified -- no ``Content-Length``, not
+chunked (so a dropped connection looks like its end), and no declared size
+or checksum to check it against -- is refused: it never becomes a cached,
+"ready" file.
+
 Every failure is a :class:`~pragma_core.errors.RepositoryError` (or
 :class:`~pragma_core.errors.ChecksumError`) of one line naming the URL with
 its query string and user information removed (:func:`redact_url`): signed
@@ -37,6 +45,7 @@ module is imported.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import io
 import json
@@ -45,19 +54,25 @@ import os
 import re
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ChecksumError, RepositoryError
+from .errors import ChecksumError
+from .http import (
+    CHUNK_SIZE,
+    Deadline,
+    HttpClient,
+    Reply,
+    RetriesExhaustedError,
+    TooLargeError,
+    TransferError,
+    TransientError,
+)
 from .model import Checksum
 from .redaction import RedactingFilter, add_filter
-
-if TYPE_CHECKING:  # pragma: no cover
-    import requests
 
 log = logging.getLogger(__name__)
 
@@ -67,34 +82,18 @@ __all__ = [
     "RemoteChangedError",
     "RemoteStream",
     "RetriesExhaustedError",
+    "discard_spool",
+    "download",
+    "fetch_if_newer",
     "install_redaction",
     "redact_text",
     "redact_url",
+    "sidecar_path",
 ]
 
-#: Bytes read from the network per call.
-CHUNK_SIZE = 1 << 20
-_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-_MAX_BACKOFF = 30.0
 
-Signer = Callable[[str], str]
-
-
-class RemoteChangedError(RepositoryError):
+class RemoteChangedError(TransferError):
     """The remote file changed (new ETag, size or date) while it was being read."""
-
-
-class RetriesExhaustedError(RepositoryError):
-    """Every attempt failed with a connection error, a timeout or HTTP 5xx/429."""
-
-
-class _Transient(Exception):
-    """A failure worth retrying: connection error, timeout, 5xx, 429."""
-
-    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
 
 
 # --------------------------------------------------------------------------- redaction
@@ -138,6 +137,7 @@ _REDACTED_LOGGERS = (
     "urllib3.response",
     "urllib3.util.retry",
     "requests",
+    "pragma_core.http",
     __name__,
 )
 
@@ -149,22 +149,6 @@ def install_redaction(*extra_loggers: str) -> None:
     the filter goes on each one that logs request lines.
     """
     add_filter(_FILTER, *_REDACTED_LOGGERS, *extra_loggers)
-
-
-def _describe(exc: BaseException) -> str:
-    """A one-line, redacted description of a network exception."""
-    name = type(exc).__name__
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    # requests/urllib3 nest the interesting part: "(Caused by NewConnectionError(...: [Errno 111] ..."
-    match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
-    if match:
-        text = match.group(1).strip()
-    elif "timed out" in text.lower():
-        text = "timed out"
-    elif len(text) > 160:
-        text = text[:160] + "..."
-    text = redact_text(text)
-    return f"{name}: {text}" if text else name
 
 
 # --------------------------------------------------------------------------- helpers
@@ -189,12 +173,6 @@ def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
         return None
     total = None if match.group(3) == "*" else int(match.group(3))
     return int(match.group(1)), int(match.group(2)), total
-
-
-def _int_header(value: str | None) -> int | None:
-    if value is None or not value.strip().isdigit():
-        return None
-    return int(value)
 
 
 def _progress_bar(total: int | None, desc: str, initial: int = 0) -> Any:
@@ -230,264 +208,171 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def sidecar_path(path: Path) -> Path:
-    """Where :meth:`HttpClient.fetch_if_newer` keeps the validators of ``path``."""
+    """Where :func:`fetch_if_newer` keeps the validators of ``path``."""
     return path.parent / f".{path.name}.http.json"
 
 
-# --------------------------------------------------------------------------- client
+def _spool_files(dest: Path) -> tuple[Path, Path]:
+    return dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".part.json")
 
 
-class HttpClient:
-    """Sends signed ``GET`` requests with timeouts and retries, and downloads files.
+def discard_spool(dest: Path) -> bool:
+    """Remove what a :func:`download` of ``dest`` may have left (``.part``, its state, its lock); whether any was there.
 
-    ``signer`` turns a plain URL into the URL actually requested (CloudFront
-    signs it); it is called for every request, so a long download never
-    outlives its signature. ``timeout`` is seconds to connect and between two
-    reads; ``retries`` the extra attempts after a transient failure, waiting
-    ``backoff * 2**n`` seconds (at most 30) between them. A retry that made
-    progress (resumed further than the last) does not count against the limit.
+    Only for a caller that knows no download of ``dest`` is under way (it
+    holds a lock covering ``dest``).
     """
+    dest = Path(dest)
+    found = False
+    for path in (*_spool_files(dest), dest.parent / f".{dest.name}.lock"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            found = True
+    return found
 
-    def __init__(
-        self,
-        *,
-        signer: Signer | None = None,
-        timeout: float = 30.0,
-        retries: int = 5,
-        backoff: float = 0.5,
-        max_redirects: int = 10,
-        progress: bool | None = None,
-        user_agent: str | None = None,
-    ) -> None:
-        self.signer = signer
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
-        self.max_redirects = max_redirects
-        self.progress = progress
-        self.user_agent = user_agent
-        self._session: requests.Session | None = None
-        self._lock = threading.Lock()
 
-    # ------------------------------------------------------------------ requests
+def _sweep_temporaries(dest: Path, older_than: float) -> None:
+    """Remove temporary copies of ``dest`` that no live fetch can own (older than any fetch may last)."""
+    cutoff = time.time() - older_than
+    for path in dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if path.lstat().st_mtime < cutoff:
+                path.unlink()
+                log.info("removed the stale temporary file %s", path)
 
-    @property
-    def session(self) -> requests.Session:
-        with self._lock:
-            if self._session is None:
-                import requests
 
-                from . import __version__
+def _unverifiable(url: str) -> TransferError:
+    return TransferError(
+        "the server sends no Content-Length and there is no size or checksum to check the body against: "
+        "its completeness cannot be verified; refused",
+        url=url,
+    )
 
-                session = requests.Session()
-                session.max_redirects = self.max_redirects
-                session.headers["User-Agent"] = self.user_agent or f"pragma/{__version__}"
-                # the bytes as stored: a gzip part must not be un-gzipped by a proxy
-                session.headers["Accept-Encoding"] = "identity"
-                self._session = session
-            return self._session
 
-    def close(self) -> None:
-        """Close pooled connections."""
-        with self._lock:
-            if self._session is not None:
-                self._session.close()
-                self._session = None
+# --------------------------------------------------------------------------- small files
 
-    def _sign(self, url: str) -> str:
-        return self.signer(url) if self.signer is not None else url
 
-    def get(self, url: str, headers: dict[str, str] | None = None) -> requests.Response:
-        """One streamed ``GET`` (no retry): 200, 206, 304 and 416 are returned.
+def fetch_if_newer(client: HttpClient, url: str, dest: Path, *, validate: Callable[[Path], None] | None = None,
+                   retries: int | None = None, max_bytes: int | None = None, cap_name: str | None = None,
+                   deadline: float | None = None) -> bool:
+    """Fetch ``url`` to ``dest`` unless the copy there is current; whether it changed.
 
-        Raises :class:`_Transient` for what is worth retrying and
-        :class:`RepositoryError` for the rest.
-        """
-        import requests
+    The request is conditional when ``dest`` and its sidecar exist. An answer
+    larger than ``max_bytes`` is refused (``cap_name`` says what the limit is,
+    e.g. ``the 4194304-byte limit of an image catalogue``); the whole fetch,
+    retries included, ends within ``deadline`` seconds (default: the
+    client's). The new content goes to a unique temporary file, is passed to
+    ``validate`` (which may raise to refuse it, leaving the old copy) and is
+    renamed over ``dest``.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    limit = Deadline.of(deadline, client.deadline)
+    _sweep_temporaries(dest, older_than=max(limit.seconds, client.deadline) + 60)
+    sidecar = sidecar_path(dest)
+    plain = redact_url(url)
+    known = _read_json(sidecar) if dest.is_file() else {}
+    headers: dict[str, str] = {}
+    if known.get("url") == plain:
+        if known.get("etag"):
+            headers["If-None-Match"] = known["etag"]
+        if known.get("last_modified"):
+            headers["If-Modified-Since"] = known["last_modified"]
 
-        try:
-            response = self.session.get(
-                self._sign(url),
-                headers=headers or {},
-                stream=True,
-                timeout=(self.timeout, self.timeout),
-                allow_redirects=True,
-            )
-        except requests.TooManyRedirects:
-            raise RepositoryError(
-                f"{redact_url(url)}: too many redirects (more than {self.max_redirects})"
-            ) from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise _Transient(_describe(exc)) from None
-        except requests.RequestException as exc:
-            raise RepositoryError(f"{redact_url(url)}: {_describe(exc)}") from None
-        except OSError as exc:
-            raise _Transient(_describe(exc)) from None
-        status = response.status_code
-        if status in (200, 206, 304, 416):
-            return response
-        reason = response.reason or ""
-        response.close()
-        if status in _RETRY_STATUS:
-            retry_after = _int_header(response.headers.get("Retry-After"))
-            raise _Transient(f"HTTP {status} {reason}".strip(), retry_after=retry_after)
-        raise RepositoryError(f"{redact_url(url)}: HTTP {status} {reason}".rstrip())
+    def attempt() -> bool:
+        with client.get(url, headers, deadline=limit, max_bytes=max_bytes, cap_name=cap_name) as reply:
+            if reply.status == 304:
+                log.debug("%s: not modified", plain)
+                return False
+            if reply.status != 200:
+                raise TransferError(f"unexpected HTTP {reply.status}", url=plain)
+            if not reply.framed:
+                raise _unverifiable(plain)
+            _save_reply(reply, dest, validate)
+            _atomic_write_json(sidecar, {
+                "url": plain,
+                "etag": _strong_etag(reply.headers.get("ETag")) or reply.headers.get("ETag"),
+                "last_modified": reply.headers.get("Last-Modified"),
+            })
+            log.debug("%s: fetched %d bytes", plain, reply.received)
+            return True
 
-    def _wait(self, failures: int, exc: _Transient) -> None:
-        delay = min(_MAX_BACKOFF, self.backoff * (2 ** (failures - 1)))
-        if exc.retry_after is not None:
-            delay = min(_MAX_BACKOFF, max(delay, float(exc.retry_after)))
-        if delay > 0:
-            time.sleep(delay)
+    return client.retrying(url, attempt, retries=retries, deadline=limit)
 
-    def _retrying(self, url: str, attempt: Callable[[], Any], *, progress: Callable[[], int] | None = None,
-                  retries: int | None = None) -> Any:
-        """Run ``attempt`` until it succeeds or transient failures exhaust the retries."""
-        limit = self.retries if retries is None else retries
-        failures = 0
-        total = 0
-        last = progress() if progress else 0
-        while True:
+
+def _save_reply(reply: Reply, dest: Path, validate: Callable[[Path], None] | None) -> None:
+    """Write the body of ``reply`` to a temporary file, validate it and rename it over ``dest``."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in reply.chunks():
+                handle.write(chunk)
+            if reply.length is not None and reply.received != reply.length:
+                raise TransientError(f"got {reply.received} of {reply.length} bytes")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        if validate is not None:
+            validate(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+# --------------------------------------------------------------------------- whole files
+
+
+def download(client: HttpClient, url: str, dest: Path, *, size: int | None = None,
+             checksum: Checksum | None = None, label: str | None = None, deadline: float | None = None) -> Path:
+    """Download ``url`` to ``dest`` through a resumable ``<dest>.part``; returns ``dest``.
+
+    ``size`` and ``checksum`` (when known) are checked before the rename; a
+    body longer than ``size`` is refused as it arrives. A checksum mismatch
+    deletes the ``.part`` and tries once more from zero, then raises. The
+    whole download, waiting for the lock included, ends within ``deadline``
+    seconds (default: the client's ``image_deadline``). ``dest`` is replaced
+    atomically.
+    """
+    import filelock
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    limit = Deadline.of(deadline, client.image_deadline)
+    lock = filelock.FileLock(str(dest.parent / f".{dest.name}.lock"))
+    try:
+        lock.acquire(timeout=max(0.001, limit.remaining()))
+    except filelock.Timeout:
+        raise limit.error(f"{redact_url(url)} (waiting for {dest})") from None
+    try:
+        for attempt in (1, 2):
             try:
-                return attempt()
-            except _Transient as exc:
-                total += 1
-                now = progress() if progress else 0
-                if now > last:  # made progress: a flaky link, not a dead one
-                    failures, last = 0, now
-                failures += 1
-                if failures > limit or total > 20 * (limit + 1):
-                    raise RetriesExhaustedError(
-                        f"{redact_url(url)}: {exc.reason} (gave up after {total} attempts)"
-                    ) from None
-                log.info("%s: %s; retrying (%d/%d)", redact_url(url), exc.reason, failures, limit)
-                self._wait(failures, exc)
-
-    # ------------------------------------------------------------------ small files
-
-    def fetch_if_newer(self, url: str, dest: Path, *, validate: Callable[[Path], None] | None = None,
-                       retries: int | None = None) -> bool:
-        """Fetch ``url`` to ``dest`` unless the copy there is current; whether it changed.
-
-        The request is conditional when ``dest`` and its sidecar exist. The
-        new content goes to a unique temporary file, is passed to
-        ``validate`` (which may raise to refuse it, leaving the old copy) and
-        is renamed over ``dest``.
-        """
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        sidecar = sidecar_path(dest)
-        plain = redact_url(url)
-        known = _read_json(sidecar) if dest.is_file() else {}
-        headers: dict[str, str] = {}
-        if known.get("url") == plain:
-            if known.get("etag"):
-                headers["If-None-Match"] = known["etag"]
-            if known.get("last_modified"):
-                headers["If-Modified-Since"] = known["last_modified"]
-
-        def attempt() -> bool:
-            response = self.get(url, headers)
-            with response:
-                if response.status_code == 304:
-                    log.debug("%s: not modified", plain)
-                    return False
-                if response.status_code != 200:
-                    raise RepositoryError(f"{plain}: unexpected HTTP {response.status_code}")
-                fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-                tmp = Path(tmp_name)
-                try:
-                    with os.fdopen(fd, "wb") as handle:
-                        received = self._copy_body(response, handle, url)
-                        expected = _int_header(response.headers.get("Content-Length"))
-                        if expected is not None and received != expected:
-                            raise _Transient(f"got {received} of {expected} bytes")
-                        handle.flush()
-                        os.fsync(handle.fileno())
-                    os.chmod(tmp, 0o644)
-                    if validate is not None:
-                        validate(tmp)
-                    os.replace(tmp, dest)
-                except BaseException:
-                    with contextlib.suppress(FileNotFoundError):
-                        tmp.unlink()
+                return _Download(client, url, dest, size=size, checksum=checksum, label=label, deadline=limit).run()
+            except ChecksumError:
+                if attempt == 2:
                     raise
-                _atomic_write_json(sidecar, {
-                    "url": plain,
-                    "etag": _strong_etag(response.headers.get("ETag")) or response.headers.get("ETag"),
-                    "last_modified": response.headers.get("Last-Modified"),
-                })
-                log.debug("%s: fetched %d bytes", plain, received)
-                return True
-
-        return self._retrying(url, attempt, retries=retries)
-
-    def _copy_body(self, response: requests.Response, handle: Any, url: str, bar: Any = None,
-                   hasher: Any = None) -> int:
-        received = 0
-        raw = response.raw
-        while True:
-            try:
-                chunk = raw.read(CHUNK_SIZE, decode_content=False)
-            except Exception as exc:  # noqa: BLE001 - urllib3 ProtocolError, ReadTimeoutError, OSError
-                raise _Transient(_describe(exc)) from None
-            if not chunk:
-                return received
-            handle.write(chunk)
-            if hasher is not None:
-                hasher.update(chunk)
-            received += len(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-
-    # ------------------------------------------------------------------ whole files
-
-    def download(self, url: str, dest: Path, *, size: int | None = None, checksum: Checksum | None = None,
-                 label: str | None = None) -> Path:
-        """Download ``url`` to ``dest`` through a resumable ``<dest>.part``; returns ``dest``.
-
-        ``size`` and ``checksum`` (when known) are checked before the rename;
-        a mismatch deletes the ``.part`` and tries once more from zero, then
-        raises. ``dest`` is replaced atomically.
-        """
-        import filelock
-
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(str(dest.parent / f".{dest.name}.lock"))
-        with lock:
-            for attempt in (1, 2):
-                try:
-                    return _Download(self, url, dest, size=size, checksum=checksum, label=label).run()
-                except ChecksumError:
-                    if attempt == 2:
-                        raise
-                    log.warning("%s: checksum mismatch; downloading again from the start", redact_url(url))
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    # ------------------------------------------------------------------ streams
-
-    def open_stream(self, url: str, *, size: int | None = None, checksum: Checksum | None = None) -> RemoteStream:
-        """Start reading ``url``: a :class:`RemoteStream` positioned at byte 0."""
-        stream = RemoteStream(self, url, size=size, checksum=checksum)
-        stream.connect()
-        return stream
+                log.warning("%s: checksum mismatch; downloading again from the start", redact_url(url))
+    finally:
+        lock.release()
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class _Download:
-    """One :meth:`HttpClient.download`: the ``.part`` file and its resume state."""
+    """One :func:`download`: the ``.part`` file and its resume state."""
 
     def __init__(self, client: HttpClient, url: str, dest: Path, *, size: int | None,
-                 checksum: Checksum | None, label: str | None) -> None:
+                 checksum: Checksum | None, label: str | None, deadline: Deadline) -> None:
         self.client = client
         self.url = url
         self.plain = redact_url(url)
         self.dest = dest
-        self.part = dest.with_name(dest.name + ".part")
-        self.state_path = dest.with_name(dest.name + ".part.json")
+        self.part, self.state_path = _spool_files(dest)
         self.size = size
         self.checksum = checksum
         self.label = label or dest.name
+        self.deadline = deadline
         self.validator: str | None = None
         self.etag: str | None = None
         self.total: int | None = None
@@ -496,28 +381,36 @@ class _Download:
 
     def run(self) -> Path:
         state = _read_json(self.state_path)
-        if self.part.exists() and state.get("url") == self.plain and state.get("validator"):
+        if self._belongs(state):
             self.offset = self.part.stat().st_size
             self.validator = state["validator"]
             self.etag = state.get("etag")
             self.total = state.get("total")
             log.info("%s: resuming at byte %d", self.plain, self.offset)
         else:
+            if self.part.exists() or self.state_path.exists():
+                log.info("%s: removing the stale spool %s", self.plain, self.part)
             self._restart()
         show = self.client.progress if self.client.progress is not None else True
         self.bar = _progress_bar(self.total, self.label, self.offset) if show else None
         try:
-            self.client._retrying(self.url, self._attempt, progress=lambda: self.offset)
-        except RetriesExhaustedError:
+            self.client.retrying(self.url, self._attempt, progress=lambda: self.offset, deadline=self.deadline)
+        except BaseException as exc:
             self._close_bar()
-            raise  # keep the .part: a later run resumes it
-        except BaseException:
-            self._close_bar()
-            if not self.offset:
+            # keep a good start of the file for a later run to resume; nothing else
+            if not self.offset or not self.validator or isinstance(exc, TooLargeError):
                 self._discard()
             raise
         self._close_bar()
         return self._finish()
+
+    def _belongs(self, state: dict[str, Any]) -> bool:
+        """Whether the ``.part`` on disk is a resumable start of this very file."""
+        if not (self.part.is_file() and state.get("url") == self.plain and state.get("validator")):
+            return False
+        have = self.part.stat().st_size
+        total = state.get("total")
+        return (self.size is None or have <= self.size) and (not isinstance(total, int) or have <= total)
 
     def _close_bar(self) -> None:
         if self.bar is not None:
@@ -536,6 +429,14 @@ class _Download:
             "url": self.plain, "validator": self.validator, "etag": self.etag, "total": self.total,
         })
 
+    def _expected(self) -> int | None:
+        return self.size if self.size is not None else self.total
+
+    def _cap_name(self) -> str:
+        if self.size is not None:
+            return f"the declared size of {self.size} bytes"
+        return f"the announced size of {self.total} bytes"
+
     def _attempt(self) -> None:
         headers: dict[str, str] = {}
         if self.offset > 0 and self.validator:
@@ -543,18 +444,17 @@ class _Download:
             headers["If-Range"] = self.validator
         elif self.offset > 0:
             self._restart()
-        response = self.client.get(self.url, headers)
-        with response:
-            status = response.status_code
-            etag = _strong_etag(response.headers.get("ETag"))
+        with self.client.get(self.url, headers, deadline=self.deadline) as reply:
+            status = reply.status
+            etag = _strong_etag(reply.headers.get("ETag"))
             if status == 416:
                 if self.offset and self.total == self.offset:
                     return  # the .part is already complete
                 log.info("%s: range not satisfiable; starting over", self.plain)
                 self._restart()
-                raise _Transient("range not satisfiable")
+                raise TransientError("range not satisfiable")
             if status == 206:
-                rng = _content_range(response.headers.get("Content-Range"))
+                rng = _content_range(reply.headers.get("Content-Range"))
                 changed = (
                     rng is None
                     or rng[0] != self.offset
@@ -564,53 +464,50 @@ class _Download:
                 if changed:
                     log.info("%s: the remote file changed; starting over", self.plain)
                     self._restart()
-                    raise _Transient("remote file changed")
+                    raise TransientError("remote file changed")
                 mode = "ab"
             elif status == 200:
-                if self.offset:
-                    log.info("%s: server sent the whole file; starting over", self.plain)
-                self.offset = 0
-                self.etag = etag
-                self.validator = etag or response.headers.get("Last-Modified")
-                self.total = _int_header(response.headers.get("Content-Length"))
-                if self.size is not None and self.total is not None and self.total != self.size:
-                    raise RepositoryError(
-                        f"{self.plain}: server announces {self.total} bytes, expected {self.size}"
-                    )
-                self._save_state()
-                if self.bar is not None:
-                    self.bar.reset(total=self.total)
+                self._start(reply, etag)
                 mode = "wb"
             else:
-                raise RepositoryError(f"{self.plain}: unexpected HTTP {status}")
+                raise TransferError(f"unexpected HTTP {status}", url=self.plain)
+            expected = self._expected()
+            if expected is not None:
+                reply.cap(expected - self.offset, self._cap_name())
             with open(self.part, mode) as handle:
                 try:
-                    self._copy(response, handle)
+                    for chunk in reply.chunks():
+                        handle.write(chunk)
+                        if self.bar is not None:
+                            self.bar.update(len(chunk))
                 finally:
                     handle.flush()
                     self.offset = handle.tell()
-            if self.total is not None and self.offset < self.total:
-                raise _Transient(f"connection closed after {self.offset} of {self.total} bytes")
+            if expected is not None and self.offset < expected:
+                raise TransientError(f"connection closed after {self.offset} of {expected} bytes")
 
-    def _copy(self, response: requests.Response, handle: Any) -> None:
-        raw = response.raw
-        while True:
-            try:
-                chunk = raw.read(CHUNK_SIZE, decode_content=False)
-            except Exception as exc:  # noqa: BLE001 - any failure mid-body is a dropped transfer
-                raise _Transient(_describe(exc)) from None
-            if not chunk:
-                return
-            handle.write(chunk)
-            if self.bar is not None:
-                self.bar.update(len(chunk))
+    def _start(self, reply: Reply, etag: str | None) -> None:
+        """A ``200``: the whole file from byte 0; check what the server announces."""
+        if self.offset:
+            log.info("%s: server sent the whole file; starting over", self.plain)
+        self.offset = 0
+        self.etag = etag
+        self.validator = etag or reply.headers.get("Last-Modified")
+        self.total = reply.length
+        if self.size is not None and self.total is not None and self.total != self.size:
+            raise TransferError(f"server announces {self.total} bytes, expected {self.size}", url=self.plain)
+        if self.size is None and self.checksum is None and not reply.framed:
+            raise _unverifiable(self.plain)
+        self._save_state()
+        if self.bar is not None:
+            self.bar.reset(total=self.total)
 
     def _finish(self) -> Path:
         actual = self.part.stat().st_size
-        expected = self.size if self.size is not None else self.total
+        expected = self._expected()
         if (self.total is not None and actual != self.total) or (expected is not None and actual != expected):
             self._discard()
-            raise RepositoryError(f"{self.plain}: got {actual} bytes, expected {expected}")
+            raise TransferError(f"got {actual} bytes, expected {expected}", url=self.plain)
         if self.checksum is not None:
             hasher = _hasher(self.checksum)
             with open(self.part, "rb") as handle:
@@ -649,23 +546,30 @@ class RemoteStream(io.RawIOBase):
     ``pos`` bytes skipped; anything else raises :class:`RemoteChangedError`.
     At the end the size (and ``checksum`` when given) is checked before the
     final empty read, so a consumer never sees a short or corrupt file end
-    cleanly.
+    cleanly; more than ``size`` bytes are refused as they arrive. The whole
+    stream, resumes included, ends within ``deadline`` seconds (default: the
+    client's ``image_deadline``). A stream with no length, no ``size`` and no
+    ``checksum`` is refused unless the caller checks the bytes itself
+    (``checked_elsewhere``).
     """
 
     def __init__(self, client: HttpClient, url: str, *, size: int | None = None,
-                 checksum: Checksum | None = None) -> None:
+                 checksum: Checksum | None = None, deadline: float | None = None,
+                 checked_elsewhere: bool = False) -> None:
         super().__init__()
         self.client = client
         self.url = url
         self.plain = redact_url(url)
         self.size = size
         self.checksum = checksum
+        self.deadline = Deadline.of(deadline, client.image_deadline)
+        self.checked_elsewhere = checked_elsewhere
         self.position = 0
         self.total: int | None = None
         self.etag: str | None = None
         self.last_modified: str | None = None
         self.accept_ranges = False
-        self._response: Any = None
+        self._response: Reply | None = None
         self._hasher = _hasher(checksum)
         self._done = False
 
@@ -677,61 +581,74 @@ class RemoteStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def _expected(self) -> int | None:
+        return self.size if self.size is not None else self.total
+
+    def _cap(self, reply: Reply, start: int | None = None) -> None:
+        """No more body in ``reply`` (which starts at byte ``start``, by default here) than the file has."""
+        expected = self._expected()
+        if expected is not None:
+            name = f"the declared size of {self.size} bytes" if self.size is not None else None
+            begin = self.position if start is None else start
+            reply.cap(expected - begin, name or f"the announced size of {expected} bytes")
+
     def connect(self) -> None:
         """Send the first request (retried on transient failures)."""
 
         def attempt() -> None:
-            response = self.client.get(self.url)
-            if response.status_code != 200:
-                response.close()
-                raise RepositoryError(f"{self.plain}: unexpected HTTP {response.status_code}")
-            headers = response.headers
-            self.total = _int_header(headers.get("Content-Length"))
+            reply = self.client.get(self.url, deadline=self.deadline)
+            if reply.status != 200:
+                reply.close()
+                raise TransferError(f"unexpected HTTP {reply.status}", url=self.plain)
+            headers = reply.headers
+            self.total = reply.length
             self.etag = _strong_etag(headers.get("ETag"))
             self.last_modified = headers.get("Last-Modified")
             self.accept_ranges = headers.get("Accept-Ranges", "").strip().lower() == "bytes"
             if self.size is not None and self.total is not None and self.total != self.size:
-                response.close()
-                raise RepositoryError(f"{self.plain}: server announces {self.total} bytes, expected {self.size}")
-            self._response = response
+                reply.close()
+                raise TransferError(f"server announces {self.total} bytes, expected {self.size}", url=self.plain)
+            if self.size is None and self.checksum is None and not self.checked_elsewhere and not reply.framed:
+                reply.close()
+                raise _unverifiable(self.plain)
+            self._cap(reply)
+            self._response = reply
 
-        self.client._retrying(self.url, attempt)
+        self.client.retrying(self.url, attempt, deadline=self.deadline)
 
     def _resume(self) -> None:
         validator = self.etag or self.last_modified or ""
         headers = {"Range": f"bytes={self.position}-", "If-Range": validator}
-        response = self.client.get(self.url, headers)
-        status = response.status_code
-        etag = _strong_etag(response.headers.get("ETag"))
-        same = (etag == self.etag) if self.etag else (response.headers.get("Last-Modified") == self.last_modified)
+        reply = self.client.get(self.url, headers, deadline=self.deadline)
+        status = reply.status
+        etag = _strong_etag(reply.headers.get("ETag"))
+        same = (etag == self.etag) if self.etag else (reply.headers.get("Last-Modified") == self.last_modified)
         if status == 206:
-            rng = _content_range(response.headers.get("Content-Range"))
+            rng = _content_range(reply.headers.get("Content-Range"))
             if rng is not None and rng[0] == self.position and rng[2] in (None, self.total) and same:
-                self._response = response
+                self._cap(reply)
+                self._response = reply
                 return
-        elif status == 200 and same and _int_header(response.headers.get("Content-Length")) == self.total:
+        elif status == 200 and same and reply.length == self.total:
             # the server ignores Range: read again from 0 and skip what was already read
             log.info("%s: server ignored Range; skipping %d bytes", self.plain, self.position)
             skip = self.position
-            raw = response.raw
             try:
+                self._cap(reply, start=0)
                 while skip:
-                    chunk = raw.read(min(skip, CHUNK_SIZE), decode_content=False)
+                    chunk = reply.read(min(skip, CHUNK_SIZE))
                     if not chunk:
-                        raise _Transient("connection closed while skipping")
+                        raise TransientError("connection closed while skipping")
                     skip -= len(chunk)
-            except _Transient:
-                response.close()
+            except BaseException:
+                reply.close()
                 raise
-            except Exception as exc:  # noqa: BLE001 - any failure mid-body is a dropped transfer
-                response.close()
-                raise _Transient(_describe(exc)) from None
-            self._response = response
+            self._response = reply
             return
-        response.close()
-        raise RemoteChangedError(f"{self.plain}: the remote file changed while it was being read")
+        reply.close()
+        raise RemoteChangedError("the remote file changed while it was being read", url=self.plain)
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
         if self.closed:
             raise ValueError("read from a closed stream")
         if self._done:
@@ -742,16 +659,19 @@ class RemoteStream(io.RawIOBase):
             return b""
         while True:
             if self._response is None:
-                self.client._retrying(self.url, self._resume, progress=lambda: self.position)
+                self.client.retrying(self.url, self._resume, progress=lambda: self.position, deadline=self.deadline)
+            assert self._response is not None
             try:
-                chunk = self._response.raw.read(size, decode_content=False)
-            except Exception as exc:  # noqa: BLE001 - dropped connection, read timeout
-                reason = _describe(exc)
+                chunk = self._response.read(size)
+            except TransientError as exc:  # dropped connection, read timeout
                 self._drop()
                 if not self.resumable:
-                    raise RepositoryError(f"{self.plain}: {reason} at byte {self.position}; cannot resume") from None
-                log.info("%s: %s at byte %d; resuming", self.plain, reason, self.position)
+                    raise TransferError(f"{exc.reason} at byte {self.position}; cannot resume", url=self.plain) from None
+                log.info("%s: %s at byte %d; resuming", self.plain, exc.reason, self.position)
                 continue
+            except BaseException:
+                self._drop()
+                raise
             if chunk:
                 self.position += len(chunk)
                 if self._hasher is not None:
@@ -760,8 +680,8 @@ class RemoteStream(io.RawIOBase):
             if self.total is not None and self.position < self.total:
                 self._drop()
                 if not self.resumable:
-                    raise RepositoryError(
-                        f"{self.plain}: connection closed after {self.position} of {self.total} bytes; cannot resume"
+                    raise TransferError(
+                        f"connection closed after {self.position} of {self.total} bytes; cannot resume", url=self.plain
                     )
                 continue
             self._finish()
@@ -781,7 +701,7 @@ class RemoteStream(io.RawIOBase):
     def _finish(self) -> None:
         self._drop()
         if self.size is not None and self.position != self.size:
-            raise RepositoryError(f"{self.plain}: got {self.position} bytes, expected {self.size}")
+            raise TransferError(f"got {self.position} bytes, expected {self.size}", url=self.plain)
         if self._hasher is not None and self.checksum is not None:
             digest = self._hasher.hexdigest()
             if digest != self.checksum.hexdigest:
@@ -790,8 +710,7 @@ class RemoteStream(io.RawIOBase):
 
     def _drop(self) -> None:
         if self._response is not None:
-            with contextlib.suppress(Exception):
-                self._response.close()
+            self._response.close()
             self._response = None
 
     def close(self) -> None:

@@ -43,6 +43,8 @@ MAX_CATALOGUE_BYTES = 8 * 1024 * 1024
 
 #: What an image name may look like (the vc-name users type on ``pragma boot``).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9._+\-]*")
+#: A catalogue larger than this is refused before it is read (real ones are a few KiB).
+MAX_CATALOGUE_BYTES = 4 * 1024 * 1024
 
 
 def is_valid_name(name: str) -> bool:
@@ -77,7 +79,7 @@ def read_vcdb(path: Path, repository_dir: Path, *, missing_ok: bool = False) -> 
     except OSError as exc:
         raise RepositoryError(f"{path}: cannot read image catalogue: {exc.strerror or exc}") from None
     if len(data) > MAX_CATALOGUE_BYTES:
-        raise RepositoryError(f"{path}: image catalogue is larger than {MAX_CATALOGUE_BYTES} bytes")
+        raise FormatError(f"image catalogue is larger than {MAX_CATALOGUE_BYTES} bytes", path=path)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

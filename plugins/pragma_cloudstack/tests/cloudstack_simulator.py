@@ -40,6 +40,8 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit
 
 API_PATH = "/client/api"
+#: Seconds between two bytes of a ``drip`` answer.
+DRIP = 0.02
 GET_USERDATA_LIMIT = 4096
 POST_USERDATA_LIMIT = 32768
 VM_NAME = re.compile(r"^[a-zA-Z]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
@@ -315,14 +317,16 @@ class CloudStackSimulator:
         (option ``status``, default 503, an HTML body as a proxy sends),
         ``drop`` (the connection is closed without an answer),
         ``drop_after`` (the command takes effect, then the answer is lost), ``expire``
-        (the server's clock runs ahead, so the signature has expired), ``echo``
+        (the server's clock runs ahead, so the signature has expired), ``drip``
+        (the answer comes one byte every :data:`DRIP` seconds), ``huge`` (the
+        answer announces a length of 10**12 bytes), ``echo``
         (a careless server: an error whose ``errortext`` -- or, with option
         ``reason=True``, the HTTP reason phrase of a non-JSON answer -- repeats
         the request's ``apiKey``, ``signature`` and whole query, raw,
         URL-encoded and JSON-quoted, see :func:`echo_of`; option ``status``,
         default 431).
         """
-        assert kind in ("fail_job", "slow_job", "http_error", "drop", "drop_after", "expire", "echo"), kind
+        assert kind in ("fail_job", "slow_job", "http_error", "drop", "drop_after", "expire", "drip", "huge", "echo"), kind
         with self.lock:
             self.faults.setdefault(command, []).append(_Fault(kind, count, **options))
 
@@ -379,7 +383,7 @@ class CloudStackSimulator:
         key = command.lower() + "response"
         with self.lock:
             self.requests.append((method, command, dict(params)))
-        fault = self._take_fault(command, ("drop", "http_error", "echo"))
+        fault = self._take_fault(command, ("drop", "http_error", "drip", "huge", "echo"))
         if fault is not None and fault.kind == "echo":
             status = fault.options.get("status", PARAM_ERROR)
             if fault.options.get("reason"):
@@ -1015,6 +1019,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data)
             return
+        if fault in ("drip", "huge"):
+            self._hostile_answer(fault)
+            return
         if fault == "http_error":
             data = b"<html><body><h1>503 Service Unavailable</h1></body></html>"
             self.send_response(status)
@@ -1024,6 +1031,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
             return
         self._reply(status, answer)
+
+    def _hostile_answer(self, fault: str) -> None:
+        """A 200 whose JSON body comes one byte at a time, or whose length is absurd."""
+        data = json.dumps({"listzonesresponse": {"count": 0, "zone": []}}).encode("utf-8") + b" " * 4096
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(10**12 if fault == "huge" else len(data)))
+        self.end_headers()
+        try:
+            for index in range(len(data)):
+                if fault == "drip":
+                    time.sleep(DRIP)
+                self.wfile.write(data[index : index + 1])
+        except OSError:  # the client gave up
+            pass
 
     def _reply(self, status: int, answer: dict | None) -> None:
         data = json.dumps(answer or {}).encode("utf-8")

@@ -12,6 +12,8 @@ from cloudstack_simulator import CloudStackSimulator
 from pragma_core.errors import CapacityError, DriverError
 
 from pragma_cloudstack.client import (
+    MAX_ANSWER_BYTES,
+    CloudStackAuth,
     CloudStackCapacityError,
     CloudStackClient,
     CloudStackError,
@@ -205,3 +207,37 @@ def test_secrets_never_reach_logs_or_errors(sim: CloudStackSimulator, caplog: py
     for secret in (sim.secret_key, sim.api_key, *signatures):
         assert secret not in text
     assert "cannot talk to http://127.0.0.1:9/client/api" in str(info.value)
+
+
+# --------------------------------------------------------------------------- bounded by core's HTTP client
+
+
+@pytest.mark.parametrize("command", ["listZones", "deployVirtualMachine"])
+def test_an_answer_dripping_under_the_read_timeout_ends_at_the_call_deadline(sim: CloudStackSimulator, command: str) -> None:
+    client = CloudStackClient(sim.url, sim.api_key, sim.secret_key, timeout=5, deadline=0.5, retries=3, retry_backoff=0.001)
+    sim.inject(command, "drip")
+    start = time.monotonic()
+    with pytest.raises(CloudStackError) as info:
+        client.request(command, {"zoneid": "z"})
+    assert time.monotonic() - start < 30, "the call outlived its deadline"
+    assert str(info.value).startswith(f"CloudStack {command}: {sim.url}: not done within its 0.5 s deadline")
+    assert len(sim.calls(command)) == 1, "the deadline ends the call, retries included"
+
+
+@pytest.mark.parametrize("command", ["listZones", "deployVirtualMachine"])
+def test_an_answer_announcing_a_huge_length_is_refused_unread(sim: CloudStackSimulator, client: CloudStackClient, command: str) -> None:
+    sim.inject(command, "huge")
+    with pytest.raises(CloudStackError) as info:
+        client.request(command, {"zoneid": "z"})
+    assert str(info.value) == (
+        f"CloudStack {command}: {sim.url}: the server announces {10**12} bytes, "
+        f"more than the {MAX_ANSWER_BYTES}-byte limit of an API answer; refused"
+    )
+
+
+def test_requests_are_signed_by_the_shared_clients_pluggable_authentication(sim: CloudStackSimulator, client: CloudStackClient) -> None:
+    assert isinstance(client.http.auth, CloudStackAuth)
+    assert set(client.http.auth.secrets()) == {sim.api_key, sim.secret_key}
+    assert sim.api_key not in repr(client.http.auth) and sim.secret_key not in repr(client.http.auth)
+    client.request("listZones")
+    assert not sim.rejected

@@ -10,7 +10,9 @@ page whose form carries ``confirm`` and a one-time ``uuid``.
 
 Faults, queued per file id: ``quota`` and ``rate`` (403 with Drive's JSON
 error body), ``error500``, ``drop`` (close the connection halfway through
-the body), ``corrupt`` (flip a byte). Every request is recorded.
+the body), ``corrupt`` (flip a byte), ``drip`` (one byte every
+:data:`DRIP` seconds), ``oversize`` (4 KiB more than the listed size). Every
+request is recorded.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 FOLDER = "application/vnd.google-apps.folder"
+#: Seconds between two bytes of a ``drip`` fault.
+DRIP = 0.02
 _Q = re.compile(r"'([A-Za-z0-9_-]+)' in parents and trashed=false")
 
 
@@ -207,6 +211,8 @@ class DriveSim:
                 data: bytes = item["data"]
                 if fault == "corrupt":
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
+                if fault == "oversize":
+                    data += b"\xee" * 4096
                 start, status = 0, 200
                 header = self.headers.get("Range")
                 if header:
@@ -230,6 +236,15 @@ class DriveSim:
                     self.wfile.flush()
                     self.close_connection = True
                     self.connection.shutdown(2)
+                    return
+                if fault == "drip":
+                    self.close_connection = True
+                    try:
+                        for index in range(len(body)):
+                            time.sleep(DRIP)
+                            self.wfile.write(body[index : index + 1])
+                    except OSError:  # the client gave up
+                        pass
                     return
                 self.wfile.write(body)
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
+from pragma_core.http import HeaderAuth
 
+from pragma_repo_clonezilla import drive
 from pragma_repo_clonezilla.drive import DriveClient, DriveError, DriveQuotaError
 from pragma_repo_clonezilla.drivepage import parse_modified
 from pragma_repo_clonezilla.settings import ClonezillaSettings
@@ -124,3 +127,53 @@ def test_folder_view_dates_are_read_without_the_locale() -> None:
     assert datetime.fromtimestamp(parse_modified("Dec 25", now=now)).date().isoformat() == "2022-12-25"
     assert datetime.fromtimestamp(parse_modified("3:05 PM", now=now)).strftime("%H:%M") == "15:05"
     assert parse_modified("", now=now) is None and parse_modified("yesterday-ish", now=now) is None
+
+
+# --------------------------------------------------------------------------- bounded by core's HTTP client
+
+
+@pytest.mark.parametrize("api", [True, False], ids=["api", "web"])
+def test_a_download_dripping_under_the_read_timeout_ends_at_the_deadline(drive_sim, tmp_path: Path, api: bool) -> None:
+    ident = drive_sim.add_file("slow.iso", drive_sim.root, os.urandom(20_000))
+    settings = ClonezillaSettings(
+        api_key=drive_sim.api_key if api else None, drive_api_url=f"{drive_sim.url}/drive/v3",
+        drive_web_url=drive_sim.url, drive_download_url=f"{drive_sim.url}/download", retry_delay=0, timeout=5,
+    )
+    c = DriveClient(settings, progress=False, download_deadline=0.5)
+    item = c.list_folder(drive_sim.root)[0]
+    drive_sim.fail(ident, *["drip"] * 10)
+    start = time.monotonic()
+    with pytest.raises(DriveError) as info:
+        c.download(item, tmp_path / "slow.iso")
+    assert time.monotonic() - start < 30, "the download outlived its deadline"
+    assert str(info.value).startswith("downloading slow.iso: not done within its 0.5 s deadline")
+    assert len(drive_sim.media_requests(ident)) == 1, "the deadline is not retried"
+    assert not (tmp_path / "slow.iso").exists()
+
+
+def test_a_download_never_grows_past_the_listed_size(drive_sim, tmp_path: Path) -> None:
+    ident = drive_sim.add_file("big.iso", drive_sim.root, os.urandom(10_000))
+    drive_sim.fail(ident, "oversize")
+    c = client(drive_sim)
+    with pytest.raises(DriveError) as info:
+        c.download(c.list_folder(drive_sim.root)[0], tmp_path / "big.iso")
+    assert str(info.value) == "downloading big.iso: the server announces 14096 bytes, more than the listed size of 10000 bytes; refused"
+    assert not (tmp_path / "big.iso").exists() and not (tmp_path / "big.iso.part").exists()
+
+
+def test_a_listing_larger_than_the_page_cap_is_refused(drive_sim, monkeypatch) -> None:
+    for i in range(3):
+        drive_sim.add_file(f"file-{i}.xml", drive_sim.root, b"x")
+    monkeypatch.setattr(drive, "MAX_PAGE_BYTES", 200)
+    with pytest.raises(DriveError) as info:
+        client(drive_sim).list_folder(drive_sim.root)
+    assert str(info.value).startswith(f"listing Google Drive folder {drive_sim.root}: the server announces ")
+    assert str(info.value).endswith("more than the 200-byte limit of a Drive answer; refused")
+
+
+def test_the_api_key_is_the_shared_clients_header_authentication(drive_sim) -> None:
+    c = client(drive_sim)
+    assert isinstance(c.http.auth, HeaderAuth)
+    assert c.http.auth.secrets() == (drive_sim.api_key,)
+    assert drive_sim.api_key not in repr(c.http.auth)
+    assert client(drive_sim, api=False).http.auth is None

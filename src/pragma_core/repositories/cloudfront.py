@@ -13,7 +13,7 @@ Settings (``repository_settings``)::
         "url_lifetime": 3600,        # seconds each signed URL is valid
         "hash_algorithm": "sha1",    # or "sha256" (RSA-SHA256, adds Hash-Algorithm=SHA256)
         "policy": "canned",          # or "custom": one wildcard policy for <repository_url>/*
-        # and the http repository's timeout, retries, backoff
+        # and the http repository's timeout, retries, backoff, deadline, image_deadline
     }
 
 Every request -- catalogue, cluster XML, each part, each resume and retry --
@@ -45,7 +45,7 @@ import datetime as _dt
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attrs import frozen
 
@@ -54,6 +54,9 @@ from ..errors import ConfigError
 from ..settings import MAX_SECONDS, choice, int_between, setting, to_nonempty_str, to_path
 from .http import HttpRepository, HttpSettings, _setting_error
 from ..redaction import register_pem, register_secret
+
+if TYPE_CHECKING:
+    from ..http import Auth
 
 _HASHES = {"sha1": "SHA-1", "sha-1": "SHA-1", "sha256": "SHA-256", "sha-256": "SHA-256"}
 _RSA_ENCRYPTION_OID = "1.2.840.113549.1.1.1"
@@ -144,6 +147,12 @@ class CloudFrontRepository(HttpRepository):
             return rsa.sign(message, key, hash_name)
 
         return CloudFrontSigner(self.keypair_id, rsa_signer)
+
+    def auth(self) -> Auth:
+        """Every request signed (:meth:`sign_url`) when it is sent, retries and resumes included."""
+        from ..http import UrlSigner
+
+        return UrlSigner(lambda url: self.sign_url(url))
 
     def _suffix(self) -> str:
         return "&Hash-Algorithm=SHA256" if self.hash_algorithm == "SHA-256" else ""

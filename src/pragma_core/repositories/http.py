@@ -10,6 +10,8 @@ Settings (``repository_settings`` in ``site_conf.conf``)::
         "timeout": 30,      # seconds to connect, and between two reads
         "retries": 5,       # extra attempts after a connection error, timeout or HTTP 5xx
         "backoff": 0.5,     # seconds before the first retry, doubled each time (at most 30)
+        "deadline": 600,    # seconds a catalogue or cluster XML fetch may take in all
+        "image_deadline": 21600,  # seconds one image part may take in all (resumes included)
     }
 
 The remote side mirrors the local layout: the catalogue is
@@ -35,6 +37,14 @@ What is fetched, and when:
   safely (no ``Accept-Ranges: bytes`` or no validator) is first downloaded
   to a hidden ``.part`` file, checked, streamed from there and removed. Parts
   already present in the cluster directory are read from disk.
+
+Every transfer is bounded (:mod:`pragma_core.http`): in time by its
+deadline, however slowly the server sends; the catalogue and a cluster's XML
+in size by the same limits as local ones
+(:data:`~pragma_core.vcdb.MAX_CATALOGUE_BYTES`,
+:data:`~pragma_core.clusterxml.MAX_DESCRIPTION_BYTES`: a larger
+``Content-Length`` is refused before the body is read); a part in size by
+its declared ``size``. A spool left by a crashed run is removed.
 
 Every fetched file is written under a temporary name and renamed into place
 once complete and checked (catalogue and XML are parsed before they replace
@@ -63,7 +73,7 @@ from ..settings import setting, to_non_negative_int, to_positive_seconds, to_sec
 from .local import LocalRepository
 
 if TYPE_CHECKING:
-    from ..download import HttpClient
+    from ..http import Auth, HttpClient
     from ..staging import Stager
 
 log = logging.getLogger(__name__)
@@ -83,6 +93,8 @@ class HttpSettings:
     timeout: float = setting(to_positive_seconds, default=30.0, help="seconds to connect, and between two reads")
     retries: int = setting(to_non_negative_int, default=5, help="extra attempts after an error or HTTP 5xx")
     backoff: float = setting(to_seconds, default=0.5, help="seconds before the first retry, doubled each time")
+    deadline: float = setting(to_positive_seconds, default=600.0, help="seconds a catalogue or description transfer may take in all")
+    image_deadline: float = setting(to_positive_seconds, default=21600.0, help="seconds an image part transfer may take in all")
 
 
 class HttpRepository(LocalRepository):
@@ -105,6 +117,8 @@ class HttpRepository(LocalRepository):
         self.timeout = self.config.timeout
         self.retries = self.config.retries
         self.backoff = self.config.backoff
+        self.deadline = self.config.deadline
+        self.image_deadline = self.config.image_deadline
         self._client: HttpClient | None = None
         self._fetched_catalogue = False
 
@@ -114,16 +128,17 @@ class HttpRepository(LocalRepository):
     def client(self) -> HttpClient:
         """The HTTP client (made on first use: ``requests`` is imported then)."""
         if self._client is None:
-            from ..download import HttpClient
+            from ..http import HttpClient
 
             self._client = HttpClient(
-                signer=self.sign_url, timeout=self.timeout, retries=self.retries, backoff=self.backoff
+                auth=self.auth(), timeout=self.timeout, retries=self.retries, backoff=self.backoff,
+                deadline=self.deadline, image_deadline=self.image_deadline,
             )
         return self._client
 
-    def sign_url(self, url: str) -> str:
-        """The URL actually requested for ``url``; the plain ``http`` repository sends it as it is."""
-        return url
+    def auth(self) -> Auth | None:
+        """How every request is authenticated (applied afresh to each attempt); the plain ``http`` repository does not."""
+        return None
 
     def url_for(self, local: Path) -> str:
         """The remote URL of a file of the local cache: the same path under ``repository_url``.
@@ -148,7 +163,7 @@ class HttpRepository(LocalRepository):
 
     def refresh_catalogue(self) -> bool:
         """Fetch the catalogue when missing or changed on the server; whether it changed."""
-        from ..vcdb import read_vcdb
+        from ..vcdb import MAX_CATALOGUE_BYTES, read_vcdb
 
         dest = self.vcdb_path
 
@@ -158,18 +173,21 @@ class HttpRepository(LocalRepository):
             except FormatError as exc:
                 raise FormatError(_retarget(exc, tmp, f"{dest} (from {self._plain(self.url_for(dest))})")) from None
 
-        changed = self._fetch(self.url_for(dest), dest, validate)
+        changed = self._fetch(self.url_for(dest), dest, validate, MAX_CATALOGUE_BYTES, "an image catalogue")
         if changed and hasattr(self, "_catalogue"):
             self._catalogue = None  # LocalRepository's cache
         return changed
 
-    def _fetch(self, url: str, dest: Path, validate: Any) -> bool:
-        """Conditional fetch; with a local copy, an unreachable server only warns."""
+    def _fetch(self, url: str, dest: Path, validate: Any, max_bytes: int, what: str) -> bool:
+        """Conditional fetch of at most ``max_bytes`` (``what`` the file is); with a local copy, an unreachable server only warns."""
         from ..download import redact_url
 
         exists = dest.is_file()
         try:
-            return self.client.fetch_if_newer(url, dest, validate=validate, retries=min(self.retries, 1) if exists else None)
+            return self.client.fetch_if_newer(
+                url, dest, validate=validate, retries=min(self.retries, 1) if exists else None,
+                max_bytes=max_bytes, cap_name=f"the {max_bytes}-byte limit of {what}",
+            )
         except RepositoryError as exc:
             if exists and _unreachable(exc):
                 log.warning("%s; using the local copy %s", exc, dest)
@@ -194,7 +212,7 @@ class HttpRepository(LocalRepository):
         return super().describe(name)
 
     def _fetch_description(self, name: str, path: Path) -> bool:
-        from ..clusterxml import parse_cluster_xml
+        from ..clusterxml import MAX_DESCRIPTION_BYTES, parse_cluster_xml
 
         url = self.url_for(path)
 
@@ -204,7 +222,7 @@ class HttpRepository(LocalRepository):
             except FormatError as exc:
                 raise FormatError(_retarget(exc, tmp, f"{path} (from {self._plain(url)})")) from None
 
-        return self._fetch(url, path, validate)
+        return self._fetch(url, path, validate, MAX_DESCRIPTION_BYTES, "a cluster description")
 
     def sync(self) -> bool:
         """Refresh the catalogue and every cluster description already cached; whether any changed."""
@@ -250,6 +268,8 @@ class HttpRepository(LocalRepository):
     def part_opener(self, description: ClusterDescription) -> Any:
         """A :data:`~pragma_core.staging.PartOpener` reading the cluster's parts from the server."""
 
+        from ..download import discard_spool
+
         @contextlib.contextmanager
         def open_part(part: Part) -> Iterator[BinaryIO]:
             local = safe_join(description.directory, part.name, what="part", source=description.path)
@@ -258,8 +278,12 @@ class HttpRepository(LocalRepository):
                     yield handle
                 return
             url = self.url_for(local)
-            stream = self.client.open_stream(url, size=part.size)
+            spool = local.with_name(f".{local.name}.download")
+            stream = self.client.open_stream(url, size=part.size, checked_elsewhere=part.checksum is not None)
             if stream.resumable:
+                # the stager holds the image lock: a spool of this part is a crashed run's leftover
+                if discard_spool(spool):
+                    log.info("removed the stale spool of %s", local)
                 try:
                     yield stream  # type: ignore[misc]
                 finally:
@@ -267,16 +291,15 @@ class HttpRepository(LocalRepository):
                 return
             stream.close()
             log.info("%s: the server cannot resume this file; downloading it first", self._plain(url))
-            spool = local.with_name(f".{local.name}.download")
             self.client.download(url, spool, size=part.size, checksum=part.checksum, label=local.name)
             try:
                 with open(spool, "rb") as handle:
                     yield handle
             finally:
                 # the stager holds the image lock: no one else uses this spool or its lock
-                for leftover in (spool, spool.with_name(f".{spool.name}.lock")):
-                    with contextlib.suppress(FileNotFoundError):
-                        leftover.unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    spool.unlink()
+                discard_spool(spool)
 
         return open_part
 

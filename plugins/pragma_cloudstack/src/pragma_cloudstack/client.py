@@ -1,14 +1,18 @@
-"""A small CloudStack API client on :mod:`requests`.
+"""A small CloudStack API client on core's HTTP client (:mod:`pragma_core.http`).
 
-* One :class:`requests.Session` (connection reuse across threads), a timeout on
-  every request.
+* One :class:`~pragma_core.http.HttpClient` (connection reuse across
+  threads): a per-read timeout and an overall deadline on every call, and a
+  cap on the size of every answer (:data:`MAX_ANSWER_BYTES`).
+* Requests are signed by :class:`CloudStackAuth`, the client's pluggable
+  authentication, afresh for every attempt, so ``expires`` is never stale.
 * Retries with backoff only for calls that are safe to repeat (``list*`` and
   ``queryAsyncJobResult``): on a dropped connection, a timeout or an HTTP
-  500/502/503/504. Every attempt is signed afresh, so ``expires`` is never stale.
+  500/502/503/504 without a CloudStack error. Any other call is sent once.
 * Calls carrying ``userdata`` go as POST (CloudStack allows 32 KiB there,
   only 4 KiB in a GET).
-* Async commands are polled through ``queryAsyncJobResult`` with exponential
-  backoff up to a timeout; a failed job raises with CloudStack's ``errortext``.
+* Async commands are polled through ``queryAsyncJobResult`` with core's
+  :func:`~pragma_core.http.poll` (exponential backoff up to a timeout); a
+  failed job raises with CloudStack's ``errortext``.
 * ``list*`` calls page through every result with ``page``/``pagesize``.
 * Errors are one line: ``CloudStack <command>: <errortext> (error <code>)``.
   The secret key, the API key and signatures never appear in an error or a
@@ -21,15 +25,20 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pragma_core.errors import CapacityError, DriverError
-from pragma_core.redaction import RedactingFilter, add_filter
+from pragma_core import CapacityError, DriverError
+from pragma_core.http import (
+    Auth,
+    HttpClient,
+    Outgoing,
+    Reply,
+    RetriesExhaustedError,
+    TransferError,
+    poll,
+)
 
 from .signing import signed_params
-
-if TYPE_CHECKING:
-    import requests
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,10 @@ CAPACITY_ERROR_CODES = frozenset({533, 534, 535})
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 #: Largest base64 ``userdata`` CloudStack accepts in a POST (in a GET: 4096).
 MAX_USERDATA_POST = 32768
+#: Largest answer read (a page of ``page_size`` items is far below it).
+MAX_ANSWER_BYTES = 32 << 20
+#: Seconds one API call may take in all, retries included (by default).
+DEFAULT_CALL_DEADLINE = 300.0
 
 _SECRET_IN_TEXT = re.compile(r"(?i)\b(signature|apikey|secretkey)=[^&\s'\"]*")
 
@@ -56,9 +69,6 @@ def redact(text: str) -> str:
     return redact_secrets(text)
 
 
-_FILTER = RedactingFilter(redact)
-
-
 def _install_log_redaction() -> None:
     """Scrub signed query strings out of urllib3's debug lines (which log the request URL).
 
@@ -68,6 +78,37 @@ def _install_log_redaction() -> None:
     from pragma_core.redaction import install
 
     install()
+
+
+class CloudStackAuth(Auth):
+    """Signs each request the way the management server checks it (:mod:`.signing`).
+
+    The client puts ``command`` among the parameters (the query of a GET,
+    the form of a POST); this replaces them by the full signed set.
+    """
+
+    def __init__(self, api_key: str, secret_key: str, *, expires_after: float | None = 600.0) -> None:
+        self._api_key = api_key
+        self._secret_key = secret_key
+        self.expires_after = expires_after
+
+    def __repr__(self) -> str:
+        return "<CloudStackAuth>"
+
+    def apply(self, request: Outgoing) -> None:
+        post = request.method == "POST"
+        params = dict(request.data if post else request.params)
+        command = params.pop("command")
+        signed = signed_params(
+            command, params, api_key=self._api_key, secret_key=self._secret_key, expires_after=self.expires_after
+        )
+        if post:
+            request.data = signed
+        else:
+            request.params = signed
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self._api_key, self._secret_key)
 
 
 class CloudStackError(DriverError):
@@ -104,8 +145,10 @@ class CloudStackClient:
     """Signed calls to one CloudStack endpoint.
 
     ``endpoint`` is the API URL (``http://host:8080/client/api``); a trailing
-    ``?`` (the legacy ``baseurl`` form) is dropped. Times are in seconds.
-    ``sleep`` is the function used to wait (tests may count the waits).
+    ``?`` (the legacy ``baseurl`` form) is dropped. Times are in seconds:
+    ``timeout`` to connect and between two reads, ``deadline`` for a whole
+    call (retries included). ``sleep`` is the function used to wait (tests
+    may count the waits).
     """
 
     def __init__(
@@ -124,30 +167,28 @@ class CloudStackClient:
         job_timeout: float = 600.0,
         verify_tls: bool = True,
         pool_size: int = 10,
+        deadline: float = DEFAULT_CALL_DEADLINE,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        import requests
-        from requests.adapters import HTTPAdapter
-
         self.endpoint = endpoint.rstrip("?")
-        self._api_key = api_key
-        self._secret_key = secret_key
         self.timeout = timeout
-        self.retries = retries
-        self.retry_backoff = retry_backoff
-        self.expires_after = expires_after
         self.page_size = page_size
         self.poll_interval = poll_interval
         self.poll_max_interval = poll_max_interval
         self.job_timeout = job_timeout
         self._sleep = sleep
-        self._requests = requests
-        self.session: requests.Session = requests.Session()
-        self.session.verify = verify_tls
-        # No transport-level retries: we decide what may be repeated.
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(pool_size, 1), max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.http = HttpClient(
+            auth=CloudStackAuth(api_key, secret_key, expires_after=expires_after),
+            timeout=timeout,
+            retries=retries,
+            backoff=retry_backoff,
+            deadline=deadline,
+            verify=verify_tls,
+            pool_size=pool_size,
+            progress=False,
+            user_agent="pragma-cloudstack",
+            sleep=sleep,
+        )
         _install_log_redaction()
 
     def __repr__(self) -> str:
@@ -155,7 +196,7 @@ class CloudStackClient:
 
     def close(self) -> None:
         """Close the HTTP connections."""
-        self.session.close()
+        self.http.close()
 
     # ------------------------------------------------------------------ one request
 
@@ -167,49 +208,36 @@ class CloudStackClient:
         """
         clean = {k: _as_param(v) for k, v in (params or {}).items() if v is not None}
         use_post = ("userdata" in clean) if post is None else post
-        attempts = 1 + (self.retries if is_idempotent(command) else 0)
-        for attempt in range(1, attempts + 1):
-            try:
-                return self._send(command, clean, use_post)
-            except _Retryable as exc:
-                if attempt >= attempts:
-                    raise CloudStackError(command, exc.reason) from None
-                delay = self.retry_backoff * 2 ** (attempt - 1)
-                log.debug("CloudStack %s: %s; retry %d/%d in %.2fs", command, exc.reason, attempt, attempts - 1, delay)
-                self._sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _send(self, command: str, params: dict[str, str], post: bool) -> dict:
-        requests = self._requests
-        signed = signed_params(
-            command, params, api_key=self._api_key, secret_key=self._secret_key, expires_after=self.expires_after
-        )
-        method = "POST" if post else "GET"
+        fields = {"command": command, **clean}
+        method = "POST" if use_post else "GET"
         log.debug("CloudStack %s %s", method, command)
         try:
-            if post:
-                response = self.session.post(self.endpoint, data=signed, timeout=self.timeout)
-            else:
-                response = self.session.get(self.endpoint, params=signed, timeout=self.timeout)
-        except requests.Timeout:
-            raise _Retryable(f"no answer from {self.endpoint} within {self.timeout:g} s") from None
-        except requests.ConnectionError as exc:
-            raise _Retryable(f"cannot talk to {self.endpoint}: {_reason(exc)}") from None
-        except requests.RequestException as exc:
-            raise CloudStackError(command, f"request failed: {_reason(exc)}") from None
-        return self._parse(command, response)
+            reply = self.http.call(
+                method,
+                self.endpoint,
+                params=None if use_post else fields,
+                data=fields if use_post else None,
+                idempotent=is_idempotent(command),
+                retry_if=_worth_retrying,
+                max_bytes=MAX_ANSWER_BYTES,
+                cap_name=f"the {MAX_ANSWER_BYTES}-byte limit of an API answer",
+            )
+        except RetriesExhaustedError as exc:
+            if exc.reply is not None:
+                return self._parse(command, exc.reply)
+            if exc.timed_out:
+                raise CloudStackError(command, f"no answer from {self.endpoint} within {self.timeout:g} s") from None
+            raise CloudStackError(command, f"cannot talk to {self.endpoint}: {exc.reason}") from None
+        except TransferError as exc:  # the deadline passed, the answer is too large, a redirect loop
+            raise CloudStackError(command, f"{self.endpoint}: {exc.reason}") from None
+        return self._parse(command, reply)
 
-    def _parse(self, command: str, response: requests.Response) -> dict:
+    def _parse(self, command: str, reply: Reply) -> dict:
         key = command.lower() + "response"
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if response.status_code in RETRY_STATUSES and not _has_errortext(body):
-            raise _Retryable(f"HTTP {response.status_code} {response.reason or ''}".strip())
+        body = _json_or_none(reply)
         if not isinstance(body, dict):
-            if response.status_code >= 400:
-                raise CloudStackError(command, f"HTTP {response.status_code} {response.reason or ''}".strip())
+            if reply.status >= 400:
+                raise CloudStackError(command, f"HTTP {reply.status} {reply.reason}".strip())
             raise CloudStackError(command, "the answer is not a JSON object")
         inner = body.get(key)
         if inner is None and len(body) == 1:
@@ -217,9 +245,9 @@ class CloudStackClient:
             inner = next(iter(body.values()))
         if not isinstance(inner, dict):
             raise CloudStackError(command, f"the answer has no {key!r} object")
-        if response.status_code >= 400 or "errortext" in inner:
-            text = str(inner.get("errortext") or f"HTTP {response.status_code}")
-            code = inner.get("errorcode", response.status_code)
+        if reply.status >= 400 or "errortext" in inner:
+            text = str(inner.get("errortext") or f"HTTP {reply.status}")
+            code = inner.get("errorcode", reply.status)
             raise api_error(command, text, _code(code))
         return inner
 
@@ -264,9 +292,8 @@ class CloudStackClient:
         most ``timeout`` (default ``job_timeout``) seconds.
         """
         limit = self.job_timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
-        interval = self.poll_interval
-        while True:
+
+        def check() -> dict | None:
             answer = self.request("queryAsyncJobResult", {"jobid": jobid})
             status = answer.get("jobstatus")
             if status == JOB_SUCCEEDED:
@@ -280,22 +307,21 @@ class CloudStackClient:
                 raise api_error(command, text, _code(code))
             if status != JOB_PENDING:
                 raise CloudStackError(command, f"job {jobid} has an unknown status {status!r}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise CloudStackJobTimeout(command, f"job {jobid} did not finish within {limit:g} s")
-            self._sleep(min(interval, remaining))
-            interval = min(interval * 2, self.poll_max_interval)
+            return None
+
+        return poll(
+            check,
+            timeout=limit,
+            interval=self.poll_interval,
+            max_interval=self.poll_max_interval,
+            sleep=self._sleep,
+            timed_out=lambda: CloudStackJobTimeout(command, f"job {jobid} did not finish within {limit:g} s"),
+        )
 
     def call(self, command: str, params: Mapping[str, Any] | None = None, *, post: bool | None = None) -> dict:
         """Run an async command to its end; its ``jobresult``."""
         jobid, _ = self.start_job(command, params, post=post)
         return self.wait_job(command, jobid)
-
-
-class _Retryable(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def _as_param(value: Any) -> str:
@@ -306,12 +332,6 @@ def _as_param(value: Any) -> str:
     return str(value)
 
 
-def _reason(exc: BaseException) -> str:
-    """A short, secret-free reason for a transport error (requests puts the signed URL in its text)."""
-    text = re.sub(r"with url: \S+ ?", "", redact(str(exc)))
-    return f"{type(exc).__name__}: {text}"[:300]
-
-
 def _code(value: Any) -> int | None:
     """An error code as a number, ``None`` when it is not one."""
     text = str(value)
@@ -320,6 +340,18 @@ def _code(value: Any) -> int | None:
 
 def _has_errortext(body: Any) -> bool:
     return isinstance(body, dict) and any(isinstance(v, dict) and "errortext" in v for v in body.values())
+
+
+def _json_or_none(reply: Reply) -> Any:
+    try:
+        return reply.json()
+    except ValueError:
+        return None
+
+
+def _worth_retrying(reply: Reply) -> bool:
+    """An HTTP 5xx from a proxy or a restarting server, not one carrying CloudStack's own error."""
+    return reply.status in RETRY_STATUSES and not _has_errortext(_json_or_none(reply))
 
 
 def _items(answer: dict, key: str | None) -> list[dict]:

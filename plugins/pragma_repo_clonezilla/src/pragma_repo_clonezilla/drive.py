@@ -11,35 +11,53 @@ Two modes, chosen by the ``api_key`` setting:
   ``drive.usercontent.google.com/download`` endpoint, following the confirm
   form large files get (:mod:`.drivepage`).
 
+Every request goes through core's HTTP client (:mod:`pragma_core.http`),
+the API key being its pluggable authentication (:class:`~pragma_core.http.HeaderAuth`):
+each call has an overall deadline however slowly the server answers, and
+each answer a size cap (listings and pages: :data:`MAX_PAGE_BYTES`).
+
 Downloads go to ``<file>.part`` (with ``<file>.part.json`` naming the remote
 version it belongs to), resume with ``Range`` after a dropped connection or
 on the next sync, are retried with back-off on network errors, 5xx and rate
-limits, are checked against the listed size and MD5, then renamed into place
-with the remote modification time as their mtime.
+limits, never grow past the listed size, are checked against the listed
+size and MD5, then renamed into place with the remote modification time as
+their mtime. A download whose completeness cannot be verified (no length,
+no listed size, no MD5) is refused. The whole download, retries included,
+ends within the client's ``image_deadline``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 from attrs import frozen
-
-from pragma_core.errors import RepositoryError
+from pragma_core import RepositoryError
+from pragma_core.http import (
+    DEFAULT_DEADLINE,
+    DEFAULT_IMAGE_DEADLINE,
+    Deadline,
+    HeaderAuth,
+    HttpClient,
+    Reply,
+    RetriesExhaustedError,
+    TooLargeError,
+    TransferError,
+    TransientError,
+)
 
 from .drivepage import parse_download_form, parse_folder_view, parse_modified
 
 if TYPE_CHECKING:
-    import requests
-
     from .settings import ClonezillaSettings
 
 log = logging.getLogger(__name__)
@@ -53,6 +71,8 @@ _LIST_FIELDS = "nextPageToken,files(id,name,mimeType,modifiedTime,md5Checksum,si
 _RETRY_REASONS = {"userRateLimitExceeded", "rateLimitExceeded", "backendError", "internalError"}
 _QUOTA_REASONS = {"downloadQuotaExceeded", "quotaExceeded", "dailyLimitExceeded", "sharingRateLimitExceeded"}
 _MAX_DELAY = 60.0
+#: Largest listing page, folder view or confirm page read.
+MAX_PAGE_BYTES = 8 << 20
 
 
 class DriveError(RepositoryError):
@@ -102,17 +122,30 @@ class DriveClient:
         self,
         settings: ClonezillaSettings,
         *,
-        session: requests.Session | None = None,
         progress: bool | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        deadline: float = DEFAULT_DEADLINE,
+        download_deadline: float = DEFAULT_IMAGE_DEADLINE,
     ) -> None:
-        import requests
-
+        """``deadline``: seconds a listing request may take, retries included; ``download_deadline``: a download."""
         self.settings = settings
-        self.session = session or requests.Session()
-        self.session.headers.setdefault("User-Agent", "pragma-repo-clonezilla")
         self.progress = sys.stderr.isatty() if progress is None else progress
         self._sleep = sleep
+        self.http = HttpClient(
+            auth=HeaderAuth("X-Goog-Api-Key", settings.api_key) if settings.api_key else None,
+            timeout=settings.timeout,
+            retries=settings.retries,
+            backoff=settings.retry_delay,
+            deadline=deadline,
+            image_deadline=download_deadline,
+            progress=False,
+            user_agent="pragma-repo-clonezilla",
+            sleep=sleep,
+        )
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self.http.close()
 
     # ------------------------------------------------------------------ requests
 
@@ -120,31 +153,29 @@ class DriveClient:
     def uses_api(self) -> bool:
         return bool(self.settings.api_key)
 
-    def _headers(self) -> dict[str, str]:
-        return {"X-Goog-Api-Key": self.settings.api_key} if self.settings.api_key else {}
+    def _get(self, url: str, what: str, *, params: Mapping[str, str] | None = None,
+             headers: Mapping[str, str] | None = None, stream: bool = False,
+             deadline: Deadline | None = None) -> Reply:
+        """GET with retries for network errors, 5xx and rate limits; a :class:`DriveError` otherwise.
 
-    def _get(self, url: str, what: str, **kwargs: Any) -> requests.Response:
-        """GET with retries for network errors, 5xx and rate limits; a :class:`DriveError` otherwise."""
-        import requests
-
-        headers = {**self._headers(), **kwargs.pop("headers", {})}
-        attempts = self.settings.retries + 1
-        for attempt in range(attempts):
+        Without ``stream`` the answer is read whole (at most
+        :data:`MAX_PAGE_BYTES`); with it, its body is left to the caller.
+        """
+        with _drive_errors(what):
             try:
-                response = self.session.get(url, headers=headers, timeout=self.settings.timeout, **kwargs)
-            except requests.RequestException as exc:
-                error: DriveError = DriveError(f"{what}: {_describe_exception(exc)}", retryable=True)
-            else:
-                if response.status_code < 400:
-                    return response
-                error = _http_error(response, what)
-                response.close()
-            if not error.retryable or attempt == attempts - 1:
-                raise error
-            delay = min(self.settings.retry_delay * 2**attempt, _MAX_DELAY)
-            log.debug("%s; retrying in %.1f s", error, delay)
-            self._sleep(delay)
-        raise AssertionError("unreachable")
+                reply = self.http.call(
+                    "GET", url, params=params, headers=headers, stream=stream, retry_if=_worth_retrying,
+                    max_bytes=None if stream else MAX_PAGE_BYTES, deadline=deadline,
+                    cap_name=f"the {MAX_PAGE_BYTES}-byte limit of a Drive answer",
+                )
+            except RetriesExhaustedError as exc:
+                if exc.reply is not None:
+                    raise _http_error(exc.reply, what) from None
+                raise DriveError(f"{what}: {exc.reason}", retryable=True) from None
+        if reply.status >= 400:
+            reply.close()
+            raise _http_error(reply, what)
+        return reply
 
     # ------------------------------------------------------------------ listing
 
@@ -199,8 +230,9 @@ class DriveClient:
 
     def _list_web(self, folder_id: str, what: str) -> list[DriveFile]:
         response = self._get(f"{self.settings.drive_web_url}/embeddedfolderview", what, params={"id": folder_id})
-        entries = parse_folder_view(response.text)
-        if not entries and "flip-entry" not in response.text and "flip-list" not in response.text:
+        page = response.text
+        entries = parse_folder_view(page)
+        if not entries and "flip-entry" not in page and "flip-list" not in page:
             raise DriveError(f"{what}: the page is not a public folder view (is the folder shared with 'anyone with the link'?)")
         return [
             DriveFile(
@@ -215,21 +247,23 @@ class DriveClient:
 
     # ------------------------------------------------------------------ download
 
-    def download(self, item: DriveFile, dest: Path) -> None:
+    def download(self, item: DriveFile, dest: Path, *, max_bytes: int | None = None) -> None:
         """Fetch ``item`` to ``dest`` through ``dest.part``; resumable, verified, atomic.
 
-        On failure the ``.part`` stays for the next attempt when the data so
-        far is good (network error, quota), and is removed when it is not
-        (size or MD5 mismatch).
+        A file Drive lists without a size is refused past ``max_bytes`` (when
+        given). On failure the ``.part`` stays for the next attempt when the
+        data so far is good (network error, quota, deadline), and is removed
+        when it is not (size or MD5 mismatch, more bytes than listed).
         """
         part = dest.with_name(dest.name + ".part")
         meta = dest.with_name(dest.name + ".part.json")
         dest.parent.mkdir(parents=True, exist_ok=True)
         self._reuse_or_reset(part, meta, item)
+        deadline = Deadline(self.http.image_deadline)
         attempts = self.settings.retries + 1
         for attempt in range(attempts):
             try:
-                self._fetch(item, part, dest.name)
+                self._fetch(item, part, dest.name, deadline, max_bytes)
                 self._verify(item, part, dest.name)
                 break
             except DriveError as exc:
@@ -252,9 +286,7 @@ class DriveClient:
             part.unlink(missing_ok=True)
         meta.write_text(json.dumps(item.version()))
 
-    def _fetch(self, item: DriveFile, part: Path, label: str) -> None:
-        import requests
-
+    def _fetch(self, item: DriveFile, part: Path, label: str, deadline: Deadline, max_bytes: int | None) -> None:
         offset = part.stat().st_size if part.exists() else 0
         if item.size is not None and offset == item.size:
             return
@@ -263,40 +295,63 @@ class DriveClient:
             offset = 0
         what = f"downloading {label}"
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        response = self._open_download(item, what, headers)
-        with response:
-            if offset and response.status_code != 206:
+        response = self._open_download(item, what, headers, deadline)
+        with response, _drive_errors(what):
+            if offset and response.status != 206:
                 offset = 0  # the server ignored Range: start over
             elif offset:
                 start = _content_range_start(response.headers.get("Content-Range", ""))
                 if start != offset:
                     raise DriveError(f"{what}: asked for bytes from {offset}, server sent from {start}", retryable=True)
             expected = _expected_length(response, offset, item.size)
+            if expected is None and item.md5 is None and not response.framed:
+                raise DriveError(
+                    f"{what}: no length, no listed size and no MD5: its completeness cannot be verified; refused"
+                )
+            self._cap(response, item, offset, max_bytes, part)
             with open(part, "r+b" if offset else "wb") as out, self._bar(label, item.size, offset) as bar:
                 out.seek(offset)
                 out.truncate()
                 received = 0
                 try:
-                    for chunk in response.iter_content(_READ):
+                    for chunk in response.chunks(_READ):
                         out.write(chunk)
                         received += len(chunk)
                         bar.update(len(chunk))
-                except (requests.RequestException, ConnectionError, TimeoutError):
+                except TransientError:
                     raise DriveError(f"{what}: connection broken after {offset + received} bytes", retryable=True) from None
+                except TooLargeError:
+                    out.truncate(0)
+                    part.unlink(missing_ok=True)
+                    raise
                 except OSError as exc:
                     raise DriveError(f"{what}: cannot write {part}: {exc.strerror or exc}") from None
             if expected is not None and received < expected:
                 raise DriveError(f"{what}: connection closed after {offset + received} of {offset + expected} bytes", retryable=True)
 
-    def _open_download(self, item: DriveFile, what: str, headers: dict[str, str]) -> requests.Response:
+    @staticmethod
+    def _cap(response: Reply, item: DriveFile, offset: int, max_bytes: int | None, part: Path) -> None:
+        """No more bytes than Drive lists for the file (or ``max_bytes`` when it lists no size)."""
+        limit = item.size if item.size is not None else max_bytes
+        if limit is None:
+            return
+        name = f"the listed size of {item.size} bytes" if item.size is not None else f"the {limit}-byte limit"
+        try:
+            response.cap(limit - offset, name)
+        except TooLargeError:
+            part.unlink(missing_ok=True)
+            raise
+
+    def _open_download(self, item: DriveFile, what: str, headers: dict[str, str], deadline: Deadline) -> Reply:
         if self.uses_api:
-            return self._get(f"{self.settings.drive_api_url}/files/{item.id}", what, params={"alt": "media"}, headers=headers, stream=True)
+            return self._get(f"{self.settings.drive_api_url}/files/{item.id}", what, params={"alt": "media"},
+                             headers=headers, stream=True, deadline=deadline)
         base = self.settings.drive_download_url
-        response = self._get(base, what, params={"id": item.id, "export": "download"}, headers=headers, stream=True)
+        response = self._get(base, what, params={"id": item.id, "export": "download"}, headers=headers, stream=True,
+                             deadline=deadline)
         if not response.headers.get("Content-Type", "").startswith("text/html"):
             return response
-        page = response.text
-        response.close()
+        page = _page(response, what)
         form, title = parse_download_form(page)
         if form is None:
             if _looks_like_quota(title + " " + page[:4000]):
@@ -305,10 +360,9 @@ class DriveClient:
         action = urljoin(base, form.action or base)
         if urlsplit(action)[:2] != urlsplit(base)[:2]:
             raise DriveError(f"{what}: the confirm form points outside {urlsplit(base).netloc}; refused")
-        response = self._get(action, what, params=form.fields, headers=headers, stream=True)
+        response = self._get(action, what, params=form.fields, headers=headers, stream=True, deadline=deadline)
         if response.headers.get("Content-Type", "").startswith("text/html"):
-            _, title = parse_download_form(response.text)
-            response.close()
+            _, title = parse_download_form(_page(response, what))
             raise DriveError(f"{what}: Google Drive answered the confirm form with a page ({title or 'no title'})")
         return response
 
@@ -344,11 +398,37 @@ def _content_range_start(value: str) -> int | None:
         return None
 
 
-def _expected_length(response: requests.Response, offset: int, size: int | None) -> int | None:
-    length = response.headers.get("Content-Length")
-    if length is not None and length.isdigit() and "Content-Encoding" not in response.headers:
-        return int(length)
+def _expected_length(response: Reply, offset: int, size: int | None) -> int | None:
+    if response.length is not None and "Content-Encoding" not in response.headers:
+        return response.length
     return size - offset if size is not None else None
+
+
+def _page(response: Reply, what: str) -> str:
+    """The text of an HTML answer (at most :data:`MAX_PAGE_BYTES` of it)."""
+    with _drive_errors(what):
+        response.load(MAX_PAGE_BYTES, truncate=True)
+    return response.text
+
+
+@contextlib.contextmanager
+def _drive_errors(what: str) -> Iterator[None]:
+    """Core's transfer errors as one-line :class:`DriveError` s about ``what``."""
+    try:
+        yield
+    except DriveError:
+        raise
+    except TransientError as exc:
+        raise DriveError(f"{what}: {exc.reason}", retryable=True) from None
+    except TransferError as exc:  # the deadline passed, more bytes than allowed, a redirect loop
+        raise DriveError(f"{what}: {exc.reason}") from None
+
+
+def _worth_retrying(reply: Reply) -> bool:
+    """HTTP 429, 5xx, or a 403 whose Drive reason says "later" (rate limits, backend errors)."""
+    if reply.status == 429 or reply.status >= 500:
+        return True
+    return reply.status == 403 and _drive_reason(reply)[0] in _RETRY_REASONS
 
 
 def _looks_like_quota(text: str) -> bool:
@@ -356,29 +436,23 @@ def _looks_like_quota(text: str) -> bool:
     return "quota" in lowered or "too many users" in lowered
 
 
-def _describe_exception(exc: Exception) -> str:
-    import requests
-
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    if isinstance(exc, requests.ConnectionError):
-        return "cannot connect"
-    return type(exc).__name__
-
-
-def _http_error(response: requests.Response, what: str) -> DriveError:
-    """A one-line error for an HTTP error answer, from Drive's JSON error body when there is one."""
-    reason = ""
-    message = ""
+def _drive_reason(reply: Reply) -> tuple[str, str]:
+    """The reason and message of Drive's JSON error body (empty when there is none)."""
     try:
-        body = response.json()
+        body = reply.json()
         error = body.get("error", {}) if isinstance(body, dict) else {}
         errors = error.get("errors") or [{}]
-        reason = str(errors[0].get("reason", "") or error.get("status", ""))
-        message = str(error.get("message", "") or errors[0].get("message", ""))
-    except (ValueError, AttributeError, TypeError, IndexError):
-        pass
-    status = response.status_code
+        return str(errors[0].get("reason", "") or error.get("status", "")), str(
+            error.get("message", "") or errors[0].get("message", "")
+        )
+    except (ValueError, AttributeError, TypeError, IndexError, TransferError):
+        return "", ""
+
+
+def _http_error(response: Reply, what: str) -> DriveError:
+    """A one-line error for an HTTP error answer, from Drive's JSON error body when there is one."""
+    reason, message = _drive_reason(response)
+    status = response.status
     detail = f"HTTP {status}" + (f" {reason}" if reason else "") + (f": {message}" if message else "")
     if reason in _QUOTA_REASONS:
         return DriveQuotaError(f"{what}: Google Drive quota exceeded ({detail}); the next sync retries")
