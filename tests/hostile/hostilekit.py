@@ -147,9 +147,18 @@ def make_fifo(path: Path) -> Path:
 
 
 def make_socket_file(path: Path) -> Path:
-    """A bound Unix socket at ``path`` (left bound for the test's lifetime)."""
+    """A bound Unix socket at ``path`` (left bound for the test's lifetime).
+
+    Bound under a short directory first (a socket path is limited to 107
+    bytes, which deep test directories exceed), then renamed into place.
+    """
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="pragma-sock-", dir="/tmp"))
     sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(path))
+    sock.bind(str(short / "s"))
+    os.rename(short / "s", path)
+    os.rmdir(short)
     _KEEP.append(sock)
     return path
 
