@@ -93,6 +93,8 @@ class Lab:
     head_ip: str
     bridge: str
     shared_dir: Path
+    #: The head's own directory (repository, staging, state_dir): the hosts do not see it.
+    head_dir: Path
     vlans: list[int]
     hosts: list[LabHost]
     conf: dict[str, Any]
@@ -106,7 +108,8 @@ class Lab:
             for h in data["hosts"]
         ]
         return cls(name=data["name"], dir=Path(data["dir"]), subnet=data["subnet"], head_ip=data["head_ip"],
-                   bridge=data["bridge"], shared_dir=Path(data["shared_dir"]), vlans=list(data["vlans"]),
+                   bridge=data["bridge"], shared_dir=Path(data["shared_dir"]), head_dir=Path(data["head_dir"]),
+                   vlans=list(data["vlans"]),
                    hosts=hosts, conf=data["conf"], conf_lines=data["conf_lines"])
 
     def up(self, count: int) -> Lab:

@@ -122,6 +122,29 @@ def test_hosts_are_reached_over_tcp_at_their_own_address_not_a_socket_of_the_hea
     assert f'diskdir = "{lab.shared_dir}"' in lab.conf_lines
 
 
+def _host_sees(host: LabHost, path: Path) -> bool:
+    """Whether ``path`` exists in the mount namespace of ``host``'s libvirtd (what its QEMUs see)."""
+    return subprocess.run(["nsenter", "--target", str(host.daemon_pid()), "--mount", "--", "ls", "-d", str(path)],
+                          capture_output=True, check=False).returncode == 0
+
+
+def test_hosts_share_only_the_shared_disk_directory_with_the_head(lab: Lab) -> None:
+    marker = f"seen-{uuid.uuid4().hex[:6]}"
+    shared, head = lab.shared_dir / marker, lab.head_dir / marker
+    shared.write_text("shared\n")
+    head.write_text("head only\n")
+    try:
+        for host in lab.hosts:
+            assert _host_sees(host, shared), "the shared diskdir is at the same path on every host"
+            assert not _host_sees(host, head), "the head's own directory is not on the hosts"
+            others = [h for h in lab.hosts if h is not host]
+            assert not any(_host_sees(host, h.state_dir / "etc" / "libvirtd.conf") for h in others)
+            assert _host_sees(host, Path("/etc/libvirt/libvirtd.conf"))
+    finally:
+        shared.unlink()
+        head.unlink()
+
+
 def test_a_guest_starts_on_a_lab_host_with_its_qemu_and_taps_inside_that_host(lab: Lab) -> None:
     host = lab.hosts[1]
     vlan_bridge = f"brvlan{lab.vlans[0]}"
@@ -158,8 +181,8 @@ def test_a_private_vlan_spans_hosts_and_vlans_stay_apart(lab: Lab) -> None:
     try:
         for host, bridge, address in plan:
             # answer ARP only on the interface holding the address (a guest would be a machine of its own)
-            subprocess.run(["ip", "netns", "exec", host.netns, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"],
-                           check=True)
+            subprocess.run(["ip", "netns", "exec", host.netns, "busybox", "sysctl", "-w",
+                            "net.ipv4.conf.all.arp_ignore=1"], capture_output=True, check=True)
             subprocess.run(["ip", "-n", host.netns, "addr", "add", f"{address}/24", "dev", bridge], check=True)
         assert _ping(lab.hosts[0], "192.168.251.3"), f"VLAN {first} joins host 1 and host 3"
         assert not _ping(lab.hosts[0], "192.168.251.2"), f"VLAN {second} of host 2 is not on VLAN {first}"
