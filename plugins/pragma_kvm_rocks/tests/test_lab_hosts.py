@@ -118,7 +118,7 @@ def test_hosts_are_reached_over_tcp_at_their_own_address_not_a_socket_of_the_hea
             conn.close()
     assert lab.conf["libvirt_uri"] == "qemu+tcp://{host}/system"
     assert lab.conf["available_containers"] == [h.ip for h in lab.hosts]
-    assert f'libvirt_uri = "qemu+tcp://{{host}}/system"' in lab.conf_lines
+    assert 'libvirt_uri = "qemu+tcp://{host}/system"' in lab.conf_lines
     assert f'diskdir = "{lab.shared_dir}"' in lab.conf_lines
 
 

@@ -49,8 +49,6 @@ def _image(directory: Path) -> StagedCluster:
 
 def _purge(lab: Lab) -> None:
     """Remove every domain of every lab host (what a failed test or a broken rollback left)."""
-    import libvirt
-
     for host in lab.hosts:
         conn = lab.connect(host)
         try:
