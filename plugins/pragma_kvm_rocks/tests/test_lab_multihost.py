@@ -1,6 +1,7 @@
-"""What kvm_rocks does not do yet across several real hosts, pinned on the lab (``scripts/lab-hosts``).
+"""kvm_rocks across several real hosts, on the lab (``scripts/lab-hosts``): what works, and what does not yet.
 
-Each test states the behaviour issue 15 wants and is marked
+The first test is the baseline that works today (shared repository and
+diskdir). Every other test states a behaviour issue 15 wants and is marked
 ``xfail(strict=True)`` with the reason it fails today: when the driver learns
 it, the test passes, strict xfail turns that into a failure, and whoever fixed
 it removes the mark. Guests have no OS (an ext4 disk, SeaBIOS); the hosts are
@@ -28,7 +29,7 @@ from pragma_kvm_rocks.driver import KvmRocksDriver
 
 pytestmark = [pytest.mark.e2e]
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHBYYWdtYXRlc3RrZXlwcmFnbWF0ZXN0a2V5 lab@pragma"
-#: 1 frontend on host 1, computes on hosts 2 and 3 (2 CPUs each, cpu_allocation_ratio = 1).
+#: 1 frontend on host 1, computes on hosts 2 and 3 (2 usable CPUs on each host, cpu_allocation_ratio = 1).
 REQUEST = BootRequest(image="demo", cpus=4, key=KEY, memory=MemorySpec(frontend_mib=32, compute_mib=32))
 HANG_BOUND = 30.0  # seconds: a boot that has not failed by then hangs
 
@@ -36,6 +37,19 @@ HANG_BOUND = 30.0  # seconds: a boot that has not failed by then hangs
 @pytest.fixture(scope="module")
 def lab(lab_hosts) -> Lab:  # noqa: F811 - the fixture imported above
     return lab_hosts(3)
+
+
+@pytest.fixture(scope="module")
+def host_cpus(lab: Lab) -> int:
+    """CPUs a lab host reports (the machine's): the tests keep 2 of them usable on each host."""
+    conn = lab.connect(lab.hosts[0])
+    try:
+        cpus = int(conn.getInfo()[2])
+    finally:
+        conn.close()
+    if cpus < 2:
+        pytest.skip("the placements here need hosts with at least 2 CPUs")
+    return cpus
 
 
 def _image(directory: Path) -> StagedCluster:
@@ -63,8 +77,8 @@ def _purge(lab: Lab) -> None:
 class Heads:
     """Head nodes on the lab: each with its own state_dir, one shared image and diskdir."""
 
-    def __init__(self, lab: Lab, work: Path) -> None:
-        self.lab, self.work = lab, work
+    def __init__(self, lab: Lab, work: Path, host_cpus: int) -> None:
+        self.lab, self.work, self.reserved = lab, work, host_cpus - 2
         self.image = _image(work / "image")
         self.made: list[KvmRocksDriver] = []
 
@@ -72,7 +86,8 @@ class Heads:
         conf = self.lab.kvm_rocks_conf(
             f'state_dir = "{self.lab.head_dir / head}-state"\n'
             f'diskdir = "{self.work / "disks"}"\n'
-            "max_cpus_per_node = 1\nshutdown_timeout = 0\nmax_parallel = 4\n" + extra
+            "max_cpus_per_node = 1\nshutdown_timeout = 0\nmax_parallel = 4\n"
+            f"num_processors_reserved = {self.reserved}\n" + extra
         )
         (self.work / "disks").mkdir(mode=0o755, exist_ok=True)
         driver = KvmRocksDriver(settings_from(conf, self.lab.head_dir / f"{head}.conf"))
@@ -81,10 +96,10 @@ class Heads:
 
 
 @pytest.fixture
-def heads(lab: Lab) -> Iterator[Heads]:
-    work = lab.shared_dir / f"gaps-{uuid.uuid4().hex[:6]}"
+def heads(lab: Lab, host_cpus: int) -> Iterator[Heads]:
+    work = lab.shared_dir / f"heads-{uuid.uuid4().hex[:6]}"
     work.mkdir(mode=0o755)
-    yield Heads(lab, work)
+    yield Heads(lab, work, host_cpus)
     lab.up(3)  # a host a test stopped runs again
     _purge(lab)
     shutil.rmtree(work, ignore_errors=True)
@@ -103,6 +118,29 @@ def _hosts_of(lab: Lab, cluster: str, hosts: list[LabHost]) -> dict[str, list[st
         finally:
             conn.close()
     return found
+
+
+# --------------------------------------------------------------------------- what works
+
+
+def test_a_cluster_spans_three_hosts_each_domain_defined_on_its_own_hosts_daemon(lab: Lab, heads: Heads) -> None:
+    driver = heads.driver()
+    allocation, _files = boot(driver, heads.image, REQUEST)
+    try:
+        where = {node.name: node.host for node in allocation.nodes}
+        assert where[allocation.frontend.name] == lab.hosts[0].ip
+        assert sorted(where.values()) == sorted([lab.hosts[0].ip] + [lab.hosts[1].ip] * 2 + [lab.hosts[2].ip] * 2)
+        found = _hosts_of(lab, allocation.cluster, lab.hosts)
+        assert found == {host.ip: sorted(n for n, h in where.items() if h == host.ip) for host in lab.hosts}
+        (status,) = driver.list_clusters(allocation.cluster)
+        assert {(n.name, n.host, n.state) for n in status.nodes} == {(n, h, "running") for n, h in where.items()}
+        driver.shutdown(allocation.cluster)
+        driver.clean(allocation.cluster)
+    except BaseException:
+        driver.rollback(allocation)
+        raise
+    assert _hosts_of(lab, allocation.cluster, lab.hosts) == {host.ip: [] for host in lab.hosts}
+    assert list((heads.work / "disks").iterdir()) == []
 
 
 # --------------------------------------------------------------------------- faults
