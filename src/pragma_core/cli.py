@@ -421,22 +421,39 @@ def parse_add_iface(value: str | None) -> tuple[Any, ...]:
     return tuple(result)
 
 
+#: A public key file larger than this is no public key file (a few keys take a few KiB).
+MAX_KEY_BYTES = 64 * 1024
+
+
 def read_key(value: str | None) -> str:
-    """The SSH public key text from ``key=FILE`` or the user's default key."""
+    """The SSH public key text from ``key=FILE`` or the user's default key.
+
+    Only a regular file is read, and at most :data:`MAX_KEY_BYTES` of it
+    (``key=/dev/zero`` or a FIFO never hangs the command).
+    """
     if value:
-        candidates = [Path(value).expanduser()]
+        try:
+            candidates = [Path(value).expanduser()]
+        except RuntimeError:  # ~user of an unknown user
+            raise PragmaError(f"key: cannot find the home directory in {_quote(value)}") from None
     else:
         home = Path.home() / ".ssh"
         candidates = [home / "id_rsa.pub", home / "id_ed25519.pub", home / "id_ecdsa.pub"]
     for path in candidates:
         try:
-            text = path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            continue
+            if not path.exists():
+                continue
+            if not path.is_file():
+                raise PragmaError(f"key: {path} is not a regular file")
+            with open(path, "rb") as handle:
+                text = handle.read(MAX_KEY_BYTES + 1).decode("utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise PragmaError(f"key: cannot read {path}: {exc}") from None
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+            raise PragmaError(f"key: cannot read {path}: {reason}") from None
+        except ValueError:  # a NUL byte in the name
+            raise PragmaError(f"key: invalid file name {_quote(str(path))}") from None
         lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
-        if not lines or not all(line.startswith(_KEY_TYPES) for line in lines):
+        if len(text) > MAX_KEY_BYTES or not lines or not all(line.startswith(_KEY_TYPES) for line in lines):
             raise PragmaError(f"key: {path} is not an SSH public key file")
         return "\n".join(lines)
     if value:
@@ -694,7 +711,9 @@ def _list_repository(ctx: Context, args: list[str], params: dict[str, str]) -> i
     if ctx.json:
         ctx.print_json(list(names))
         return 0
-    ctx.out.write("VIRTUAL IMAGE\n" + "".join(f"{printable(n)}\n" for n in names))
+    ctx.print("VIRTUAL IMAGE")
+    for name in names:  # a line at a time: a reader that leaves early is noticed (exit 141)
+        ctx.print(printable(name))
     return 0
 
 

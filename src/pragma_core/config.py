@@ -286,9 +286,10 @@ class _LiteralEvaluator:
             raise TypeError
         if count <= 0:
             return sequence[:0], 1
-        if count > MAX_VALUE_SIZE or size * count > MAX_VALUE_SIZE:
+        result = 1 + (size - 1) * count  # the items (or characters) count times, one container
+        if count > MAX_VALUE_SIZE or result > MAX_VALUE_SIZE:
             raise self.fail(node, f"repetition is too large (more than {MAX_VALUE_SIZE} characters and items)")
-        return sequence * count, size * count
+        return sequence * count, result
 
     def _check_size(self, node: ast.AST, size: int) -> None:
         if size > MAX_VALUE_SIZE:
@@ -297,7 +298,8 @@ class _LiteralEvaluator:
 
 def _check_length(text: str, path: Path) -> None:
     if len(text) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"configuration file is larger than {MAX_CONFIG_BYTES} bytes", path=path)
+        line = _line_at(text, MAX_CONFIG_BYTES)
+        raise ConfigError(f"configuration file is larger than {MAX_CONFIG_BYTES} bytes", path=path, line=line)
 
 
 def _line_at(text: str, offset: int) -> int:
@@ -460,11 +462,16 @@ def read_config_file(path: str | Path) -> ConfigFile:
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:  # checked on bytes: the text was cut here
+            line = data.count(b"\n", 0, MAX_CONFIG_BYTES) + 1
+            raise ConfigError(f"configuration file is larger than {MAX_CONFIG_BYTES} bytes", path=path, line=line)
         text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError("configuration file not found", path=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("not UTF-8 text", path=path, line=data.count(b"\n", 0, exc.start) + 1) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", path=path) from None
     if path.suffix == ".toml":
         return parse_toml(text, path)
     return parse_legacy(text, path)
@@ -476,7 +483,11 @@ def find_config(conf_dir: Path, stem: str) -> ConfigFile | None:
         raise ConfigError(f"invalid configuration name {stem!r}")
     for suffix in (".toml", ".conf"):
         candidate = conf_dir / f"{stem}{suffix}"
-        if candidate.is_file():
+        try:
+            found = candidate.is_file()
+        except OSError as exc:  # a name too long for the filesystem
+            raise ConfigError(f"cannot read configuration: {exc.strerror or exc}", path=candidate) from None
+        if found:
             return read_config_file(candidate)
     return None
 
