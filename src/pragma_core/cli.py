@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from . import __version__
 from .errors import PragmaError, UsageError
 from .printable import ERROR_LINE_LIMIT, PrintableFormatter, printable
-from .vcdb import invalid_name, is_valid_name
+from .vcdb import MAX_NAME_LENGTH, invalid_name, is_valid_name
 
 if TYPE_CHECKING:
     import pluggy
@@ -350,6 +350,11 @@ def _quote(value: str, limit: int = 40) -> str:
     return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
 
 
+def _cut(word: str, limit: int = 40) -> str:
+    """``word`` shortened for a message (unquoted)."""
+    return word if len(word) <= limit else f"{word[:limit]}... ({len(word)} characters)"
+
+
 def _whole(value: str, maximum: int) -> int | None:
     """``value`` (ASCII digits) as a whole number, capped at ``maximum + 1``; ``None`` when not digits.
 
@@ -404,8 +409,8 @@ def parse_add_iface(value: str | None) -> tuple[Any, ...]:
         if not item:
             continue
         name, _, cidr = item.partition(":")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise UsageError(f"add-iface: invalid network name {name!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or len(name) > MAX_NAME_LENGTH:
+            raise UsageError(f"add-iface: invalid network name {_quote(name)}")
         if name in seen:
             raise UsageError(f"add-iface: network {name!r} given twice")
         seen.add(name)
@@ -414,7 +419,7 @@ def parse_add_iface(value: str | None) -> tuple[Any, ...]:
             try:
                 iface = ipaddress.IPv4Interface(cidr)
             except ValueError:
-                raise UsageError(f"add-iface: {cidr!r} is not an IPv4 CIDR such as 10.102.0.0/24") from None
+                raise UsageError(f"add-iface: {_quote(cidr)} is not an IPv4 CIDR such as 10.102.0.0/24") from None
             if iface.network.prefixlen > 30:
                 raise UsageError(f"add-iface: subnet {cidr} is too small")
         result.append(InterfaceRequest(network=name, cidr=iface))
@@ -992,7 +997,7 @@ def _dispatch(ctx: Context, argv: list[str]) -> int:
             for line in _help_lines(ctx, words[0], wrap=80):
                 ctx.err.write(line + "\n")
             return 2
-        raise UsageError(f'invalid pragma command "{words[0] if words else tokens[0]}"')
+        raise UsageError(f'invalid pragma command "{_cut(words[0] if words else tokens[0])}"')
     if rest[:1] == ["help"]:
         ctx.out.write(cmd.help())
         return 0
@@ -1011,7 +1016,7 @@ def _check_command_line(ctx: Context, cmd: Command, rest: list[str], params: dic
     known = {name for name, _, _ in cmd.params} | ({"memory"} if cmd.words == "boot" else set())
     unknown = sorted(set(params) - known)
     if unknown and not cmd.variadic:
-        raise UsageError(f"unknown parameter {unknown[0]}= for '{cmd.words}' (usage: pragma {cmd.line()})")
+        raise UsageError(f"unknown parameter {_cut(unknown[0])}= for '{cmd.words}' (usage: pragma {cmd.line()})")
     need = [name for name, required, _ in cmd.args if required]
     if len(rest) < len(need):
         missing = need[len(rest)]

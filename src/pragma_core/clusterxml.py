@@ -95,7 +95,7 @@ MAX_XML_ELEMENTS = 100_000
 _PROCESSOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]*")
 _HEX_LENGTH = {"sha256": 64, "md5": 32}
 _HEX = re.compile(r"[0-9a-fA-F]+")
-_DIGITS = re.compile(r"[0-9]+")
+_DIGITS = re.compile(r"[0-9]{1,18}")  # a whole number below 2**63: thousands of digits are refused, never converted
 
 
 # --------------------------------------------------------------------------- parsing

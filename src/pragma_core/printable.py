@@ -58,6 +58,15 @@ class PrintableFormatter(logging.Formatter):
     """A :class:`logging.Formatter` whose records are one line each: the message is escaped
     with :func:`printable`; a traceback keeps its line breaks, but nothing else."""
 
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info is None:
+            return super().format(record)
+        cached, record.exc_text = record.exc_text, None  # another handler's unescaped traceback
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         return printable(super().formatMessage(record))
 

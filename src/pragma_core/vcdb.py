@@ -49,6 +49,9 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9._+\-]*")
 MAX_NAME_LENGTH = 128
 #: How much of a rejected name an error message quotes.
 _QUOTED = 60
+#: The longest cluster description path, and path component, a catalogue line may give (Linux's limits).
+_PATH_MAX = 4095
+_COMPONENT_MAX = 255
 
 
 def is_valid_name(name: object) -> bool:
@@ -115,11 +118,19 @@ def read_vcdb(path: Path, repository_dir: Path, *, missing_ok: bool = False) -> 
                 line=number,
             )
         try:
+            _check_length(rel)
             entries[name] = safe_join(repository_dir, rel, what="cluster description path")
         except FormatError as exc:
             raise FormatError(str(exc), path=path, line=number) from None
         first_line[name] = number
     return entries
+
+
+def _check_length(rel: str) -> None:
+    """A path the filesystem could not open is refused here, where its line is known."""
+    encoded = rel.encode("utf-8", "surrogateescape")
+    if len(encoded) > _PATH_MAX or any(len(part) > _COMPONENT_MAX for part in encoded.split(b"/")):
+        raise FormatError(f"cluster description path is too long ({len(encoded)} bytes; at most {_COMPONENT_MAX} per name)")
 
 
 def _relative_entry(name: str, value: Path | str, root: Path, target: Path) -> str:
