@@ -839,6 +839,7 @@ def _wrap(line: str, width: int) -> list[str]:
 
 
 _plugin_cache: dict[str, Command] | None = None
+_USAGE_ARG = re.compile(r"([{\[])([A-Za-z0-9_-]+)[}\]]")
 
 
 def _plugin_commands(ctx: Context) -> dict[str, Command]:
@@ -853,7 +854,9 @@ def _plugin_commands(ctx: Context) -> dict[str, Command]:
         if words in COMMANDS or words in found:
             log.warning("plugin command %r clashes with an existing command; ignored", words)
             return
-        cmd = Command(words, lambda c, a, p: func(a, p, c), description=help, variadic=True)
+        # the arguments its usage names ({required} [optional]): a {vc-name} is checked like a built-in's
+        args = [(m.group(2), m.group(1) == "{", "") for m in _USAGE_ARG.finditer(usage)]
+        cmd = Command(words, lambda c, a, p: func(a, p, c), args=args, description=help, variadic=True)
         cmd.usage = lambda: usage  # type: ignore[method-assign]
         found[words] = cmd
 

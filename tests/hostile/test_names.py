@@ -176,3 +176,33 @@ def test_kvm_rocks_record_with_a_bad_name_inside_is_one_error(tmp_path: Path, cl
     assert "\n" not in str(info.value).replace("\\n", "")
     with pytest.raises(DriverError, match=fragment):
         list(store.all())
+
+
+def test_a_plugin_command_declaring_vc_name_gets_the_same_check(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pluggy
+
+    from pragma_core import cli, hookimpl, hookspecs
+
+    made = site.root / "made"
+    made.mkdir()
+
+    def touch(args: list[str], params: dict[str, str], ctx: object) -> int:
+        (made / args[0]).touch()
+        return 0
+
+    class Plugin:
+        @hookimpl
+        def pragma_cli_commands(self, register: object) -> None:
+            register("touch name", touch, usage="{vc-name}", help="make a file named after a cluster")  # type: ignore[operator]
+
+    manager = pluggy.PluginManager("pragma")
+    manager.add_hookspecs(hookspecs)
+    manager.register(Plugin())
+    monkeypatch.setattr(cli, "_has_hook_plugins", lambda: True)
+    monkeypatch.setattr(cli.Context, "hooks", property(lambda self: manager))
+    assert site.run("touch", "name", "vc-a").code == 0
+    for name in ("../evil", "a\nb", "x" * 200):
+        assert_one_error_line(site.run("touch", "name", name), "invalid vc-name")
+    assert_one_error_line(site.run("touch", "name"), "missing argument {vc-name}")
+    assert sorted(p.name for p in made.iterdir()) == ["vc-a"]
+    assert not (site.root / "evil").exists()
