@@ -246,7 +246,7 @@ class _LogFile(logging.FileHandler):
         if self.failure is None:
             super().emit(record)
 
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+    def handleError(self, record: logging.LogRecord) -> None:
         exc = sys.exc_info()[1]
         if not isinstance(exc, OSError):
             super().handleError(record)  # a malformed log call is a bug: logging reports it
@@ -947,7 +947,7 @@ def run(argv: Sequence[str], *, out: TextIO, err: TextIO) -> int:
     except KeyboardInterrupt:
         _report_error(err, "interrupted")
         return 130
-    except Exception as exc:  # noqa: BLE001 - a bug still gets one line, traceback at DEBUG
+    except Exception as exc:
         _report_error(err, f"internal error: {type(exc).__name__}: {exc} (run with loglevel=DEBUG for details)", debug=ctx.debug)
         return 1
     finally:
@@ -1045,7 +1045,7 @@ def _log_to_stderr() -> None:
 
 
 def _devnull() -> TextIO:
-    return open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    return open(os.devnull, "w", encoding="utf-8")
 
 
 def _flush_stdout(code: int) -> int:

@@ -67,11 +67,11 @@ class PrintableFormatter(logging.Formatter):
         finally:
             record.exc_text = cached
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+    def formatMessage(self, record: logging.LogRecord) -> str:
         return printable(super().formatMessage(record))
 
-    def formatException(self, ei: object) -> str:  # noqa: N802 - logging's name
+    def formatException(self, ei: object) -> str:
         return printable(super().formatException(ei), keep="\n")  # type: ignore[arg-type]
 
-    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name
+    def formatStack(self, stack_info: str) -> str:
         return printable(super().formatStack(stack_info), keep="\n")

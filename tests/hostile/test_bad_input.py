@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import Site, build_site
 from oneline import assert_one_error_line
+
 from pragma_core.clusterxml import MAX_DESCRIPTION_BYTES
 from pragma_core.errors import DriverError
 
@@ -78,8 +78,9 @@ PATHS = {
 
 @pytest.mark.parametrize(("args", "fragment"), list(PATHS.values()), ids=list(PATHS))
 def test_a_bad_path_on_the_command_line_is_one_line(site: Site, args: tuple[str, ...], fragment: str) -> None:
-    from pragma_core import cli
     import io
+
+    from pragma_core import cli
 
     args = tuple(a.replace("{key}", str(site.key)) for a in args)
     if args[0] != "--conf":

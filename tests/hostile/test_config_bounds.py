@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Site
 from oneline import assert_one_error_line
+
 from pragma_core.config import MAX_CONFIG_BYTES, parse_legacy, read_config_file
 
 #: A payload that ran this long has hung (the parser's own backstop is 1 s).

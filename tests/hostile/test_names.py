@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import Site, build_site
 from oneline import assert_one_error_line
+
 from pragma_core.errors import DriverError
 from pragma_core.vcdb import MAX_NAME_LENGTH, is_valid_name
 

@@ -36,7 +36,6 @@ from attrs import field, frozen
 from ..config import to_bool, to_int, to_optional_path, to_str_list
 from ..errors import CapacityError, DriverError, NotFoundError
 from ..interfaces import Driver
-from ..vcdb import invalid_name, is_valid_name
 from ..model import (
     Allocation,
     BootRequest,
@@ -47,7 +46,7 @@ from ..model import (
     NodeStatus,
     StagedCluster,
 )
-
+from ..vcdb import invalid_name, is_valid_name
 
 #: A state file larger than this is refused (a cluster takes a few hundred bytes).
 MAX_STATE_BYTES = 16 * 1024 * 1024
