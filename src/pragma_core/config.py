@@ -321,14 +321,14 @@ def _parse_python(text: str, path: Path) -> ast.Module:
         pass
     except ValueError as exc:
         raise ConfigError(f"syntax error: {exc}", path=path) from None
-    return _deeply_nested(text, path)
+    raise _too_deep(text, path)
 
 
 # a line that starts a new top-level assignment (used only to locate a statement)
 _STATEMENT_START = re.compile(r"^[A-Za-z_]\w*\s*[:=]", re.MULTILINE)
 
 
-def _deeply_nested(text: str, path: Path) -> ast.Module:
+def _too_deep(text: str, path: Path) -> ConfigError:
     """The error for a file that ``ast.parse`` cannot nest deeply enough for, at its statement.
 
     The statement is found by parsing each top-level assignment on its own
@@ -344,7 +344,7 @@ def _deeply_nested(text: str, path: Path) -> ast.Module:
             break
         except (SyntaxError, ValueError):
             continue
-    raise ConfigError("expression nested too deeply to parse", path=path, line=line)
+    return ConfigError("expression nested too deeply to parse", path=path, line=line)
 
 
 def parse_legacy(text: str, path: Path) -> ConfigFile:
