@@ -9,7 +9,15 @@ arguments *from the front*. ``pragma <command> help`` explains one command,
 bare ``pragma`` is ``pragma list help``.
 
 Exit status: 0 success, 1 error (one ``Error: ...`` line on stderr; the
-traceback only with ``loglevel=DEBUG``), 2 usage error.
+traceback only with ``loglevel=DEBUG``), 2 usage error, 141 (128 + SIGPIPE)
+when standard output was closed before everything was written
+(``pragma list repository | head -1``): nothing more is printed then.
+
+Names come first: every ``vc-name`` argument is checked with
+:func:`pragma_core.vcdb.is_valid_name` before the command runs, so nothing
+(not even a log file) is made from a name that could leave its directory.
+Every text echoed to the terminal or a log goes through
+:func:`pragma_core.printable.printable`: control characters are escaped.
 
 This module imports no driver or SDK at start-up: drivers and repositories
 are loaded by name only by the commands that need them.
@@ -30,6 +38,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from . import __version__
 from .errors import PragmaError, UsageError
 from .redaction import redact
+from .printable import ERROR_LINE_LIMIT, PrintableFormatter, printable
+from .vcdb import MAX_NAME_LENGTH, invalid_name, is_valid_name
 
 if TYPE_CHECKING:
     from .config import SiteConfig
@@ -44,6 +54,14 @@ _PARAM = re.compile(r"^([A-Za-z0-9_+-]+)=(.*)$", re.DOTALL)
 _LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _KEY_TYPES = ("ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-")
+#: Arguments that name an image or a cluster: checked before any command runs.
+_NAME_ARGS = frozenset({"vc-name"})
+#: Exit status when standard output is closed early (128 + SIGPIPE, as a shell reports it).
+EXIT_OUTPUT_CLOSED = 141
+#: Upper bounds of numbers on the command line (far above any real cluster).
+MAX_CPUS = 100_000
+MAX_MEMORY_MIB = 1 << 30
+MAX_WAIT_SECONDS = 7 * 24 * 3600
 
 
 # --------------------------------------------------------------------------- registry
@@ -122,15 +140,46 @@ def command(words: str, **kwargs: Any) -> Callable[[Callable[..., int]], Callabl
 # --------------------------------------------------------------------------- context
 
 
+class OutputClosed(Exception):
+    """Standard output was closed by its reader (``pragma ... | head``)."""
+
+
+class _Output:
+    """The command's output stream; a closed pipe becomes :class:`OutputClosed`.
+
+    Only writes to this stream are treated so: a broken pipe anywhere else (a
+    child process, a socket) stays the error it is.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            raise OutputClosed from None
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            raise OutputClosed from None
+
+    def __getattr__(self, name: str) -> Any:  # isatty, encoding, fileno...
+        return getattr(self.stream, name)
+
+
 class Context:
     """What a command runs with: options, output streams, and the site, loaded on demand."""
 
     def __init__(self, *, conf_dir: str | None, json_output: bool, out: TextIO, err: TextIO) -> None:
         self.conf_dir = conf_dir
         self.json = json_output
-        self.out = out
+        self.out: TextIO = _Output(out)  # type: ignore[assignment]
         self.err = err
         self.debug = False
+        self.log_files: list[_LogFile] = []
         self._site: SiteConfig | None = None
         self._hooks: Hooks | None = None
         self._driver: Driver | None = None
@@ -190,41 +239,147 @@ class Context:
 # --------------------------------------------------------------------------- logging
 
 
+class _LogFile(logging.FileHandler):
+    """The command's log file. A write that fails is remembered, not retried and not dumped
+    on stderr (logging's "--- Logging error ---"): the command then fails with one line."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.failure: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failure is None:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handleError(record)  # a malformed log call is a bug: logging reports it
+        else:
+            self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        if self.failure is None:
+            self.failure = f"cannot write log file {self.baseFilename}: {_os_reason(exc)}"
+
+    def check(self) -> None:
+        """Flush; raise the error of a write that failed, now or before."""
+        if self.failure is None:
+            try:
+                self.flush()
+            except OSError as exc:
+                self._failed(exc)
+        if self.failure is not None:
+            raise PragmaError(self.failure)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as exc:  # the last flush: what was lost is reported by check() when still possible
+            self._failed(exc)
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
 def _setup_logging(ctx: Context, params: dict[str, str], *, logfile: Path | None = None, default_level: str = "INFO") -> None:
-    """stderr at WARNING; with a log file (boot, sync) the file at ``loglevel``."""
+    """stderr at WARNING; with a log file (boot, sync) the file at ``loglevel``.
+
+    The log file is written to once at once (its first line), so a file that
+    cannot be written fails the command before it does anything.
+    """
     level_name = params.get("loglevel", default_level).upper()
     if level_name not in _LEVELS:
-        raise UsageError(f"loglevel must be one of {', '.join(_LEVELS)}, not {params['loglevel']!r}")
+        raise UsageError(f"loglevel must be one of {', '.join(_LEVELS)}, not {_quote(params['loglevel'])}")
     ctx.debug = level_name == "DEBUG"
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if ctx.debug else min(logging.INFO, getattr(logging, level_name)))
     for handler in root.handlers:
         handler.setLevel(logging.DEBUG if ctx.debug else logging.WARNING)
     if logfile is not None:
-        try:
-            logfile.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(logfile, encoding="utf-8")
-        except OSError as exc:
-            raise PragmaError(f"cannot open log file {logfile}: {exc.strerror}") from None
+        handler = _open_log_file(logfile)
+        ctx.log_files.append(handler)
         handler.setLevel(getattr(logging, level_name))
-        handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+        handler.setFormatter(PrintableFormatter(_LOG_FORMAT))
+        handler.emit(logging.LogRecord("pragma_core.cli", logging.INFO, __file__, 0, "log opened (pragma %s)", (__version__,), None))
+        handler.check()
         root.addHandler(handler)
 
 
+def _open_log_file(path: Path) -> _LogFile:
+    try:
+        return _LogFile(path)
+    except OSError as exc:
+        if not path.parent.is_dir():
+            raise PragmaError(f"cannot open log file {path}: directory {path.parent} does not exist") from None
+        raise PragmaError(f"cannot open log file {path}: {_os_reason(exc)}") from None
+    except ValueError:  # a NUL byte in the name
+        raise PragmaError(f"cannot open log file {_quote(str(path))}: invalid file name") from None
+
+
+def _close_log_files(ctx: Context) -> None:
+    root = logging.getLogger()
+    for handler in ctx.log_files:
+        root.removeHandler(handler)
+        handler.close()
+    ctx.log_files.clear()
+
+
+def _check_log_files(ctx: Context) -> None:
+    for handler in ctx.log_files:
+        handler.check()
+
+
 def _default_logfile(ctx: Context, params: dict[str, str], stem: str) -> Path:
+    """``logfile=`` as given (its directory must exist), else ``<log_directory>/<stem>-<date>.log``.
+
+    ``stem`` is a checked name or a fixed word; ``log_directory`` is created
+    when missing, as the legacy tool did.
+    """
     if params.get("logfile"):
         return Path(params["logfile"])
-    log_dir = ctx.site.require("log_directory")
-    return Path(log_dir) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log_dir = Path(ctx.site.require("log_directory"))
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PragmaError(f"cannot create log_directory {log_dir}: {_os_reason(exc)}") from None
+    return log_dir / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.log"
 
 
 # --------------------------------------------------------------------------- parsing helpers
 
 
+def _quote(value: str, limit: int = 40) -> str:
+    """``value`` quoted for a message, shortened when long (it may be thousands of characters)."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def _cut(word: str, limit: int = 40) -> str:
+    """``word`` shortened for a message (unquoted)."""
+    return word if len(word) <= limit else f"{word[:limit]}... ({len(word)} characters)"
+
+
+def _whole(value: str, maximum: int) -> int | None:
+    """``value`` (ASCII digits) as a whole number, capped at ``maximum + 1``; ``None`` when not digits.
+
+    The length is checked before converting: a number with thousands of
+    digits costs nothing and is simply too large.
+    """
+    text = value.strip()
+    if not re.fullmatch(r"[0-9]+", text):
+        return None
+    digits = text.lstrip("0") or "0"
+    return maximum + 1 if len(digits) > len(str(maximum)) else min(int(digits), maximum + 1)
+
+
 def _parse_cpus(value: str) -> int:
-    if not re.fullmatch(r"\d+", value.strip()):
-        raise UsageError(f"number of CPUs must be a whole number >= 0, not {value!r}")
-    return int(value)
+    count = _whole(value, MAX_CPUS)
+    if count is None:
+        raise UsageError(f"number of CPUs must be a whole number >= 0, not {_quote(value)}")
+    if count > MAX_CPUS:
+        raise UsageError(f"number of CPUs must be at most {MAX_CPUS}, not {_quote(value)}")
+    return count
 
 
 def parse_memory(value: str | None) -> Any:
@@ -233,13 +388,15 @@ def parse_memory(value: str | None) -> Any:
 
     if value is None or value == "":
         return MemorySpec()
-    match = re.fullmatch(r"\s*(\d+)\s*(?::\s*(\d+)\s*)?", value)
-    if not match:
-        raise UsageError(f"mem must be N or FRONTEND:COMPUTE in MiB (e.g. 4096:2048), not {value!r}")
-    fe = int(match.group(1))
-    compute = int(match.group(2)) if match.group(2) is not None else fe
+    first, sep, second = value.partition(":")
+    fe = _whole(first, MAX_MEMORY_MIB)
+    compute = _whole(second, MAX_MEMORY_MIB) if sep else fe
+    if fe is None or compute is None:
+        raise UsageError(f"mem must be N or FRONTEND:COMPUTE in MiB (e.g. 4096:2048), not {_quote(value)}")
     if fe <= 0 or compute <= 0:
-        raise UsageError(f"mem must be positive, not {value!r}")
+        raise UsageError(f"mem must be positive, not {_quote(value)}")
+    if max(fe, compute) > MAX_MEMORY_MIB:
+        raise UsageError(f"mem must be at most {MAX_MEMORY_MIB} MiB, not {_quote(value)}")
     return MemorySpec(frontend_mib=fe, compute_mib=compute)
 
 
@@ -257,8 +414,8 @@ def parse_add_iface(value: str | None) -> tuple[Any, ...]:
         if not item:
             continue
         name, _, cidr = item.partition(":")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise UsageError(f"add-iface: invalid network name {name!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or len(name) > MAX_NAME_LENGTH:
+            raise UsageError(f"add-iface: invalid network name {_quote(name)}")
         if name in seen:
             raise UsageError(f"add-iface: network {name!r} given twice")
         seen.add(name)
@@ -267,29 +424,46 @@ def parse_add_iface(value: str | None) -> tuple[Any, ...]:
             try:
                 iface = ipaddress.IPv4Interface(cidr)
             except ValueError:
-                raise UsageError(f"add-iface: {cidr!r} is not an IPv4 CIDR such as 10.102.0.0/24") from None
+                raise UsageError(f"add-iface: {_quote(cidr)} is not an IPv4 CIDR such as 10.102.0.0/24") from None
             if iface.network.prefixlen > 30:
                 raise UsageError(f"add-iface: subnet {cidr} is too small")
         result.append(InterfaceRequest(network=name, cidr=iface))
     return tuple(result)
 
 
+#: A public key file larger than this is no public key file (a few keys take a few KiB).
+MAX_KEY_BYTES = 64 * 1024
+
+
 def read_key(value: str | None) -> str:
-    """The SSH public key text from ``key=FILE`` or the user's default key."""
+    """The SSH public key text from ``key=FILE`` or the user's default key.
+
+    Only a regular file is read, and at most :data:`MAX_KEY_BYTES` of it
+    (``key=/dev/zero`` or a FIFO never hangs the command).
+    """
     if value:
-        candidates = [Path(value).expanduser()]
+        try:
+            candidates = [Path(value).expanduser()]
+        except RuntimeError:  # ~user of an unknown user
+            raise PragmaError(f"key: cannot find the home directory in {_quote(value)}") from None
     else:
         home = Path.home() / ".ssh"
         candidates = [home / "id_rsa.pub", home / "id_ed25519.pub", home / "id_ecdsa.pub"]
     for path in candidates:
         try:
-            text = path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            continue
+            if not path.exists():
+                continue
+            if not path.is_file():
+                raise PragmaError(f"key: {path} is not a regular file")
+            with open(path, "rb") as handle:
+                text = handle.read(MAX_KEY_BYTES + 1).decode("utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise PragmaError(f"key: cannot read {path}: {exc}") from None
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+            raise PragmaError(f"key: cannot read {path}: {reason}") from None
+        except ValueError:  # a NUL byte in the name
+            raise PragmaError(f"key: invalid file name {_quote(str(path))}") from None
         lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
-        if not lines or not all(line.startswith(_KEY_TYPES) for line in lines):
+        if len(text) > MAX_KEY_BYTES or not lines or not all(line.startswith(_KEY_TYPES) for line in lines):
             raise PragmaError(f"key: {path} is not an SSH public key file")
         return "\n".join(lines)
     if value:
@@ -308,7 +482,7 @@ def build_request(image: str, cpus: str, params: dict[str, str]) -> BootRequest:
     try:
         ent = to_bool(params.get("enable-ent", "false"))
     except ValueError:
-        raise UsageError(f"enable-ent must be true or false, not {params['enable-ent']!r}") from None
+        raise UsageError(f"enable-ent must be true or false, not {_quote(params['enable-ent'])}") from None
     mem = params.get("mem", params.get("memory"))
     if "mem" in params and "memory" in params and params["mem"] != params["memory"]:
         raise UsageError("give mem= or memory=, not both")
@@ -317,7 +491,7 @@ def build_request(image: str, cpus: str, params: dict[str, str]) -> BootRequest:
     add_ifaces = parse_add_iface(params.get("add-iface"))
     level = params.get("loglevel", "INFO").upper()
     if level not in _LEVELS:
-        raise UsageError(f"loglevel must be one of {', '.join(_LEVELS)}, not {params['loglevel']!r}")
+        raise UsageError(f"loglevel must be one of {', '.join(_LEVELS)}, not {_quote(params['loglevel'])}")
     return BootRequest(
         image=image,
         cpus=count,
@@ -342,7 +516,8 @@ def format_clusters(clusters: Sequence[ClusterStatus]) -> list[str]:
             else:
                 first, second, ip = ":", node.name, "-" * 15
             memory = f"{node.memory_mib} MiB" if node.memory_mib else "-"
-            rows.append([first, second, node.state, ip, node.private_ip or "-", node.host or "-", str(node.cpus or "-"), memory])
+            cells = [first, second, node.state, ip, node.private_ip or "-", node.host or "-", str(node.cpus or "-"), memory]
+            rows.append([printable(str(cell)) for cell in cells])  # driver and server texts
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
@@ -422,7 +597,7 @@ def _boot(ctx: Context, args: list[str], params: dict[str, str]) -> int:
         ctx.print_json(data)
     else:
         cpus_total = sum(n.cpus for n in alloc.computes)
-        ctx.print(f"Cluster {alloc.cluster} booted: frontend {alloc.frontend.name}, {len(alloc.computes)} compute nodes ({cpus_total} CPUs)")
+        ctx.print(printable(f"Cluster {alloc.cluster} booted: frontend {alloc.frontend.name}, {len(alloc.computes)} compute nodes ({cpus_total} CPUs)"))
         for line in format_clusters(ctx.driver.list_clusters(alloc.cluster)):
             ctx.print(line)
         if readiness is not None:
@@ -430,7 +605,7 @@ def _boot(ctx: Context, args: list[str], params: dict[str, str]) -> int:
                 ctx.print(line)
     if readiness is not None and any(value != "ready" for value in readiness.values()):
         bad = sorted(node for node, value in readiness.items() if value != "ready")
-        ctx.err.write(redact(f"Error: cluster {alloc.cluster}: node(s) not ready after {wait:g} s: {', '.join(bad)}") + "\n")
+        _report_error(ctx.err, f"cluster {alloc.cluster}: node(s) not ready after {wait:g} s: {', '.join(bad)}")
         return 1
     return 0
 
@@ -440,11 +615,13 @@ def parse_wait(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        seconds = float(value)
+        seconds = float(value) if len(value) <= 40 else -1.0  # forty characters hold any sensible number
     except ValueError:
         seconds = -1.0
-    if not 0 < seconds < float("inf"):
-        raise UsageError(f"wait must be a positive number of seconds, not {value!r}")
+    if not 0 < seconds < float("inf"):  # also refuses nan
+        raise UsageError(f"wait must be a positive number of seconds, not {_quote(value)}")
+    if seconds > MAX_WAIT_SECONDS:
+        raise UsageError(f"wait must be at most {MAX_WAIT_SECONDS} seconds, not {_quote(value)}")
     return seconds
 
 
@@ -466,6 +643,7 @@ def _wait_ready(ctx: Context, cluster: str, timeout: float) -> dict[str, str]:
 
 def format_readiness(readiness: dict[str, str]) -> list[str]:
     """One line per node: ``NODE  ready`` or ``NODE  STATUS  DETAIL`` (``timeout``, ``failed``...)."""
+    readiness = {printable(node): printable(value) for node, value in readiness.items()}  # guest console text
     width = max((len(node) for node in readiness), default=0)
     lines = []
     for node, value in readiness.items():
@@ -543,7 +721,9 @@ def _list_repository(ctx: Context, args: list[str], params: dict[str, str]) -> i
     if ctx.json:
         ctx.print_json(list(names))
         return 0
-    ctx.out.write("VIRTUAL IMAGE\n" + "".join(f"{n}\n" for n in names))
+    ctx.print("VIRTUAL IMAGE")
+    for name in names:  # a line at a time: a reader that leaves early is noticed (exit 141)
+        ctx.print(printable(name))
     return 0
 
 
@@ -596,7 +776,7 @@ def _plugins(ctx: Context, args: list[str], params: dict[str, str]) -> int:
     rows = [["GROUP", "NAME", "DISTRIBUTION", "VERSION", "STATUS"]]
     for p in report:
         status = p.status if not p.reason else f"{p.status}: {p.reason}"
-        rows.append([p.group, p.name, p.distribution, p.version, status])
+        rows.append([printable(str(cell)) for cell in (p.group, p.name, p.distribution, p.version, status)])
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         ctx.print("  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[4]]).rstrip())
@@ -664,6 +844,7 @@ def _wrap(line: str, width: int) -> list[str]:
 
 
 _plugin_cache: dict[str, Command] | None = None
+_USAGE_ARG = re.compile(r"([{\[])([A-Za-z0-9_-]+)[}\]]")
 
 
 def _plugin_commands(ctx: Context) -> dict[str, Command]:
@@ -690,12 +871,17 @@ def _plugin_commands(ctx: Context) -> dict[str, Command]:
             origin = getattr(func, "__module__", None) or "a plugin"
             log.warning("command %r from %s clashes with an existing command %r; ignored", words, origin, other)
             return
+        if args is None:
+            # the arguments its usage names ({required} [optional]): a {vc-name} is checked like a built-in's
+            named = [(m.group(2), m.group(1) == "{", "") for m in _USAGE_ARG.finditer(usage or "")]
+        else:
+            named = list(args)
 
         def run_plugin_command(c: Context, a: list[str], p: dict[str, str]) -> int:
             return func(a, p, c)
 
         found[words] = Command(
-            words, run_plugin_command, args=args or (), params=params or (), description=help, examples=examples,
+            words, run_plugin_command, args=named, params=params or (), description=help, examples=examples,
             json_output=json_output, variadic=args is None and params is None, usage=usage,
         )
 
@@ -792,78 +978,128 @@ def run(argv: Sequence[str], *, out: TextIO, err: TextIO) -> int:
     """Run one ``pragma`` command line; return its exit status."""
     ctx = Context(conf_dir=None, json_output=False, out=out, err=err)
     try:
-        tokens, opts = _split_options(list(argv))
-        ctx.conf_dir, ctx.json = opts["conf"], opts["json"]
-        if opts["version"]:
-            ctx.print(f"pragma {__version__}")
-            return 0
-        if opts["help"]:
-            # built-in commands only: --help stays fast and imports no plugin
-            ctx.print("usage: pragma COMMAND [ARGS...] [key=value...] [--conf DIR] [--json]\n")
-            for line in _help_lines(None, "", wrap=80):
-                ctx.print(line)
-            ctx.print("\n'pragma COMMAND help' explains one command; 'pragma list help' also lists")
-            ctx.print("commands added by plugins; --version prints the version.")
-            return 0
-        if not tokens:
-            tokens = ["list", "help"]
-        if len(tokens) == 1 and " " in tokens[0].strip():
-            tokens = tokens[0].split()  # legacy quoted form: pragma "list repository"
-        words, params = _split_params(tokens)
-        cmd, rest = _resolve(ctx, words)
-        if cmd is None:
-            prefix = [w for w in COMMANDS if w.startswith(words[0] + " ")] if words else []
-            if prefix:
-                for line in _help_lines(ctx, words[0], wrap=80):
-                    err.write(line + "\n")
-                return 2
-            raise UsageError(f'invalid pragma command "{words[0] if words else tokens[0]}"')
-        if rest[:1] == ["help"]:
-            ctx.out.write(cmd.help())
-            return 0
-        if ctx.json and not cmd.json_output:
-            raise UsageError(f"--json is not available for '{cmd.words}'")
-        known = {name for name, _, _ in cmd.params} | ({"memory"} if cmd.words == "boot" else set())
-        unknown = sorted(set(params) - known)
-        if unknown and not cmd.variadic:
-            raise UsageError(f"unknown parameter {unknown[0]}= for '{cmd.words}' (usage: pragma {cmd.line()})")
-        need = [name for name, required, _ in cmd.args if required]
-        if len(rest) < len(need):
-            missing = need[len(rest)]
-            raise UsageError(f"missing argument {{{missing}}} (usage: pragma {cmd.line()})")
-        if len(rest) > len(cmd.args) and not cmd.variadic:
-            raise UsageError(f"unexpected argument {rest[len(cmd.args)]!r} (usage: pragma {cmd.line()})")
-        if "loglevel" in params and params["loglevel"].upper() == "DEBUG":
-            ctx.debug = True
-        return cmd.func(ctx, rest, params)
+        return _dispatch(ctx, list(argv))
+    except OutputClosed:
+        return EXIT_OUTPUT_CLOSED
     except PragmaError as exc:
-        if ctx.debug:
-            import traceback
-
-            err.write(redact(traceback.format_exc()))
-        err.write(redact(f"Error: {exc}") + "\n")
+        _report_error(err, str(exc), debug=ctx.debug)
         return exc.exit_code
     except KeyboardInterrupt:
-        err.write("Error: interrupted\n")
+        _report_error(err, "interrupted")
         return 130
-    except Exception as exc:  # noqa: BLE001 - a bug still gets one line, traceback at DEBUG
-        if ctx.debug:
+    except Exception as exc:
+        _report_error(err, f"internal error: {type(exc).__name__}: {exc} (run with loglevel=DEBUG for details)", debug=ctx.debug)
+        return 1
+    finally:
+        _close_log_files(ctx)
+
+
+def _report_error(err: TextIO, message: str, *, debug: bool = False) -> None:
+    """Write the one ``Error: ...`` line of a failed command (at DEBUG, the traceback before it).
+
+    Every error the command reports goes through here. Control characters
+    are escaped and a very long message is cut, so a hostile name or server
+    text cannot forge lines. A closed stderr is ignored: the exit status
+    still tells.
+    """
+    try:
+        if debug:
             import traceback
 
-            err.write(redact(traceback.format_exc()))
-        err.write(redact(f"Error: internal error: {type(exc).__name__}: {exc} (run with loglevel=DEBUG for details)") + "\n")
-        return 1
+            err.write(printable(redact(traceback.format_exc()), keep="\n"))
+        err.write(f"Error: {printable(redact(message), limit=ERROR_LINE_LIMIT)}\n")
+        err.flush()
+    except (OSError, ValueError):  # ValueError: stderr already closed
+        pass
+
+
+def _dispatch(ctx: Context, argv: list[str]) -> int:
+    """Parse the command line, check it (names first), run the command; errors propagate."""
+    tokens, opts = _split_options(argv)
+    ctx.conf_dir, ctx.json = opts["conf"], opts["json"]
+    if opts["version"]:
+        ctx.print(f"pragma {__version__}")
+        return 0
+    if opts["help"]:
+        # built-in commands only: --help stays fast and imports no plugin
+        ctx.print("usage: pragma COMMAND [ARGS...] [key=value...] [--conf DIR] [--json]\n")
+        for line in _help_lines(None, "", wrap=80):
+            ctx.print(line)
+        ctx.print("\n'pragma COMMAND help' explains one command; 'pragma list help' also lists")
+        ctx.print("commands added by plugins; --version prints the version.")
+        return 0
+    if not tokens:
+        tokens = ["list", "help"]
+    if len(tokens) == 1 and " " in tokens[0].strip():
+        tokens = tokens[0].split()  # legacy quoted form: pragma "list repository"
+    words, params = _split_params(tokens)
+    cmd, rest = _resolve(ctx, words)
+    if cmd is None:
+        prefix = [w for w in COMMANDS if w.startswith(words[0] + " ")] if words else []
+        if prefix:
+            for line in _help_lines(ctx, words[0], wrap=80):
+                ctx.err.write(line + "\n")
+            return 2
+        raise UsageError(f'invalid pragma command "{_cut(words[0] if words else tokens[0])}"')
+    if rest[:1] == ["help"]:
+        ctx.out.write(cmd.help())
+        return 0
+    _check_command_line(ctx, cmd, rest, params)
+    if "loglevel" in params and params["loglevel"].upper() == "DEBUG":
+        ctx.debug = True
+    code = cmd.func(ctx, rest, params)
+    _check_log_files(ctx)
+    return code
+
+
+def _check_command_line(ctx: Context, cmd: Command, rest: list[str], params: dict[str, str]) -> None:
+    """Options, parameters, argument count, and every name argument -- before anything runs."""
+    if ctx.json and not cmd.json_output:
+        raise UsageError(f"--json is not available for '{cmd.words}'")
+    known = {name for name, _, _ in cmd.params} | ({"memory"} if cmd.words == "boot" else set())
+    unknown = sorted(set(params) - known)
+    if unknown and not cmd.variadic:
+        raise UsageError(f"unknown parameter {_cut(unknown[0])}= for '{cmd.words}' (usage: pragma {cmd.line()})")
+    need = [name for name, required, _ in cmd.args if required]
+    if len(rest) < len(need):
+        missing = need[len(rest)]
+        raise UsageError(f"missing argument {{{missing}}} (usage: pragma {cmd.line()})")
+    if len(rest) > len(cmd.args) and not cmd.variadic:
+        raise UsageError(f"unexpected argument {_quote(rest[len(cmd.args)])} (usage: pragma {cmd.line()})")
+    for (arg, _required, _help), value in zip(cmd.args, rest):
+        if arg in _NAME_ARGS and not is_valid_name(value):
+            raise UsageError(invalid_name(value, arg))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point of ``pragma``."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(name)s: %(message)s", stream=sys.stderr)
-    code = run(sys.argv[1:] if argv is None else argv, out=sys.stdout, err=sys.stderr)
+    _log_to_stderr()
+    code = run(sys.argv[1:] if argv is None else argv, out=sys.stdout or _devnull(), err=sys.stderr or _devnull())
+    return _flush_stdout(code)
+
+
+def _log_to_stderr() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PrintableFormatter("%(levelname)s: %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
+def _devnull() -> TextIO:
+    return open(os.devnull, "w", encoding="utf-8")
+
+
+def _flush_stdout(code: int) -> int:
+    """Flush standard output; if its reader is gone, point it at /dev/null so that the
+    interpreter's own flush at exit stays quiet, and exit with :data:`EXIT_OUTPUT_CLOSED`."""
     try:
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        return code
     except BrokenPipeError:
-        code = code or 1
-    return code
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+        return code or EXIT_OUTPUT_CLOSED
 
 
 if __name__ == "__main__":

@@ -87,31 +87,47 @@ DISK_FORMATS = ("raw", "qcow2")
 VCOUT_FORMATS = (1, 2)
 #: A description larger than this is refused before parsing (real ones are a few KiB).
 MAX_DESCRIPTION_BYTES = 4 * 1024 * 1024
+#: How deeply elements may nest (a libvirt domain is about 6 levels deep).
+MAX_XML_DEPTH = 100
+#: How many elements a description may hold (real ones: a few dozen).
+MAX_XML_ELEMENTS = 100_000
 
 _PROCESSOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]*")
 _HEX_LENGTH = {"sha256": 64, "md5": 32}
 _HEX = re.compile(r"[0-9a-fA-F]+")
-_DIGITS = re.compile(r"[0-9]+")
+_DIGITS = re.compile(r"[0-9]{1,18}")  # a whole number below 2**63: thousands of digits are refused, never converted
 
 
 # --------------------------------------------------------------------------- parsing
 
 
+class _TooLarge(Exception):
+    """Raised from inside the parser when the document nests too deeply or has too many elements."""
+
+
 class _LineRecordingBuilder:
-    """An ElementTree parser target that remembers the line each element starts on."""
+    """An ElementTree parser target that remembers the line each element starts on,
+    and stops the parse at :data:`MAX_XML_DEPTH` or :data:`MAX_XML_ELEMENTS`."""
 
     def __init__(self) -> None:
         self._builder = ET.TreeBuilder()
         self.lines: dict[ET.Element, int] = {}
         self.expat: pyexpat.XMLParserType | None = None
+        self._depth = 0
 
     def start(self, tag: str, attrs: dict[str, str]) -> ET.Element:
+        self._depth += 1
+        if self._depth > MAX_XML_DEPTH:
+            raise _TooLarge(f"elements nest more than {MAX_XML_DEPTH} levels deep")
+        if len(self.lines) >= MAX_XML_ELEMENTS:
+            raise _TooLarge(f"more than {MAX_XML_ELEMENTS} elements")
         element = self._builder.start(tag, attrs)
         if self.expat is not None:
             self.lines[element] = self.expat.CurrentLineNumber
         return element
 
     def end(self, tag: str) -> ET.Element:
+        self._depth -= 1
         return self._builder.end(tag)
 
     def data(self, data: str) -> None:
@@ -136,7 +152,12 @@ def _read(path: Path, root: Path | None = None) -> bytes:
 
 
 def _parse_bytes(data: bytes, path: Path | None) -> tuple[ET.Element, dict[ET.Element, int]]:
-    """Parse ``data`` safely; every failure is a one-line :class:`FormatError`."""
+    """Parse ``data`` safely; every failure is a one-line :class:`FormatError`.
+
+    No DTD (so no entity), at most :data:`MAX_XML_DEPTH` levels and
+    :data:`MAX_XML_ELEMENTS` elements; an encoding expat cannot read
+    (``utf-7``, an unknown name) is refused.
+    """
     builder = _LineRecordingBuilder()
     parser = DefusedXMLParser(target=builder, forbid_dtd=True)
     builder.expat = parser.parser
@@ -170,6 +191,12 @@ def _parse_bytes(data: bytes, path: Path | None) -> tuple[ET.Element, dict[ET.El
         line, column = exc.position
         reason = pyexpat.ErrorString(exc.code) if exc.code else str(exc)
         raise FormatError(f"malformed XML: {reason} (column {column + 1})", path=path, line=line) from None
+    except _TooLarge as exc:
+        raise FormatError(f"cluster description is too large: {exc}", path=path, line=where()) from None
+    except (LookupError, ValueError) as exc:  # mostly Python's codec lookup for the declared encoding
+        if isinstance(exc, LookupError) or "encoding" in str(exc):
+            raise FormatError(f"unsupported character encoding ({exc}); use UTF-8", path=path, line=where()) from None
+        raise FormatError(f"malformed XML: {exc}", path=path, line=where()) from None
     return root, builder.lines
 
 

@@ -6,7 +6,11 @@ tuples, dicts, sets, ``range(...)``, names assigned earlier in the same file,
 and ``+ - *`` between them are accepted. Anything else (an import, a call
 other than ``range``, an attribute, a conditional) is a
 :class:`~pragma_core.errors.ConfigError` naming the file and line, and nothing
-in the file takes effect.
+in the file takes effect. Parsing is bounded in size, depth and time (a file
+of at most :data:`MAX_CONFIG_BYTES`; every value, intermediate ones included,
+checked against :data:`MAX_VALUE_SIZE` and :data:`MAX_INT_BITS` *before* it is
+computed): a file that repeats, doubles or squares its way past a limit is one
+error naming the file and line, never a hang or an exhausted memory.
 
 A TOML file with the same keys (``site_conf.toml``, ``kvm_rocks.toml``) may
 stand beside or instead of the legacy one; when both exist the TOML file wins.
@@ -48,6 +52,7 @@ import logging
 import os
 import re
 import stat
+import time
 
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -76,7 +81,21 @@ log = logging.getLogger(__name__)
 #: Where the legacy tool kept its configuration.
 LEGACY_CONF_DIR = Path("/opt/pragma_boot/etc")
 SITE_CONF = "site_conf"
-_MAX_SEQUENCE = 1_000_000
+
+#: A configuration file larger than this is refused before it is parsed (real ones are a few KiB).
+MAX_CONFIG_BYTES = 128 * 1024
+#: The largest value of a setting or an intermediate result: string characters plus list,
+#: tuple, set and dict entries (nested ones counted every time they appear).
+MAX_VALUE_SIZE = 1_000_000
+_MAX_SEQUENCE = MAX_VALUE_SIZE
+#: The largest whole number, in bits (beyond any count, size or address a setting holds).
+MAX_INT_BITS = 1024
+#: How deeply an expression may nest (lists in dicts, chains of ``+`` and ``*``).
+MAX_DEPTH = 100
+#: The total size of every value one file computes (names repeated, doubled, squared end here).
+MAX_WORK = 10 * MAX_VALUE_SIZE
+#: A backstop: no file takes longer than this to evaluate.
+MAX_EVALUATION_SECONDS = 1.0
 
 T = TypeVar("T")
 
@@ -119,49 +138,92 @@ class ConfigFile:
         raise ConfigError(f"missing setting {key}", path=self.path)
 
 
+_OPERATORS = {"Pow": "**", "Div": "/", "FloorDiv": "//", "Mod": "%", "MatMult": "@",
+              "LShift": "<<", "RShift": ">>", "BitOr": "|", "BitAnd": "&", "BitXor": "^"}
+
+
 class _LiteralEvaluator:
-    """Evaluates the right-hand sides of a config file without executing anything."""
+    """Evaluates the right-hand sides of a config file without executing anything.
+
+    Every value carries its *size* (string characters plus list, tuple, set
+    and dict entries, nested ones counted each time they appear), and every
+    operation checks the size of its result **before** computing it: a
+    repetition (``"x" * n``, ``[a] * n``), a concatenation, a product of
+    whole numbers (by bit length) or a ``range()``. Depth, total work and
+    time are bounded too, so no file can make the parser hang or run out of
+    memory: each limit is a :class:`ConfigError` naming the file and line.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.names: dict[str, Any] = {}
+        self._sizes: dict[str, int] = {}
+        self._work = 0
+        self._deadline = time.monotonic() + MAX_EVALUATION_SECONDS
 
     def fail(self, node: ast.AST, message: str) -> ConfigError:
         return ConfigError(message, path=self.path, line=getattr(node, "lineno", None))
 
+    def assign(self, names: list[str], node: ast.AST) -> Any:
+        """Evaluate ``node`` and make its value known to later lines under each of ``names``."""
+        value, size = self._evaluate(node, 0)
+        for name in names:
+            self.names[name] = value
+            self._sizes[name] = size
+        return value
+
     def evaluate(self, node: ast.AST) -> Any:
+        """The value of the expression ``node``."""
+        return self._evaluate(node, 0)[0]
+
+    def _evaluate(self, node: ast.AST, depth: int) -> tuple[Any, int]:
+        if depth > MAX_DEPTH:
+            raise self.fail(node, f"expression nested more than {MAX_DEPTH} levels deep")
+        if time.monotonic() > self._deadline:
+            raise self.fail(node, f"file takes more than {MAX_EVALUATION_SECONDS:g} s to evaluate")
+        value, size = self._value(node, depth + 1)
+        if size > MAX_VALUE_SIZE:
+            raise self.fail(node, f"value is too large (more than {MAX_VALUE_SIZE} characters and items)")
+        self._work += size
+        if self._work > MAX_WORK:
+            raise self.fail(node, f"file computes too much (more than {MAX_WORK} characters and items in all)")
+        return value, size
+
+    def _value(self, node: ast.AST, depth: int) -> tuple[Any, int]:
         match node:
             case ast.Constant(value=value) if isinstance(value, (str, int, float, bool, type(None))):
-                return value
+                return value, self._scalar_size(node, value)
             case ast.List(elts=elts):
-                return [self.evaluate(e) for e in elts]
+                items, size = self._items(elts, depth)
+                return items, size
             case ast.Tuple(elts=elts):
-                return tuple(self.evaluate(e) for e in elts)
+                items, size = self._items(elts, depth)
+                return tuple(items), size
             case ast.Set(elts=elts):
-                return {self._hashable(e) for e in elts}
+                items, size = self._items(elts, depth, hashable=True)
+                return self._build(node, set, items), size
             case ast.Dict(keys=keys, values=values):
                 if any(k is None for k in keys):
                     raise self.fail(node, "'**' unpacking is not allowed in a configuration file")
-                return {self._hashable(k): self.evaluate(v) for k, v in zip(keys, values)}  # type: ignore[arg-type]
+                key_items, key_size = self._items(keys, depth, hashable=True)  # type: ignore[arg-type]
+                value_items, value_size = self._items(values, depth)
+                return self._build(node, dict, zip(key_items, value_items)), key_size + value_size - 1
             case ast.Name(id=name):
                 if name in self.names:
-                    return self.names[name]
+                    return self.names[name], self._sizes[name]
                 raise self.fail(node, f"unknown name {name!r} (only settings assigned above may be used)")
             case ast.UnaryOp(op=ast.USub() | ast.UAdd() as op, operand=operand):
-                value = self.evaluate(operand)
+                value, size = self._evaluate(operand, depth)
                 if not isinstance(value, (int, float)) or isinstance(value, bool):
                     raise self.fail(node, "unary minus needs a number")
-                return -value if isinstance(op, ast.USub) else value
+                return (-value if isinstance(op, ast.USub) else value), size
             case ast.BinOp(left=left, op=ast.Add() | ast.Sub() | ast.Mult() as op, right=right):
-                return self._binop(node, self.evaluate(left), op, self.evaluate(right))
+                return self._binop(node, self._evaluate(left, depth), op, self._evaluate(right, depth))
+            case ast.BinOp(op=op):
+                symbol = _OPERATORS.get(type(op).__name__, type(op).__name__)
+                raise self.fail(node, f"operator {symbol} is not allowed in a configuration file (only + - *)")
             case ast.Call(func=ast.Name(id="range"), args=args, keywords=[]) if 1 <= len(args) <= 3:
-                bounds = [self.evaluate(a) for a in args]
-                if not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
-                    raise self.fail(node, "range() takes whole numbers")
-                values = range(*bounds)
-                if len(values) > _MAX_SEQUENCE:
-                    raise self.fail(node, f"range() of more than {_MAX_SEQUENCE} values")
-                return list(values)
+                return self._range(node, [self._evaluate(a, depth)[0] for a in args])
             case ast.Call(func=ast.Name(id=fname)):
                 raise self.fail(node, f"call to {fname}() is not allowed (only range() is)")
             case ast.Call():
@@ -170,34 +232,158 @@ class _LiteralEvaluator:
                 kind = type(node).__name__
                 raise self.fail(node, f"{kind} expressions are not allowed in a configuration file")
 
-    def _hashable(self, node: ast.AST) -> Any:
-        value = self.evaluate(node)
-        if isinstance(value, (list, dict, set)):
-            raise self.fail(node, "a dict key or set member must be a string or number")
-        return value
+    def _scalar_size(self, node: ast.AST, value: Any) -> int:
+        if isinstance(value, str):
+            return len(value) + 1
+        if isinstance(value, int):
+            if value.bit_length() > MAX_INT_BITS:
+                raise self.fail(node, f"number is too large (more than {MAX_INT_BITS} bits)")
+            return value.bit_length() // 64 + 1
+        return 1
 
-    def _binop(self, node: ast.AST, left: Any, op: ast.operator, right: Any) -> Any:
+    def _items(self, nodes: list[ast.expr], depth: int, *, hashable: bool = False) -> tuple[list[Any], int]:
+        items: list[Any] = []
+        size = 1
+        for element in nodes:
+            value, element_size = self._evaluate(element, depth)
+            if hashable and isinstance(value, (list, dict, set)):
+                raise self.fail(element, "a dict key or set member must be a string or number")
+            items.append(value)
+            size += element_size
+            if size > MAX_VALUE_SIZE:
+                raise self.fail(element, f"value is too large (more than {MAX_VALUE_SIZE} characters and items)")
+        return items, size
+
+    def _build(self, node: ast.AST, kind: type, items: Any) -> Any:
         try:
+            return kind(items)
+        except TypeError:  # a tuple holding a list as a key
+            raise self.fail(node, "a dict key or set member must be a string or number") from None
+
+    def _range(self, node: ast.AST, bounds: list[Any]) -> tuple[list[int], int]:
+        if not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
+            raise self.fail(node, "range() takes whole numbers")
+        try:
+            values = range(*bounds)
+            count = len(values)
+        except OverflowError:
+            count = MAX_VALUE_SIZE + 1
+        except ValueError:
+            raise self.fail(node, "range() step must not be zero") from None
+        if count > _MAX_SEQUENCE:
+            raise self.fail(node, f"range() of more than {_MAX_SEQUENCE} values")
+        width = max(b.bit_length() for b in bounds) // 64 + 1
+        return list(values), 1 + count * width
+
+    def _binop(self, node: ast.AST, left: tuple[Any, int], op: ast.operator, right: tuple[Any, int]) -> tuple[Any, int]:
+        """``left op right``, refused before computing when its result would be too large."""
+        (a, a_size), (b, b_size) = left, right
+        numbers = isinstance(a, (int, float)) and isinstance(b, (int, float))
+        try:
+            if numbers:
+                return self._arithmetic(node, a, op, b)
             if isinstance(op, ast.Mult):
-                count = right if isinstance(right, int) else left if isinstance(left, int) else 0
-                if count > _MAX_SEQUENCE and not (isinstance(left, (int, float)) and isinstance(right, (int, float))):
-                    raise self.fail(node, "repetition is too large")
-                return left * right
+                return self._repeat(node, a, a_size, b, b_size)
             if isinstance(op, ast.Add):
-                if isinstance(left, dict) or isinstance(right, dict):
+                if type(a) is not type(b) or not isinstance(a, (str, list, tuple)):
                     raise TypeError
-                return left + right
-            return left - right
+                self._check_size(node, a_size + b_size - 1)
+                return a + b, a_size + b_size - 1
+            if isinstance(a, (set, frozenset)) and isinstance(b, (set, frozenset)):
+                return a - b, a_size
+            raise TypeError
         except TypeError:
-            raise self.fail(node, f"cannot combine {type(left).__name__} and {type(right).__name__}") from None
+            raise self.fail(node, f"cannot combine {type(a).__name__} and {type(b).__name__}") from None
+
+    def _arithmetic(self, node: ast.AST, a: float, op: ast.operator, b: float) -> tuple[Any, int]:
+        if isinstance(a, int) and isinstance(b, int):
+            bits = a.bit_length() + b.bit_length() if isinstance(op, ast.Mult) else max(a.bit_length(), b.bit_length()) + 1
+            if bits > MAX_INT_BITS + 1:
+                raise self.fail(node, f"number is too large (more than {MAX_INT_BITS} bits)")
+        try:
+            result = a * b if isinstance(op, ast.Mult) else a + b if isinstance(op, ast.Add) else a - b
+        except OverflowError:
+            raise self.fail(node, "number is too large") from None
+        return result, self._scalar_size(node, result)
+
+    def _repeat(self, node: ast.AST, a: Any, a_size: int, b: Any, b_size: int) -> tuple[Any, int]:
+        if isinstance(b, int) and isinstance(a, (str, list, tuple)):
+            sequence, size, count = a, a_size, b
+        elif isinstance(a, int) and isinstance(b, (str, list, tuple)):
+            sequence, size, count = b, b_size, a
+        else:
+            raise TypeError
+        if count <= 0:
+            return sequence[:0], 1
+        result = 1 + (size - 1) * count  # the items (or characters) count times, one container
+        if count > MAX_VALUE_SIZE or result > MAX_VALUE_SIZE:
+            raise self.fail(node, f"repetition is too large (more than {MAX_VALUE_SIZE} characters and items)")
+        return sequence * count, result
+
+    def _check_size(self, node: ast.AST, size: int) -> None:
+        if size > MAX_VALUE_SIZE:
+            raise self.fail(node, f"value is too large (more than {MAX_VALUE_SIZE} characters and items)")
+
+
+def _check_length(text: str, path: Path) -> None:
+    if len(text) > MAX_CONFIG_BYTES:
+        line = _line_at(text, MAX_CONFIG_BYTES)
+        raise ConfigError(f"configuration file is larger than {MAX_CONFIG_BYTES} bytes", path=path, line=line)
+
+
+def _line_at(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
+
+
+def _parse_python(text: str, path: Path) -> ast.Module:
+    """``ast.parse`` of a legacy file; every failure a :class:`ConfigError` with its line."""
+    _check_length(text, path)
+    try:
+        return ast.parse(text, filename=str(path))
+    except SyntaxError as exc:
+        if "\x00" in text:
+            raise ConfigError("NUL character in the file", path=path, line=_line_at(text, text.index("\x00"))) from None
+        if exc.msg.startswith("Exceeds the limit"):  # a literal of thousands of digits
+            raise ConfigError(f"number is too large (more than {MAX_INT_BITS} bits)", path=path, line=exc.lineno) from None
+        raise ConfigError(f"syntax error: {exc.msg}", path=path, line=exc.lineno) from None
+    except (RecursionError, MemoryError):  # the parser's own limits on nesting
+        pass
+    except ValueError as exc:
+        raise ConfigError(f"syntax error: {exc}", path=path) from None
+    raise _too_deep(text, path)
+
+
+# a line that starts a new top-level assignment (used only to locate a statement)
+_STATEMENT_START = re.compile(r"^[A-Za-z_]\w*\s*[:=]", re.MULTILINE)
+
+
+def _too_deep(text: str, path: Path) -> ConfigError:
+    """The error for a file that ``ast.parse`` cannot nest deeply enough for, at its statement.
+
+    The statement is found by parsing each top-level assignment on its own
+    (in all, about the cost of parsing the file once).
+    """
+    starts = [0, *(m.start() for m in _STATEMENT_START.finditer(text) if m.start() > 0)]
+    line: int | None = None
+    for begin, end in zip(starts, [*starts[1:], len(text)]):
+        try:
+            ast.parse(text[begin:end])
+        except (RecursionError, MemoryError):
+            line = _line_at(text, begin)
+            break
+        except (SyntaxError, ValueError):
+            continue
+    return ConfigError("expression nested too deeply to parse", path=path, line=line)
 
 
 def parse_legacy(text: str, path: Path) -> ConfigFile:
-    """Parse a legacy ``key = value`` config file (Python syntax) without running it."""
-    try:
-        tree = ast.parse(text, filename=str(path))
-    except SyntaxError as exc:
-        raise ConfigError(f"syntax error: {exc.msg}", path=path, line=exc.lineno) from None
+    """Parse a legacy ``key = value`` config file (Python syntax) without running it.
+
+    Bounded: see :data:`MAX_CONFIG_BYTES`, :data:`MAX_VALUE_SIZE`,
+    :data:`MAX_INT_BITS`, :data:`MAX_DEPTH`, :data:`MAX_WORK` and
+    :data:`MAX_EVALUATION_SECONDS`.
+    """
+    tree = _parse_python(text, path)
     evaluator = _LiteralEvaluator(path)
     values: dict[str, Any] = {}
     lines: dict[str, int] = {}
@@ -205,57 +391,116 @@ def parse_legacy(text: str, path: Path) -> ConfigFile:
         if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
             continue  # a docstring
         if isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets):
-            value = evaluator.evaluate(stmt.value)
-            for target in stmt.targets:
-                name = target.id  # type: ignore[attr-defined]
-                values[name] = value
-                lines[name] = stmt.lineno
-                evaluator.names[name] = value
-            continue
-        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
-            value = evaluator.evaluate(stmt.value)
-            values[stmt.target.id] = value
-            lines[stmt.target.id] = stmt.lineno
-            evaluator.names[stmt.target.id] = value
-            continue
-        kind = type(stmt).__name__
-        raise ConfigError(
-            f"only 'name = value' assignments are allowed, found {kind.lower()} statement",
-            path=path,
-            line=stmt.lineno,
-        )
+            names = [target.id for target in stmt.targets]  # type: ignore[attr-defined]
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+            names = [stmt.target.id]
+        else:
+            kind = type(stmt).__name__
+            raise ConfigError(
+                f"only 'name = value' assignments are allowed, found {kind.lower()} statement",
+                path=path,
+                line=stmt.lineno,
+            )
+        value = evaluator.assign(names, stmt.value)  # type: ignore[arg-type]
+        for name in names:
+            values[name] = value
+            lines[name] = stmt.lineno
     return ConfigFile(path=path, values=values, lines=lines)
 
 
 _TOML_KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=", re.MULTILINE)
+_TOML_TABLE = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_-]+)\s*[].]", re.MULTILINE)
+_LONG_NUMBER = re.compile(r"[0-9_]{300,}")
 
 
 def parse_toml(text: str, path: Path) -> ConfigFile:
-    """Parse the TOML form of a config file."""
+    """Parse the TOML form of a config file (bounded like :func:`parse_legacy`)."""
     import tomllib
 
+    _check_length(text, path)
     try:
         values = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:  # noqa: F821 - imported above
+    except tomllib.TOMLDecodeError as exc:
         line = getattr(exc, "lineno", None)
         raise ConfigError(f"invalid TOML: {exc.msg if hasattr(exc, 'msg') else exc}", path=path, line=line) from None
+    except (RecursionError, MemoryError):
+        raise ConfigError("invalid TOML: nested too deeply", path=path, line=_deep_bracket_line(text)) from None
+    except ValueError:  # a whole number of thousands of digits
+        found = _LONG_NUMBER.search(text)
+        line = _line_at(text, found.start()) if found else None
+        raise ConfigError(f"number is too large (more than {MAX_INT_BITS} bits)", path=path, line=line) from None
     lines: dict[str, int] = {}
-    for match in _TOML_KEY.finditer(text):
-        lines.setdefault(match.group(1), text.count("\n", 0, match.start()) + 1)
-    for match in re.finditer(r"^\s*\[\s*([A-Za-z0-9_-]+)\s*\]", text, re.MULTILINE):
-        lines.setdefault(match.group(1), text.count("\n", 0, match.start()) + 1)
+    for pattern in (_TOML_KEY, _TOML_TABLE):
+        line, offset = 1, 0
+        for match in pattern.finditer(text):
+            line += text.count("\n", offset, match.start())
+            offset = match.start()
+            lines.setdefault(match.group(1), line)
+    for key, value in values.items():
+        problem = _toml_problem(value, 1)
+        if problem:
+            raise ConfigError(problem, path=path, line=lines.get(key), key=key)
     return ConfigFile(path=path, values=values, lines=lines)
+
+
+def _toml_problem(value: Any, depth: int) -> str | None:
+    """What is out of bounds in a parsed TOML value (TOML has no repetition: only depth and numbers)."""
+    if depth > MAX_DEPTH:
+        return f"value nested more than {MAX_DEPTH} levels deep"
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        return f"number is too large (more than {MAX_INT_BITS} bits)"
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return next((p for p in (_toml_problem(v, depth + 1) for v in children) if p), None)
+
+
+def _deep_bracket_line(text: str) -> int | None:
+    """The line where brackets first nest deeper than :data:`MAX_DEPTH` (quotes ignored: a hint)."""
+    depth = 0
+    for match in re.finditer(r"[\[\]{}]", text):
+        depth += 1 if match.group(0) in "[{" else -1
+        if depth > MAX_DEPTH:
+            return _line_at(text, match.start())
+    return None
+
+
+#: The longest URL a setting may hold.
+MAX_URL_LENGTH = 2048
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is not a well-formed URL (or bare identifier), or ``None`` when it is.
+
+    The message never quotes the URL (it may carry a password).
+    """
+    from urllib.parse import urlsplit
+
+    if len(url) > MAX_URL_LENGTH:
+        return f"is longer than {MAX_URL_LENGTH} characters"
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        return "must not contain spaces or control characters"
+    try:
+        urlsplit(url).port  # parsing the port is the check
+    except ValueError as exc:
+        return "has an invalid port" if "Port" in str(exc) else f"is not a valid URL ({exc})"
+    return None
 
 
 def read_config_file(path: str | Path) -> ConfigFile:
     """Read one config file, legacy (``.conf``) or TOML (``.toml``) by its suffix."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:  # checked on bytes: the text was cut here
+            line = data.count(b"\n", 0, MAX_CONFIG_BYTES) + 1
+            raise ConfigError(f"configuration file is larger than {MAX_CONFIG_BYTES} bytes", path=path, line=line)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError("configuration file not found", path=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("not UTF-8 text", path=path, line=data.count(b"\n", 0, exc.start) + 1) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", path=path) from None
     if path.suffix == ".toml":
         parsed = parse_toml(text, path)
     else:
@@ -275,7 +520,11 @@ def find_config(conf_dir: Path, stem: str) -> ConfigFile | None:
         raise ConfigError(f"invalid configuration name {stem!r}")
     for suffix in (".toml", ".conf"):
         candidate = conf_dir / f"{stem}{suffix}"
-        if candidate.is_file():
+        try:
+            found = candidate.is_file()
+        except OSError as exc:  # a name too long for the filesystem
+            raise ConfigError(f"cannot read configuration: {exc.strerror or exc}", path=candidate) from None
+        if found:
             return read_config_file(candidate)
     return None
 
@@ -372,7 +621,7 @@ def register_literal_secrets(text: str, path: Path) -> tuple[str, ...]:
     """
     try:
         tree = ast.parse(text, filename=str(path))
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # such errors echo no value
         return ()
     found: list[str] = []
     for node in ast.walk(tree):
@@ -610,6 +859,16 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return MappingProxyType(dict(value))
 
 
+
+def _url(value: Any) -> str:
+    """A non-empty, well-formed URL (:func:`url_problem`)."""
+    text = to_nonempty_str(value)
+    problem = url_problem(text)
+    if problem is not None:
+        raise ValueError(problem)
+    return text
+
+
 @frozen(kw_only=True)
 class RepositorySettings:
     """The site's ``repository_settings`` dict.
@@ -623,7 +882,7 @@ class RepositorySettings:
     repository_class: str = setting(to_nonempty_str, help="entry point in pragma.repositories")
     repository_dir: Path = setting(to_path, help="local root or cache of the images")
     vcdb_filename: str = setting(_file_name, default="vcdb.txt", help="catalogue file in repository_dir")
-    repository_url: str | None = setting(optional(to_nonempty_str), default=None, help="remote side, when any")
+    repository_url: str | None = setting(optional(_url), default=None, help="remote side, when any")
     options: Mapping[str, Any] = field(factory=dict, converter=_mapping)
 
     @property

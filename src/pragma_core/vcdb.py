@@ -11,7 +11,14 @@ accepted only when it lies inside that directory (the legacy tool accepted any
 absolute path). The catalogue itself must be a regular file really inside the
 repository directory (:func:`pragma_core.paths.open_inside`: a symbolic link
 leading out, a FIFO or a device is refused) and at most
-:data:`MAX_CATALOGUE_BYTES` long. Names are letters, digits and ``._-+``, not starting with a dot.
+:data:`MAX_CATALOGUE_BYTES` long. Names are letters, digits and ``._-+``, not
+starting with a dot, at most :data:`MAX_NAME_LENGTH` characters.
+
+:func:`is_valid_name` is pragma's one rule for names that become part of a
+file or domain name: image names here, and the ``vc-name`` a user types
+(``pragma boot``, ``stage``, ``shutdown``, ``clean``, ``list cluster``),
+cluster and node names a driver reads back from its state. It is checked
+before the name touches the filesystem.
 
 Errors are :class:`~pragma_core.errors.FormatError` naming the file and line
 (``vcdb.txt line 7: ...``). A missing or unreadable catalogue is a
@@ -36,24 +43,38 @@ from pathlib import Path
 from .errors import FormatError, RepositoryError
 from .paths import fsync_directory, open_inside, safe_join
 
-__all__ = ["MAX_CATALOGUE_BYTES", "NAME_PATTERN", "is_valid_name", "read_vcdb", "write_vcdb"]
+__all__ = ["MAX_CATALOGUE_BYTES", "MAX_NAME_LENGTH", "NAME_PATTERN", "invalid_name", "is_valid_name", "read_vcdb", "write_vcdb"]
 
-#: A catalogue larger than this is refused before it is read (a line is ~60 bytes).
-MAX_CATALOGUE_BYTES = 8 * 1024 * 1024
-
+#: A catalogue larger than this is refused before it is read (real ones are a few KiB; a line is ~60 bytes).
+MAX_CATALOGUE_BYTES = 4 * 1024 * 1024
 #: What an image name may look like (the vc-name users type on ``pragma boot``).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9._+\-]*")
-#: A catalogue larger than this is refused before it is read (real ones are a few KiB).
-MAX_CATALOGUE_BYTES = 4 * 1024 * 1024
+#: The longest valid name: names become parts of file names (``<name>-<date>.log``,
+#: ``<node>.console.log``), which the filesystem limits to 255 bytes.
+MAX_NAME_LENGTH = 128
+#: How much of a rejected name an error message quotes.
+_QUOTED = 60
+#: The longest cluster description path, and path component, a catalogue line may give (Linux's limits).
+_PATH_MAX = 4095
+_COMPONENT_MAX = 255
 
 
-def is_valid_name(name: str) -> bool:
-    """Whether ``name`` is a valid image name: letters, digits, ``._-+``, no leading dot."""
-    return NAME_PATTERN.fullmatch(name) is not None
+def is_valid_name(name: object) -> bool:
+    """Whether ``name`` is a valid name: a string of letters, digits and ``._-+``, no leading dot,
+    at most :data:`MAX_NAME_LENGTH` characters."""
+    return isinstance(name, str) and len(name) <= MAX_NAME_LENGTH and NAME_PATTERN.fullmatch(name) is not None
 
 
-def _name_problem(name: str) -> str:
-    return f"invalid image name {name!r}: use letters, digits and '._-+', not starting with a dot"
+def invalid_name(name: object, what: str = "image name") -> str:
+    """The message for a name that :func:`is_valid_name` refuses (a long name is shortened)."""
+    if isinstance(name, str) and len(name) > _QUOTED:
+        shown = f"{name[:_QUOTED]!r}... ({len(name)} characters)"
+    else:
+        shown = repr(name)
+    return (
+        f"invalid {what} {shown}: use letters, digits and '._-+', not starting with a dot,"
+        f" at most {MAX_NAME_LENGTH} characters"
+    )
 
 
 def read_vcdb(path: Path, repository_dir: Path, *, missing_ok: bool = False) -> dict[str, Path]:
@@ -99,7 +120,7 @@ def read_vcdb(path: Path, repository_dir: Path, *, missing_ok: bool = False) -> 
             raise FormatError(f"expected '<name>,<path to cluster xml>', got {line!r}", path=path, line=number)
         name, rel = fields[0].strip(), fields[1].strip()
         if not is_valid_name(name):
-            raise FormatError(_name_problem(name), path=path, line=number)
+            raise FormatError(invalid_name(name), path=path, line=number)
         if name in first_line:
             raise FormatError(
                 f"image {name!r} is listed twice (lines {first_line[name]} and {number})",
@@ -107,6 +128,7 @@ def read_vcdb(path: Path, repository_dir: Path, *, missing_ok: bool = False) -> 
                 line=number,
             )
         try:
+            _check_length(rel)
             entries[name] = safe_join(repository_dir, rel, what="cluster description path")
         except FormatError as exc:
             raise FormatError(str(exc), path=path, line=number) from None
@@ -114,9 +136,16 @@ def read_vcdb(path: Path, repository_dir: Path, *, missing_ok: bool = False) -> 
     return entries
 
 
+def _check_length(rel: str) -> None:
+    """A path the filesystem could not open is refused here, where its line is known."""
+    encoded = rel.encode("utf-8", "surrogateescape")
+    if len(encoded) > _PATH_MAX or any(len(part) > _COMPONENT_MAX for part in encoded.split(b"/")):
+        raise FormatError(f"cluster description path is too long ({len(encoded)} bytes; at most {_COMPONENT_MAX} per name)")
+
+
 def _relative_entry(name: str, value: Path | str, root: Path, target: Path) -> str:
     if not is_valid_name(name):
-        raise FormatError(_name_problem(name), path=target)
+        raise FormatError(invalid_name(name), path=target)
     text = os.fspath(value)
     if any(c in text for c in ",\n\r"):
         raise FormatError(f"image {name!r}: path {text!r} may not contain a comma or line break", path=target)

@@ -14,6 +14,11 @@ Settings (``fake.conf``, all optional): ``total_cpus`` (64),
 ``public_network`` (``192.0.2.0/24``), ``private_network``
 (``10.1.0.0/16``), ``dns`` (``8.8.8.8``), ``state_file``, ``fail_deploy``
 (``True`` makes every deploy fail, to exercise rollback).
+
+A state file that is not what this driver writes (not JSON, a wrong shape,
+an invalid cluster or node name, larger than :data:`MAX_STATE_BYTES`) is a
+:class:`~pragma_core.errors.DriverError` naming it; names are checked with
+:func:`pragma_core.vcdb.is_valid_name` before they become file names.
 """
 
 from __future__ import annotations
@@ -49,6 +54,32 @@ from ..model import (
     NodeStatus,
     StagedCluster,
 )
+from ..vcdb import invalid_name, is_valid_name
+
+#: A state file larger than this is refused (a cluster takes a few hundred bytes).
+MAX_STATE_BYTES = 16 * 1024 * 1024
+_NODE_FIELDS = {"name": str, "role": str, "cpus": int, "memory_mib": int, "state": str, "private_ip": str}
+
+
+def _check_state(data: Any) -> dict[str, Any]:
+    """``data`` if it has the shape this driver writes; else a :class:`ValueError` saying where not."""
+    if not isinstance(data, dict) or not isinstance(data.get("clusters"), dict):
+        raise ValueError("no 'clusters' object")
+    if not isinstance(data.get("serial"), int) or isinstance(data["serial"], bool) or data["serial"] < 0:
+        raise ValueError("'serial' is not a whole number")
+    for name, entry in data["clusters"].items():
+        if not is_valid_name(name):
+            raise ValueError(invalid_name(name, "cluster name"))
+        if not isinstance(entry, dict) or not isinstance(entry.get("public_ip"), str) or not isinstance(entry.get("nodes"), list):
+            raise ValueError(f"cluster {name}: not an object with public_ip and nodes")
+        for node in entry["nodes"]:
+            if not isinstance(node, dict) or any(
+                not isinstance(node.get(key), kind) or isinstance(node.get(key), bool) for key, kind in _NODE_FIELDS.items()
+            ):
+                raise ValueError(f"cluster {name}: a node lacks one of {', '.join(_NODE_FIELDS)}")
+            if not is_valid_name(node["name"]):
+                raise ValueError(invalid_name(node["name"], "node name"))
+    return data
 
 
 @frozen(kw_only=True)
@@ -89,10 +120,7 @@ class FakeDriver(Driver):
 
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.state_file) + ".lock"):
-            try:
-                state = json.loads(self.state_file.read_text())
-            except FileNotFoundError:
-                state = {"clusters": {}, "serial": 0}
+            state = self._read_state()
             before = json.dumps(state, sort_keys=True)
             yield state
             after = json.dumps(state, sort_keys=True, indent=1)
@@ -101,8 +129,26 @@ class FakeDriver(Driver):
                 tmp.write_text(after)
                 os.replace(tmp, self.state_file)
 
+    def _read_state(self) -> dict[str, Any]:
+        try:
+            with open(self.state_file, "rb") as handle:
+                data = handle.read(MAX_STATE_BYTES + 1)
+        except FileNotFoundError:
+            return {"clusters": {}, "serial": 0}
+        except OSError as exc:
+            raise DriverError(f"{self.state_file}: cannot read fake driver state: {exc.strerror or exc}") from None
+        try:
+            if len(data) > MAX_STATE_BYTES:
+                raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
+            return _check_state(json.loads(data))
+        except (ValueError, RecursionError) as exc:  # JSON, UTF-8, shape; RecursionError: absurd nesting
+            reason = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
+            raise DriverError(f"{self.state_file}: corrupt fake driver state ({reason}); remove it to start afresh") from None
+
     def vcout_dir(self, cluster: str) -> Path:
         """Where deploy writes the vc-out files of ``cluster`` (for tests and demos)."""
+        if not is_valid_name(cluster):
+            raise DriverError(invalid_name(cluster, "cluster name"))
         return self.state_file.parent / "pragma-fake-vcout" / cluster
 
     # ------------------------------------------------------------------ Driver
@@ -186,6 +232,9 @@ class FakeDriver(Driver):
         for node in allocation.nodes:
             if node.name not in vcout:
                 raise DriverError(f"no vc-out.xml for node {node.name}")
+        for node_name in vcout:
+            if not is_valid_name(node_name):
+                raise DriverError(invalid_name(node_name, "node name"))
         directory = self.vcout_dir(allocation.cluster)
         directory.mkdir(parents=True, exist_ok=True)
         for node_name, data in vcout.items():

@@ -8,6 +8,12 @@
   under the allocation lock when :meth:`~pragma_kvm_rocks.driver.KvmRocksDriver.allocate`
   reserves a cluster, before any domain exists. Concurrent boots see each
   other's reservations there; ``clean`` and ``rollback`` delete the record.
+
+A record file is read at most :data:`MAX_RECORD_BYTES`; one that is not what
+pragma writes (not JSON, a wrong shape, a cluster or node name that
+:func:`pragma_core.vcdb.is_valid_name` refuses, a file name that is not its
+cluster's) is a :class:`~pragma_core.errors.DriverError` naming the file. A
+cluster name is checked the same way before it becomes a file name.
 """
 
 from __future__ import annotations
@@ -24,11 +30,18 @@ import defusedxml.ElementTree as SafeET
 from attrs import field, frozen
 
 from pragma_core.errors import DriverError
+from pragma_core.vcdb import invalid_name, is_valid_name
 
 #: XML namespace of pragma's domain metadata.
 NAMESPACE = "https://pragma-grid.github.io/pragma/1"
 #: Prefix used for it in domain XML.
 PREFIX = "pragma"
+#: An allocation record larger than this is refused (one takes a few KiB).
+MAX_RECORD_BYTES = 4 * 1024 * 1024
+# What reading a damaged record can raise: JSON and UTF-8 errors are ValueErrors; a wrong
+# shape gives KeyError, TypeError or AttributeError; absurd nesting RecursionError; inf as an
+# integer OverflowError.
+_DAMAGED = (ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError)
 
 
 @frozen(kw_only=True)
@@ -175,6 +188,9 @@ class RecordStore:
         self.directory = state_dir / "clusters"
 
     def path(self, cluster: str) -> Path:
+        """The record file of ``cluster`` (a :class:`DriverError` for a name that is not valid)."""
+        if not is_valid_name(cluster):
+            raise DriverError(invalid_name(cluster, "cluster name"))
         return self.directory / f"{cluster}.json"
 
     def all(self) -> Iterator[ClusterRecord]:
@@ -182,18 +198,20 @@ class RecordStore:
             return
         for path in sorted(self.directory.glob("*.json")):
             try:
-                yield ClusterRecord.from_dict(json.loads(path.read_text()))
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise DriverError(f"{path}: unreadable allocation record ({exc})") from None
+                yield _load(path)
+            except FileNotFoundError:
+                continue  # deleted since the listing: a clean in another process
+            except OSError as exc:
+                raise DriverError(f"{path}: unreadable allocation record ({exc.strerror or exc})") from None
 
     def get(self, cluster: str) -> ClusterRecord | None:
         path = self.path(cluster)
         try:
-            return ClusterRecord.from_dict(json.loads(path.read_text()))
+            return _load(path)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DriverError(f"{path}: unreadable allocation record ({exc})") from None
+        except OSError as exc:
+            raise DriverError(f"{path}: unreadable allocation record ({exc.strerror or exc})") from None
 
     def put(self, record: ClusterRecord) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -204,3 +222,29 @@ class RecordStore:
 
     def delete(self, cluster: str) -> None:
         self.path(cluster).unlink(missing_ok=True)
+
+
+def _load(path: Path) -> ClusterRecord:
+    """The record in ``path``; OSError as raised, a damaged record a :class:`DriverError`."""
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_RECORD_BYTES + 1)
+    try:
+        if len(data) > MAX_RECORD_BYTES:
+            raise ValueError(f"larger than {MAX_RECORD_BYTES} bytes")
+        record = ClusterRecord.from_dict(json.loads(data))
+        if record.cluster != path.stem:
+            raise ValueError(f"it names cluster {record.cluster!r}")
+        for name, what in [(record.cluster, "cluster name"), *((n.name, "node name") for n in record.nodes)]:
+            if not is_valid_name(name):
+                raise ValueError(invalid_name(name, what))
+    except _DAMAGED as exc:
+        raise DriverError(f"{path}: unreadable allocation record ({_reason(exc)}); remove it if no cluster uses it") from None
+    return record
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, KeyError):
+        return f"missing {exc}"
+    return str(exc) or type(exc).__name__
