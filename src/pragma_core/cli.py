@@ -31,7 +31,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -39,29 +39,25 @@ from . import __version__
 from .errors import PragmaError, UsageError
 from .redaction import redact
 from .printable import ERROR_LINE_LIMIT, PrintableFormatter, printable
-from .vcdb import MAX_NAME_LENGTH, invalid_name, is_valid_name
+from .request import check_loglevel, quote
+from .vcdb import invalid_name, is_valid_name
 
 if TYPE_CHECKING:
     from .config import SiteConfig
     from .hooks import Hooks
     from .interfaces import Driver, Repository
-    from .model import BootRequest, ClusterStatus
+    from .model import ClusterReadiness, ClusterStatus
     from .pipeline import Pipeline
+    from .site import Site
 
 log = logging.getLogger("pragma_core.cli")
 
 _PARAM = re.compile(r"^([A-Za-z0-9_+-]+)=(.*)$", re.DOTALL)
 _LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
-_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_KEY_TYPES = ("ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-")
 #: Arguments that name an image or a cluster: checked before any command runs.
 _NAME_ARGS = frozenset({"vc-name"})
 #: Exit status when standard output is closed early (128 + SIGPIPE, as a shell reports it).
 EXIT_OUTPUT_CLOSED = 141
-#: Upper bounds of numbers on the command line (far above any real cluster).
-MAX_CPUS = 100_000
-MAX_MEMORY_MIB = 1 << 30
-MAX_WAIT_SECONDS = 7 * 24 * 3600
 
 
 # --------------------------------------------------------------------------- registry
@@ -180,53 +176,36 @@ class Context:
         self.err = err
         self.debug = False
         self.log_files: list[_LogFile] = []
-        self._site: SiteConfig | None = None
-        self._hooks: Hooks | None = None
-        self._driver: Driver | None = None
-        self._repository: Repository | None = None
+        self._lib: Site | None = None
+
+    @property
+    def lib(self) -> Site:
+        """The :class:`pragma_core.Site` every command works through (opened on first use)."""
+        if self._lib is None:
+            from .site import Site
+
+            self._lib = Site.open(self.conf_dir)
+        return self._lib
 
     @property
     def site(self) -> SiteConfig:
-        if self._site is None:
-            from .config import load_site_config
-
-            self._site = load_site_config(self.conf_dir)
-        return self._site
+        """The site's configuration."""
+        return self.lib.config
 
     @property
     def hooks(self) -> Hooks:
-        if self._hooks is None:
-            from .hooks import Hooks
-            from .plugins import get_plugin_manager
-
-            self._hooks = Hooks(get_plugin_manager())
-        return self._hooks
+        return self.lib.hooks
 
     @property
     def driver(self) -> Driver:
-        if self._driver is None:
-            from .plugins import make_driver
-
-            self._driver = make_driver(self.site)
-        return self._driver
+        return self.lib.driver
 
     @property
     def repository(self) -> Repository:
-        if self._repository is None:
-            from .plugins import make_repository
-
-            self._repository = make_repository(self.site)
-        return self._repository
+        return self.lib.repository
 
     def pipeline(self, *, driver: bool = True) -> Pipeline:
-        from .pipeline import Pipeline
-
-        return Pipeline(
-            site=self.site,
-            driver=self.driver if driver else None,
-            repository=self.repository,
-            hooks=self.hooks,
-        )
+        return self.lib.pipeline(driver=driver)
 
     def print(self, text: str = "") -> None:
         print(text, file=self.out)
@@ -290,8 +269,7 @@ def _setup_logging(ctx: Context, params: dict[str, str], *, logfile: Path | None
     cannot be written fails the command before it does anything.
     """
     level_name = params.get("loglevel", default_level).upper()
-    if level_name not in _LEVELS:
-        raise UsageError(f"loglevel must be one of {', '.join(_LEVELS)}, not {_quote(params['loglevel'])}")
+    check_loglevel(level_name)
     ctx.debug = level_name == "DEBUG"
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if ctx.debug else min(logging.INFO, getattr(logging, level_name)))
@@ -315,7 +293,7 @@ def _open_log_file(path: Path) -> _LogFile:
             raise PragmaError(f"cannot open log file {path}: directory {path.parent} does not exist") from None
         raise PragmaError(f"cannot open log file {path}: {_os_reason(exc)}") from None
     except ValueError:  # a NUL byte in the name
-        raise PragmaError(f"cannot open log file {_quote(str(path))}: invalid file name") from None
+        raise PragmaError(f"cannot open log file {quote(str(path))}: invalid file name") from None
 
 
 def _close_log_files(ctx: Context) -> None:
@@ -350,157 +328,9 @@ def _default_logfile(ctx: Context, params: dict[str, str], stem: str) -> Path:
 # --------------------------------------------------------------------------- parsing helpers
 
 
-def _quote(value: str, limit: int = 40) -> str:
-    """``value`` quoted for a message, shortened when long (it may be thousands of characters)."""
-    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
-
-
 def _cut(word: str, limit: int = 40) -> str:
     """``word`` shortened for a message (unquoted)."""
     return word if len(word) <= limit else f"{word[:limit]}... ({len(word)} characters)"
-
-
-def _whole(value: str, maximum: int) -> int | None:
-    """``value`` (ASCII digits) as a whole number, capped at ``maximum + 1``; ``None`` when not digits.
-
-    The length is checked before converting: a number with thousands of
-    digits costs nothing and is simply too large.
-    """
-    text = value.strip()
-    if not re.fullmatch(r"[0-9]+", text):
-        return None
-    digits = text.lstrip("0") or "0"
-    return maximum + 1 if len(digits) > len(str(maximum)) else min(int(digits), maximum + 1)
-
-
-def _parse_cpus(value: str) -> int:
-    count = _whole(value, MAX_CPUS)
-    if count is None:
-        raise UsageError(f"number of CPUs must be a whole number >= 0, not {_quote(value)}")
-    if count > MAX_CPUS:
-        raise UsageError(f"number of CPUs must be at most {MAX_CPUS}, not {_quote(value)}")
-    return count
-
-
-def parse_memory(value: str | None) -> Any:
-    """``mem=N`` (both) or ``mem=FRONTEND:COMPUTE``, in MiB."""
-    from .model import MemorySpec
-
-    if value is None or value == "":
-        return MemorySpec()
-    first, sep, second = value.partition(":")
-    fe = _whole(first, MAX_MEMORY_MIB)
-    compute = _whole(second, MAX_MEMORY_MIB) if sep else fe
-    if fe is None or compute is None:
-        raise UsageError(f"mem must be N or FRONTEND:COMPUTE in MiB (e.g. 4096:2048), not {_quote(value)}")
-    if fe <= 0 or compute <= 0:
-        raise UsageError(f"mem must be positive, not {_quote(value)}")
-    if max(fe, compute) > MAX_MEMORY_MIB:
-        raise UsageError(f"mem must be at most {MAX_MEMORY_MIB} MiB, not {_quote(value)}")
-    return MemorySpec(frontend_mib=fe, compute_mib=compute)
-
-
-def parse_add_iface(value: str | None) -> tuple[Any, ...]:
-    """``add-iface=net[:cidr],net2[:cidr]``."""
-    import ipaddress
-
-    from .model import InterfaceRequest
-
-    if not value:
-        return ()
-    result = []
-    seen = set()
-    for item in (s.strip() for s in value.split(",")):
-        if not item:
-            continue
-        name, _, cidr = item.partition(":")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or len(name) > MAX_NAME_LENGTH:
-            raise UsageError(f"add-iface: invalid network name {_quote(name)}")
-        if name in seen:
-            raise UsageError(f"add-iface: network {name!r} given twice")
-        seen.add(name)
-        iface = None
-        if cidr:
-            try:
-                iface = ipaddress.IPv4Interface(cidr)
-            except ValueError:
-                raise UsageError(f"add-iface: {_quote(cidr)} is not an IPv4 CIDR such as 10.102.0.0/24") from None
-            if iface.network.prefixlen > 30:
-                raise UsageError(f"add-iface: subnet {cidr} is too small")
-        result.append(InterfaceRequest(network=name, cidr=iface))
-    return tuple(result)
-
-
-#: A public key file larger than this is no public key file (a few keys take a few KiB).
-MAX_KEY_BYTES = 64 * 1024
-
-
-def read_key(value: str | None) -> str:
-    """The SSH public key text from ``key=FILE`` or the user's default key.
-
-    Only a regular file is read, and at most :data:`MAX_KEY_BYTES` of it
-    (``key=/dev/zero`` or a FIFO never hangs the command).
-    """
-    if value:
-        try:
-            candidates = [Path(value).expanduser()]
-        except RuntimeError:  # ~user of an unknown user
-            raise PragmaError(f"key: cannot find the home directory in {_quote(value)}") from None
-    else:
-        home = Path.home() / ".ssh"
-        candidates = [home / "id_rsa.pub", home / "id_ed25519.pub", home / "id_ecdsa.pub"]
-    for path in candidates:
-        try:
-            if not path.exists():
-                continue
-            if not path.is_file():
-                raise PragmaError(f"key: {path} is not a regular file")
-            with open(path, "rb") as handle:
-                text = handle.read(MAX_KEY_BYTES + 1).decode("utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
-            raise PragmaError(f"key: cannot read {path}: {reason}") from None
-        except ValueError:  # a NUL byte in the name
-            raise PragmaError(f"key: invalid file name {_quote(str(path))}") from None
-        lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
-        if len(text) > MAX_KEY_BYTES or not lines or not all(line.startswith(_KEY_TYPES) for line in lines):
-            raise PragmaError(f"key: {path} is not an SSH public key file")
-        return "\n".join(lines)
-    if value:
-        raise PragmaError(f"key: file not found: {candidates[0]}")
-    raise PragmaError("no SSH public key found in ~/.ssh; give one with key=FILE")
-
-
-def build_request(image: str, cpus: str, params: dict[str, str]) -> BootRequest:
-    """Validate ``boot`` arguments into a :class:`~pragma_core.model.BootRequest`."""
-    from .config import to_bool
-    from .model import BootRequest
-
-    for ipop in ("enable-ipop-client", "enable-ipop-server"):
-        if params.get(ipop):
-            raise PragmaError(f"IPOP is not supported ({ipop}={params[ipop]})")
-    try:
-        ent = to_bool(params.get("enable-ent", "false"))
-    except ValueError:
-        raise UsageError(f"enable-ent must be true or false, not {_quote(params['enable-ent'])}") from None
-    mem = params.get("mem", params.get("memory"))
-    if "mem" in params and "memory" in params and params["mem"] != params["memory"]:
-        raise UsageError("give mem= or memory=, not both")
-    count = _parse_cpus(cpus)
-    memory = parse_memory(mem)
-    add_ifaces = parse_add_iface(params.get("add-iface"))
-    level = params.get("loglevel", "INFO").upper()
-    if level not in _LEVELS:
-        raise UsageError(f"loglevel must be one of {', '.join(_LEVELS)}, not {_quote(params['loglevel'])}")
-    return BootRequest(
-        image=image,
-        cpus=count,
-        key=read_key(params.get("key")),
-        memory=memory,
-        add_ifaces=add_ifaces,
-        enable_ent=ent,
-        params=params,
-    )
 
 
 # --------------------------------------------------------------------------- output
@@ -579,82 +409,44 @@ support it) and exits 1 if one is not; the cluster stays booted either way.""",
     ],
 )
 def _boot(ctx: Context, args: list[str], params: dict[str, str]) -> int:
+    from .request import parse_wait, request_from_params
+
     image, cpus = args
-    request = build_request(image, cpus, params)
+    request = request_from_params(image, cpus, params)
     wait = parse_wait(params.get("wait"))
     _setup_logging(ctx, params, logfile=_default_logfile(ctx, params, image))
-    if wait is not None:
-        _require_wait_ready(ctx.driver)  # refuse before booting anything
     log.info("boot %s cpus=%d", image, request.cpus)
-    result = ctx.pipeline().boot(request)
-    alloc = result.allocation
-    readiness = _wait_ready(ctx, alloc.cluster, wait) if wait is not None else None
+    booted = ctx.lib.boot(request, wait=wait)
+    alloc, readiness = booted.allocation, booted.readiness
     if ctx.json:
         data: dict[str, Any] = {"cluster": alloc.cluster, "frontend": alloc.frontend.name, "computes": [n.name for n in alloc.computes],
-                "public_ip": str(alloc.public_ip) if alloc.public_ip else None, "vcout_format": result.vcout_format}
+                "public_ip": str(alloc.public_ip) if alloc.public_ip else None, "vcout_format": booted.vcout_format}
         if readiness is not None:
-            data["ready"] = readiness
+            data["ready"] = {n.node: "ready" if n.ready else f"{n.state.value}: {n.detail}" for n in readiness.nodes}
         ctx.print_json(data)
     else:
         cpus_total = sum(n.cpus for n in alloc.computes)
         ctx.print(printable(f"Cluster {alloc.cluster} booted: frontend {alloc.frontend.name}, {len(alloc.computes)} compute nodes ({cpus_total} CPUs)"))
-        for line in format_clusters(ctx.driver.list_clusters(alloc.cluster)):
+        for line in format_clusters(ctx.lib.clusters(alloc.cluster)):
             ctx.print(line)
         if readiness is not None:
             for line in format_readiness(readiness):
                 ctx.print(line)
-    if readiness is not None and any(value != "ready" for value in readiness.values()):
-        bad = sorted(node for node, value in readiness.items() if value != "ready")
-        _report_error(ctx.err, f"cluster {alloc.cluster}: node(s) not ready after {wait:g} s: {', '.join(bad)}")
+    if readiness is not None and not readiness.ready:
+        _report_error(ctx.err, f"cluster {alloc.cluster}: node(s) not ready after {wait:g} s: {', '.join(readiness.not_ready)}")
         return 1
     return 0
 
 
-def parse_wait(value: str | None) -> float | None:
-    """``wait=SECONDS``: a positive number of seconds, or ``None`` when not given."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value) if len(value) <= 40 else -1.0  # forty characters hold any sensible number
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds < float("inf"):  # also refuses nan
-        raise UsageError(f"wait must be a positive number of seconds, not {_quote(value)}")
-    if seconds > MAX_WAIT_SECONDS:
-        raise UsageError(f"wait must be at most {MAX_WAIT_SECONDS} seconds, not {_quote(value)}")
-    return seconds
+def format_readiness(readiness: ClusterReadiness | Mapping[str, str]) -> list[str]:
+    """One line per node: ``NODE  ready`` or ``NODE  STATE  DETAIL`` (``timeout``, ``failed``, ``stopped``)."""
+    from .model import ClusterReadiness
 
-
-def _require_wait_ready(driver: Driver) -> None:
-    from .errors import NotSupportedError
-    from .interfaces import Driver as DriverBase
-
-    if type(driver).wait_ready is DriverBase.wait_ready:
-        raise NotSupportedError(f"driver {driver.name!r} cannot wait for nodes to be ready (wait= is not supported)")
-
-
-def _wait_ready(ctx: Context, cluster: str, timeout: float) -> dict[str, str]:
-    log.info("waiting up to %g s for the nodes of %s", timeout, cluster)
-    started = time.monotonic()
-    readiness = ctx.driver.wait_ready(cluster, timeout)
-    log.info("wait for %s done in %.1f s: %s", cluster, time.monotonic() - started, readiness)
-    return readiness
-
-
-def format_readiness(readiness: dict[str, str]) -> list[str]:
-    """One line per node: ``NODE  ready`` or ``NODE  STATUS  DETAIL`` (``timeout``, ``failed``...)."""
-    readiness = {printable(node): printable(value) for node, value in readiness.items()}  # guest console text
-    width = max((len(node) for node in readiness), default=0)
-    lines = []
-    for node, value in readiness.items():
-        if value == "ready":
-            lines.append(f"{node.ljust(width)}  ready")
-            continue
-        status, sep, detail = value.partition(": ")
-        if not sep or " " in status:
-            status, detail = "timeout", value
-        lines.append(f"{node.ljust(width)}  {status}  {detail}".rstrip())
-    return lines
+    if not isinstance(readiness, ClusterReadiness):
+        readiness = ClusterReadiness.from_mapping("", readiness)
+    rows = [(printable(n.node), n.state.value, printable(n.detail)) for n in readiness.nodes]  # guest console text
+    width = max((len(node) for node, _, _ in rows), default=0)
+    return [f"{node.ljust(width)}  {state}  {detail}".rstrip() for node, state, detail in rows]
 
 
 @command(
@@ -666,7 +458,7 @@ def format_readiness(readiness: dict[str, str]) -> list[str]:
 def _clean(ctx: Context, args: list[str], params: dict[str, str]) -> int:
     (name,) = args
     ctx.print(f"Removing virtual cluster {name}")
-    ctx.driver.clean(name)
+    ctx.lib.clean(name)
     ctx.print(f"Cluster {name} is successfully removed")
     return 0
 
@@ -680,7 +472,7 @@ def _clean(ctx: Context, args: list[str], params: dict[str, str]) -> int:
 def _shutdown(ctx: Context, args: list[str], params: dict[str, str]) -> int:
     (name,) = args
     ctx.print(f"Shutting down virtual cluster {name}")
-    ctx.driver.shutdown(name)
+    ctx.lib.shutdown(name)
     ctx.print(f"Cluster {name} successfully shutdown")
     return 0
 
@@ -693,12 +485,7 @@ def _shutdown(ctx: Context, args: list[str], params: dict[str, str]) -> int:
     json_output=True,
 )
 def _list_cluster(ctx: Context, args: list[str], params: dict[str, str]) -> int:
-    name = args[0] if args else None
-    clusters = ctx.driver.list_clusters(name)
-    if name is not None and not clusters:
-        from .errors import NotFoundError
-
-        raise NotFoundError(f"no virtual cluster named {name!r}")
+    clusters = ctx.lib.clusters(args[0] if args else None)
     if ctx.json:
         ctx.print_json([_cluster_json(c) for c in clusters])
         return 0
@@ -714,10 +501,7 @@ def _list_cluster(ctx: Context, args: list[str], params: dict[str, str]) -> int:
     json_output=True,
 )
 def _list_repository(ctx: Context, args: list[str], params: dict[str, str]) -> int:
-    if ctx.site.site_ve_driver:
-        names = ctx.driver.list_repository(ctx.repository)
-    else:
-        names = ctx.repository.list()
+    names = ctx.lib.images()
     if ctx.json:
         ctx.print_json(list(names))
         return 0
@@ -735,7 +519,7 @@ def _list_repository(ctx: Context, args: list[str], params: dict[str, str]) -> i
 )
 def _sync_repository(ctx: Context, args: list[str], params: dict[str, str]) -> int:
     _setup_logging(ctx, params, logfile=_default_logfile(ctx, params, "sync"))
-    changed = ctx.repository.sync()
+    changed = ctx.lib.sync()
     log.info("sync finished: %s", "changed" if changed else "nothing changed")
     return 0
 
@@ -750,7 +534,7 @@ def _sync_repository(ctx: Context, args: list[str], params: dict[str, str]) -> i
 )
 def _stage(ctx: Context, args: list[str], params: dict[str, str]) -> int:
     _setup_logging(ctx, params, default_level="WARNING")
-    staged = ctx.pipeline(driver=False).stage_images(args[0])
+    staged = ctx.lib.stage(args[0])
     images = {"frontend": staged.frontend, "compute": staged.compute}
     if ctx.json:
         ctx.print_json({role: {"path": str(img.path), "format": img.format, "virtual_size": img.virtual_size} for role, img in images.items()})
@@ -1065,7 +849,7 @@ def _check_command_line(ctx: Context, cmd: Command, rest: list[str], params: dic
         missing = need[len(rest)]
         raise UsageError(f"missing argument {{{missing}}} (usage: pragma {cmd.line()})")
     if len(rest) > len(cmd.args) and not cmd.variadic:
-        raise UsageError(f"unexpected argument {_quote(rest[len(cmd.args)])} (usage: pragma {cmd.line()})")
+        raise UsageError(f"unexpected argument {quote(rest[len(cmd.args)])} (usage: pragma {cmd.line()})")
     for (arg, _required, _help), value in zip(cmd.args, rest):
         if arg in _NAME_ARGS and not is_valid_name(value):
             raise UsageError(invalid_name(value, arg))

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from attrs import frozen
 
-from .errors import NotFoundError, NotSupportedError
+from .errors import NotFoundError, NotSupportedError, UsageError
 from .model import ClusterReadiness, ClusterStatus, InterfaceRequest, MemorySpec, StagedCluster
 
 if TYPE_CHECKING:
@@ -44,6 +44,15 @@ if TYPE_CHECKING:
     from .plugins import PluginInfo
 
 __all__ = ["Booted", "Site"]
+
+
+def _checked(name: str, what: str = "vc-name") -> str:
+    """``name`` when it is a valid cluster or image name; a :class:`UsageError` before any effect otherwise."""
+    from .vcdb import invalid_name, is_valid_name
+
+    if not is_valid_name(name):
+        raise UsageError(invalid_name(name, what))
+    return name
 
 log = logging.getLogger(__name__)
 
@@ -212,22 +221,22 @@ class Site:
 
         An unknown ``name`` raises :class:`~pragma_core.errors.NotFoundError`.
         """
-        clusters = self.driver.list_clusters(name)
+        clusters = self.driver.list_clusters(_checked(name) if name is not None else None)
         if name is not None and not clusters:
             raise NotFoundError(f"no virtual cluster named {name!r}")
         return clusters
 
     def shutdown(self, name: str) -> ClusterStatus:
         """Power off every node of cluster ``name`` (forced after the driver's timeout)."""
-        return self.driver.shutdown(name)
+        return self.driver.shutdown(_checked(name))
 
     def clean(self, name: str) -> None:
         """Remove shut-down cluster ``name``: its nodes, disks and allocation."""
-        self.driver.clean(name)
+        self.driver.clean(_checked(name))
 
     def stage(self, image: str) -> StagedCluster:
         """Stage image ``image``'s disks into the cache without booting it (``pragma stage``)."""
-        return self.pipeline(driver=False).stage_images(image)
+        return self.pipeline(driver=False).stage_images(_checked(image))
 
     def sync(self) -> bool:
         """Bring the local repository up to date with the remote one; whether anything changed."""
@@ -247,6 +256,7 @@ class Site:
         """Wait up to ``timeout`` seconds for every node of cluster ``name`` to be ready."""
         from .request import parse_wait
 
+        _checked(name)
         seconds = parse_wait(timeout)
         assert seconds is not None
         self.require_wait_support()
