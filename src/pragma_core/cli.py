@@ -9,7 +9,9 @@ arguments *from the front*. ``pragma <command> help`` explains one command,
 bare ``pragma`` is ``pragma list help``.
 
 Exit status: 0 success, 1 error (one ``Error: ...`` line on stderr; the
-traceback only with ``loglevel=DEBUG``), 2 usage error.
+traceback only with ``loglevel=DEBUG``), 2 usage error, 128 + N after signal
+N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP: what was allocated is rolled back,
+see :mod:`pragma_core.signals`).
 
 This module imports no driver or SDK at start-up: drivers and repositories
 are loaded by name only by the commands that need them.
@@ -806,9 +808,9 @@ def run(argv: Sequence[str], *, out: TextIO, err: TextIO) -> int:
             traceback.print_exc(file=err)
         err.write(f"Error: {exc}\n")
         return exc.exit_code
-    except KeyboardInterrupt:
-        err.write("Error: interrupted\n")
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM/SIGHUP too (pragma_core.signals.Interrupted)
+        err.write(f"Error: {str(exc) or 'interrupted'}\n")
+        return getattr(exc, "exit_code", 130)
     except Exception as exc:  # noqa: BLE001 - a bug still gets one line, traceback at DEBUG
         if ctx.debug:
             import traceback
@@ -820,8 +822,11 @@ def run(argv: Sequence[str], *, out: TextIO, err: TextIO) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point of ``pragma``."""
+    from .signals import run_main
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(name)s: %(message)s", stream=sys.stderr)
-    code = run(sys.argv[1:] if argv is None else argv, out=sys.stdout, err=sys.stderr)
+    # SIGTERM and SIGHUP roll back like Ctrl-C and exit 128 + signal number (pragma_core.signals)
+    code = run_main(run, sys.argv[1:] if argv is None else argv, out=sys.stdout, err=sys.stderr)
     try:
         sys.stdout.flush()
     except BrokenPipeError:
