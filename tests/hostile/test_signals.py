@@ -30,7 +30,7 @@ from httpfaults import Fault, FaultServer, write_remote_repository
 
 from pragma_core.clusterxml import parse_cluster_xml
 from pragma_core.config import load_site_config
-from pragma_core.errors import DriverError
+from pragma_core.errors import CapacityError, DriverError
 from pragma_core.model import BootRequest
 from pragma_core.pipeline import Pipeline
 from pragma_core.plugins import get_plugin_manager, make_driver, make_repository
@@ -66,7 +66,7 @@ def fake_leftovers(etc: Path, tmpdir: Path) -> list[str]:
     vcout = driver.state_file.parent / "pragma-fake-vcout"
     problems += [f"vc-out left: {p}" for p in faultkit.files_matching(vcout, prefixes=("",))]
     problems += [f"state file left: {p}" for p in faultkit.files_matching(driver.state_file.parent, contains=(".tmp",))]
-    problems += [f"temporary file left: {p}" for p in faultkit.files_matching(tmpdir, prefixes=("",))]
+    problems += [faultkit.TEMPORARY_LEFT + p for p in faultkit.files_matching(tmpdir, prefixes=("",))]
     return problems
 
 
@@ -103,7 +103,8 @@ def remote(tmp_path_factory: pytest.TempPathFactory):
     with open(www / "vcdb.txt", "a") as handle:
         handle.write("solo,solo/solo.xml\n")
     with FaultServer(www) as server:
-        for path in [*demo.parts, *(f"solo/{Path(p).name.replace('demo-', 'solo-')}" for p in demo.parts), "clusters/demo/demo-compute.img"]:
+        solo_parts = [f"solo/{Path(p).name.replace('demo-', 'solo-')}" for p in demo.parts]
+        for path in [*demo.parts, *solo_parts, "clusters/demo/demo-compute.img"]:
             server.add_fault(path, Fault(stall=0.08, stall_after=32 << 10))
         for path in ("vcdb.txt", "clusters/demo/demo.xml", "other/other.xml", "solo/solo.xml"):
             server.add_fault(path, Fault(stall=0.1, stall_after=64))
@@ -126,21 +127,8 @@ def http_site(root: Path, url: str) -> Path:
 
 
 def cache_problems(cache: Path, tmpdir: Path) -> list[str]:
-    problems = [f"half-made file left: {p}" for p in faultkit.files_matching(cache, **TEMPORARY)]
-    return problems + [f"temporary file left: {p}" for p in faultkit.files_matching(tmpdir, prefixes=("",))]
-
-
-def kill_notes(outcome: Outcome, problems: list[str]) -> list[str]:
-    """After SIGKILL, files the killed process was writing are recorded as notes, not problems.
-
-    Nothing can remove them in the killed process; staging removes its own on
-    the next run, the catalogue/description fetch does not (see the report).
-    """
-    if outcome.trial.signum != signal.SIGKILL:
-        return problems
-    outcome.notes += [f"SIGKILL left {p.split(': ', 1)[1]} (nothing removes it)" for p in problems
-                      if p.startswith("half-made")]
-    return [p for p in problems if not p.startswith("half-made")]
+    found = faultkit.files_matching(cache, **TEMPORARY) + faultkit.files_matching(tmpdir, prefixes=("",))
+    return [faultkit.TEMPORARY_LEFT + p for p in found]
 
 
 # --------------------------------------------------------------------------- boot on the fake driver
@@ -165,7 +153,7 @@ def test_boot_signalled_at_any_point_leaves_nothing_allocated(trial: Trial, tmp_
 
 
 STAGE_TRIALS = [
-    *faultkit.plan("fake-stage-two-images", ("resolve:start", "stage:start"), per_signal=2, max_delay=0.5),
+    *faultkit.plan("fake-stage-two-images", ("resolve:start", "stage:start"), per_signal=2, max_delay=0.5, hold=False),
     *faultkit.plan("fake-stage-one-image", ("stage:start",), per_signal=1, max_delay=0.5, hold=False),
 ]
 
@@ -186,7 +174,7 @@ def test_stage_signalled_mid_download_leaves_no_half_made_file(trial: Trial, tmp
         return [f"pragma stage {name} again: exit {done.returncode}: {done.stderr.strip()}"] if done.returncode else []
 
     faultkit.judge(outcome, undo=lambda _o: [], recover=again,
-                   leftovers=lambda: kill_notes(outcome, cache_problems(tmp_path / "cache", tmpdir)))
+                   leftovers=lambda: cache_problems(tmp_path / "cache", tmpdir))
     assert outcome.clean, outcome.describe()
 
 
@@ -213,7 +201,7 @@ def test_sync_signalled_mid_transfer_leaves_whole_files_and_no_spool(trial: Tria
         return [f"pragma sync again: exit {done.returncode}: {done.stderr.strip()}"] if done.returncode else []
 
     def leftovers() -> list[str]:
-        problems = kill_notes(outcome, cache_problems(cache, tmpdir))
+        problems = cache_problems(cache, tmpdir)
         try:  # every file is the old or the new copy, never a torn one
             read_vcdb(cache / "vcdb.txt", cache)
             for name, xml in (("demo", "clusters/demo/demo.xml"), ("other", "other/other.xml")):
@@ -263,6 +251,13 @@ def test_a_boot_still_running_is_not_named_as_reserved_not_running(tmp_path: Pat
     pipe.boot(BootRequest(image="demo", cpus=1, key=KEY))
     again = site.subprocess("boot", "demo", "1", f"key={site.key}")
     assert again.err == "Error: no free public IP (1 configured, all in use)\n", "this process is still booting it"
+
+
+def test_a_capacity_error_names_each_reservation_and_the_command_that_frees_it() -> None:
+    error = CapacityError("no free VLAN: all 2 in vlans are in use", reserved=["vc-a", "vc-b"])
+    assert str(error) == ("no free VLAN: all 2 in vlans are in use; reserved, not running: vc-a, vc-b;"
+                          " pragma clean vc-a; pragma clean vc-b")
+    assert error.reserved == ("vc-a", "vc-b") and str(CapacityError("full")) == "full"
 
 
 # --------------------------------------------------------------------------- how a signal is delivered (in process)

@@ -151,6 +151,7 @@ class FakeDriver(Driver):
         per_node = cfg.cpus_per_node
         counts = [min(per_node, request.cpus - i) for i in range(0, request.cpus, per_node)]
         with self._state() as state:
+            self._remove_temporary_states()
             used_cpus = sum(sum(n["cpus"] for n in c["nodes"] if n["role"] == "compute") for c in state["clusters"].values())
             free = cfg.total_cpus - used_cpus
             idle = _reserved_not_running(state)
@@ -250,7 +251,7 @@ class FakeDriver(Driver):
         self._remove_vcout(allocation.cluster)
 
     def _remove_temporary_states(self) -> None:
-        """Remove state files a killed process was writing (the caller holds the state lock)."""
+        """Remove state files a killed process was writing (the caller holds the state lock: none is being written)."""
         for path in self.state_file.parent.glob(self.state_file.name + ".tmp*"):
             path.unlink(missing_ok=True)
 
