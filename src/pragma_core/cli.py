@@ -9,7 +9,9 @@ arguments *from the front*. ``pragma <command> help`` explains one command,
 bare ``pragma`` is ``pragma list help``.
 
 Exit status: 0 success, 1 error (one ``Error: ...`` line on stderr; the
-traceback only with ``loglevel=DEBUG``), 2 usage error, 141 (128 + SIGPIPE)
+traceback only with ``loglevel=DEBUG``), 2 usage error, 128 + N after signal
+N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP: what was allocated is rolled back,
+see :mod:`pragma_core.signals`), 141 (128 + SIGPIPE)
 when standard output was closed before everything was written
 (``pragma list repository | head -1``): nothing more is printed then.
 
@@ -768,9 +770,9 @@ def run(argv: Sequence[str], *, out: TextIO, err: TextIO) -> int:
     except PragmaError as exc:
         _report_error(err, str(exc), debug=ctx.debug)
         return exc.exit_code
-    except KeyboardInterrupt:
-        _report_error(err, "interrupted")
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM/SIGHUP too (pragma_core.signals.Interrupted)
+        _report_error(err, str(exc) or "interrupted")
+        return getattr(exc, "exit_code", 130)
     except Exception as exc:
         _report_error(err, f"internal error: {type(exc).__name__}: {exc} (run with loglevel=DEBUG for details)", debug=ctx.debug)
         return 1
@@ -858,7 +860,10 @@ def _check_command_line(ctx: Context, cmd: Command, rest: list[str], params: dic
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point of ``pragma``."""
     _log_to_stderr()
-    code = run(sys.argv[1:] if argv is None else argv, out=sys.stdout or _devnull(), err=sys.stderr or _devnull())
+    from .signals import run_main
+
+    # SIGTERM and SIGHUP roll back like Ctrl-C and exit 128 + signal number (pragma_core.signals)
+    code = run_main(run, sys.argv[1:] if argv is None else argv, out=sys.stdout or _devnull(), err=sys.stderr or _devnull())
     return _flush_stdout(code)
 
 

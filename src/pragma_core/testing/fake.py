@@ -12,8 +12,17 @@ vc-out.xml next to that file so tests can read what a guest would get.
 Settings (``fake.conf``, all optional): ``total_cpus`` (64),
 ``cpus_per_node`` (4), ``public_ips`` (``192.0.2.10``-``.29``),
 ``public_network`` (``192.0.2.0/24``), ``private_network``
-(``10.1.0.0/16``), ``dns`` (``8.8.8.8``), ``state_file``, ``fail_deploy``
-(``True`` makes every deploy fail, to exercise rollback).
+(``10.1.0.0/16``), ``dns`` (``8.8.8.8``), ``state_file``, and, to exercise
+failures: ``fail_deploy`` (``True`` makes every deploy fail, to exercise
+rollback), ``fail_rollback`` (``True`` makes every rollback fail, as a
+driver whose engine is unreachable would) and ``deploy_delay`` (seconds
+each node's deploy takes, ``0``; gives signals and faults a window).
+
+Like a real driver, an allocation is a reservation (nodes ``reserved``)
+until deploy starts the nodes (``running``). A cluster none of whose nodes
+runs, and whose allocating process is gone, is *reserved, not running*: a
+:class:`~pragma_core.errors.CapacityError` names it, with the ``pragma
+clean`` that frees it.
 
 A state file that is not what this driver writes (not JSON, a wrong shape,
 an invalid cluster or node name, larger than :data:`MAX_STATE_BYTES`) is a
@@ -27,6 +36,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +64,7 @@ from ..model import (
     NodeStatus,
     StagedCluster,
 )
+from ..signals import process_alive
 from ..vcdb import invalid_name, is_valid_name
 
 #: A state file larger than this is refused (a cluster takes a few hundred bytes).
@@ -82,6 +93,16 @@ def _check_state(data: Any) -> dict[str, Any]:
     return data
 
 
+def _seconds(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if isinstance(value, bool) or not 0 <= seconds <= 60:
+        raise ValueError(f"must be a number of seconds from 0 to 60, not {value!r}")
+    return seconds
+
+
 @frozen(kw_only=True)
 class FakeConfig:
     """Settings of the fake driver (``fake.conf``)."""
@@ -94,6 +115,8 @@ class FakeConfig:
     dns: tuple[str, ...] = setting(to_ipv4_list, default=("8.8.8.8",))
     state_file: Path | None = setting(to_optional_path, default=None, help="where the clusters are recorded")
     fail_deploy: bool = setting(to_bool, default=False, help="make every deploy fail (exercises rollback)")
+    fail_rollback: bool = setting(to_bool, default=False, help="make every rollback fail (an unreachable engine)")
+    deploy_delay: float = setting(_seconds, default=0.0, help="seconds each node's deploy takes, 0 to 60 (a window for faults)")
 
 
 class FakeDriver(Driver):
@@ -160,14 +183,18 @@ class FakeDriver(Driver):
         per_node = cfg.cpus_per_node
         counts = [min(per_node, request.cpus - i) for i in range(0, request.cpus, per_node)]
         with self._state() as state:
+            self._remove_temporary_states()
             used_cpus = sum(sum(n["cpus"] for n in c["nodes"] if n["role"] == "compute") for c in state["clusters"].values())
             free = cfg.total_cpus - used_cpus
+            idle = _reserved_not_running(state)
             if request.cpus > free:
-                raise CapacityError(f"not enough capacity: requested {request.cpus} CPUs, {free} available")
+                raise CapacityError(
+                    f"not enough capacity: requested {request.cpus} CPUs, {free} available", reserved=idle
+                )
             used_ips = {c["public_ip"] for c in state["clusters"].values()}
             public_ip = next((ip for ip in cfg.public_ips if ip not in used_ips), None)
             if public_ip is None:
-                raise CapacityError(f"no free public IP ({len(cfg.public_ips)} configured, all in use)")
+                raise CapacityError(f"no free public IP ({len(cfg.public_ips)} configured, all in use)", reserved=idle)
             state["serial"] += 1
             serial = state["serial"]
             name = f"vc{serial}"
@@ -220,8 +247,9 @@ class FakeDriver(Driver):
             state["clusters"][name] = {
                 "public_ip": public_ip,
                 "image": request.image,
+                "owner_pid": os.getpid(),
                 "nodes": [
-                    {"name": n.name, "role": n.role, "cpus": n.cpus, "memory_mib": n.memory_mib, "state": "allocated",
+                    {"name": n.name, "role": n.role, "cpus": n.cpus, "memory_mib": n.memory_mib, "state": "reserved",
                      "private_ip": str(n.interfaces[0].ip)}
                     for n in allocation.nodes
                 ],
@@ -239,6 +267,7 @@ class FakeDriver(Driver):
         directory.mkdir(parents=True, exist_ok=True)
         for node_name, data in vcout.items():
             (directory / f"{node_name}.xml").write_bytes(data)
+            time.sleep(self.config.deploy_delay)
         if self.config.fail_deploy:
             raise DriverError(f"fake driver: deploy of {allocation.cluster} failed (fail_deploy is set)")
         with self._state() as state:
@@ -249,9 +278,17 @@ class FakeDriver(Driver):
                 node["state"] = "running"
 
     def rollback(self, allocation: Allocation) -> None:
+        if self.config.fail_rollback:
+            raise DriverError(f"fake driver: rollback of {allocation.cluster} failed (fail_rollback is set)")
         with self._state() as state:
             state["clusters"].pop(allocation.cluster, None)
+            self._remove_temporary_states()
         self._remove_vcout(allocation.cluster)
+
+    def _remove_temporary_states(self) -> None:
+        """Remove state files a killed process was writing (the caller holds the state lock: none is being written)."""
+        for path in self.state_file.parent.glob(self.state_file.name + ".tmp*"):
+            path.unlink(missing_ok=True)
 
     def _remove_vcout(self, name: str) -> None:
         directory = self.vcout_dir(name)
@@ -314,4 +351,16 @@ class FakeDriver(Driver):
             if running:
                 raise DriverError(f"cluster {name} is still running ({', '.join(running)}); shut it down first")
             del state["clusters"][name]
+            self._remove_temporary_states()
         self._remove_vcout(name)
+
+
+def _reserved_not_running(state: Mapping[str, Any]) -> list[str]:
+    """Clusters of ``state`` none of whose nodes runs and whose allocating process is gone, sorted."""
+    return sorted(
+        name
+        for name, entry in state["clusters"].items()
+        if not any(node["state"] == "running" for node in entry["nodes"])
+        and not process_alive(entry.get("owner_pid", 0))
+    )
+
