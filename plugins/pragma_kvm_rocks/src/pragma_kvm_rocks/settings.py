@@ -253,6 +253,7 @@ class KvmRocksSettings:
     shutdown_timeout: float = field(default=120.0, converter=_seconds)
     node_naming: str = field(default="compute", converter=_choice("compute", "legacy"))
     default_memory_mib: int = field(default=2048, converter=_positive_int)
+    public_domain: str = field(default="localdomain")
 
     @public_ips.validator
     def _some_ips(self, attribute: attrs.Attribute, value: tuple) -> None:
@@ -273,6 +274,12 @@ class KvmRocksSettings:
     def _cpu_model(self, attribute: attrs.Attribute, value: str) -> None:
         if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+|host-model|host-passthrough", value):
             raise ValueError(f"cpu_model: {value!r} is not a libvirt CPU model name")
+
+    @public_domain.validator
+    def _public_domain(self, attribute: attrs.Attribute, value: str) -> None:
+        label = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+        if not (isinstance(value, str) and re.fullmatch(rf"{label}(\.{label})*", value)):
+            raise ValueError(f"public_domain: {value!r} is not a DNS domain such as example.org")
 
     @frontend_host.validator
     def _frontend_host(self, attribute: attrs.Attribute, value: str | None) -> None:
