@@ -108,7 +108,10 @@ def test_missing_site_conf_is_one_line_without_traceback(tmp_path: Path) -> None
         text=True,
     )
     assert proc.returncode == 1
-    assert proc.stderr == f"Error: configuration file not found: {tmp_path / 'site_conf.conf'}\n"
+    assert proc.stderr == (
+        f"Error: configuration file not found: {tmp_path / 'site_conf.conf'}"
+        " (give the site's configuration directory with --conf DIR or PRAGMA_CONF_DIR)\n"
+    )
 
 
 def test_bad_config_names_file_and_line(site: Site) -> None:

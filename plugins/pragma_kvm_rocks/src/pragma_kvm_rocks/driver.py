@@ -93,6 +93,12 @@ def cluster_name_for(ip: str, fqdn: str | None) -> str:
     return "vc-" + ip.replace(".", "-")
 
 
+def qualified_name(name: str, domain: str) -> str:
+    """The frontend's FQDN: the reverse-DNS ``name`` when it is dotted, else ``name.domain`` (never dotless)."""
+    name = name.rstrip(".")
+    return name if "." in name else f"{name}.{domain}"
+
+
 def compute_name(cluster: str, index: int, naming: str) -> str:
     """A compute node's domain name: ``<cluster>-compute-<i>`` or legacy ``vm-<cluster>-<i>``."""
     return f"vm-{cluster}-{index}" if naming == "legacy" else f"{cluster}-compute-{index}"
@@ -199,13 +205,20 @@ class KvmRocksDriver(Driver):
             public_ip = next((str(ip) for ip in cfg.public_ips if str(ip) not in used_ips), None)
             if public_ip is None:
                 raise CapacityError(
-                    f"no free public IP: all {len(cfg.public_ips)} in public_ips are in use", reserved=idle
+                    f"no free public IP: all {len(cfg.public_ips)} in public_ips are in use"
+                    " (kvm_rocks.conf; each cluster takes one public IP and one VLAN)", reserved=idle
                 )
             vlan = next((v for v in cfg.vlans if v not in used_vlans), None)
             if vlan is None:
-                raise CapacityError(f"no free VLAN: all {len(cfg.vlans)} in vlans are in use", reserved=idle)
-            fqdn = reverse_name(public_ip)
-            name = cluster_name_for(public_ip, fqdn)
+                free_ips = sum(str(ip) not in used_ips for ip in cfg.public_ips)
+                raise CapacityError(
+                    f"no free VLAN: all {len(cfg.vlans)} in vlans are in use while {free_ips} of the"
+                    f" {len(cfg.public_ips)} public_ips are free (kvm_rocks.conf; each cluster takes one of each)",
+                    reserved=idle,
+                )
+            reverse = reverse_name(public_ip)
+            name = cluster_name_for(public_ip, reverse)
+            fqdn = qualified_name(reverse or name, cfg.public_domain)
             computes = [compute_name(name, i, cfg.node_naming) for i in range(len(placements))]
             if name in used_names or used_names.intersection(computes):
                 holders = _holders({name, *computes}, records, domains)
@@ -214,7 +227,7 @@ class KvmRocksDriver(Driver):
                     reserved=[c for c in idle if c in holders],
                 )
             allocation = self._build_allocation(
-                request, cluster, name, fqdn or name, public_ip, vlan, placements, computes,
+                request, cluster, name, fqdn, public_ip, vlan, placements, computes,
                 fe_cpus, fe_mem, cn_mem, extras, used_macs,
             )
             self.store.put(self._record(allocation, cluster))
