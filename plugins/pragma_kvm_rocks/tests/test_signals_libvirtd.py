@@ -83,7 +83,7 @@ def test_a_capacity_error_names_the_reservations_whose_boot_is_gone(tmp_path: Pa
     second = driver.allocate(request, cluster)
     with pytest.raises(CapacityError) as caught:
         driver.allocate(request, cluster)
-    assert str(caught.value) == "no free public IP: all 2 in public_ips are in use"
+    assert str(caught.value) == "no free public IP: all 2 in public_ips are in use (kvm_rocks.conf; each cluster takes one public IP and one VLAN)"
 
     record = driver.store.get(second.cluster)
     assert record is not None
@@ -92,7 +92,7 @@ def test_a_capacity_error_names_the_reservations_whose_boot_is_gone(tmp_path: Pa
     with pytest.raises(CapacityError) as caught:
         driver.allocate(request, cluster)
     name = second.cluster
-    assert str(caught.value) == (f"no free public IP: all 2 in public_ips are in use;"
+    assert str(caught.value) == (f"no free public IP: all 2 in public_ips are in use (kvm_rocks.conf; each cluster takes one public IP and one VLAN);"
                                  f" reserved, not running: {name}; pragma clean {name}")
     assert caught.value.reserved == (name,)
     assert [n.state for n in driver.list_clusters(name)[0].nodes] == ["reserved", "reserved"]
@@ -374,7 +374,7 @@ def test_without_libvirtd_the_rollback_leaves_a_listed_reservation_the_capacity_
         again = subprocess.run(site.boot_argv(), capture_output=True, text=True, timeout=faultkit.HANG, check=False)
         assert again.returncode == 1
         assert again.stderr.splitlines()[-1] == (
-            f"Error: no free public IP: all 1 in public_ips are in use;"
+            f"Error: no free public IP: all 1 in public_ips are in use (kvm_rocks.conf; each cluster takes one public IP and one VLAN);"
             f" reserved, not running: {name}; pragma clean {name}"
         )
         clean = faultkit.pragma(site.etc, "clean", name)
