@@ -1,7 +1,9 @@
 """The boot pipeline: resolve -> stage -> allocate -> render -> deploy.
 
 Each stage is announced through the ``pragma_stage_event`` hook (start,
-done or failed, with its duration). Anything that fails after the driver
+done or failed, with its duration), and to the progress reporter when one
+is given, with the driver's node counts during ``deploy``
+(:mod:`pragma_core.events`). Anything that fails after the driver
 allocated the cluster -- including Ctrl-C, and SIGTERM or SIGHUP inside
 :func:`pragma_core.signals.interruptible` -- makes core call
 :meth:`Driver.rollback` and then re-raise the *first* cause; a rollback
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING
 from attrs import frozen
 
 from .errors import PragmaError
-from .events import StageEvent
+from .events import ProgressReporter, StageEvent, guarded, progress_keyword
 from .model import Allocation, BootRequest, StagedCluster
 from .signals import checkpoint, deferred, note
 
@@ -58,12 +60,14 @@ class Pipeline:
         repository: Repository | None,
         hooks: Hooks,
         stager: Stager | None = None,
+        progress: ProgressReporter | None = None,
     ) -> None:
         self.site = site
         self.driver = driver
         self.repository = repository
         self.hooks = hooks
         self._stager = stager
+        self.progress = guarded(progress) if progress is not None else None
 
     @property
     def stager(self) -> Stager:
@@ -75,6 +79,12 @@ class Pipeline:
             self._stager = Stager(processors=registry, delete_parts=self.site.delete_parts_after_staging)
         return self._stager
 
+    def announce(self, event: StageEvent) -> None:
+        """Tell the hook plugins, then the progress reporter, about a stage event."""
+        self.hooks.stage_event(event)
+        if self.progress is not None:
+            self.progress(event)
+
     @contextlib.contextmanager
     def stage(self, name: str, image: str, allocation: str | None = None) -> Iterator[None]:
         """Announce one stage, time it, and announce how it ended.
@@ -83,7 +93,7 @@ class Pipeline:
         threads) is raised before the stage starts and before it is announced done.
         """
         checkpoint()
-        self.hooks.stage_event(StageEvent(stage=name, status="start", cluster=image, allocation=allocation))
+        self.announce(StageEvent(stage=name, status="start", cluster=image, allocation=allocation))
         started = time.monotonic()
         try:
             yield
@@ -91,13 +101,13 @@ class Pipeline:
         except BaseException as exc:
             seconds = time.monotonic() - started
             text = str(exc) if isinstance(exc, PragmaError) else f"{type(exc).__name__}: {exc}"
-            self.hooks.stage_event(
+            self.announce(
                 StageEvent(stage=name, status="failed", cluster=image, allocation=allocation, duration=seconds, error=text)
             )
             log.info("stage %s failed after %.2f s", name, seconds)
             raise
         seconds = time.monotonic() - started
-        self.hooks.stage_event(StageEvent(stage=name, status="done", cluster=image, allocation=allocation, duration=seconds))
+        self.announce(StageEvent(stage=name, status="done", cluster=image, allocation=allocation, duration=seconds))
         log.info("stage %s done in %.2f s", name, seconds)
 
     def _require_driver(self) -> Driver:
@@ -140,7 +150,8 @@ class Pipeline:
             with self.stage("render", request.image, allocation.cluster):
                 files = render(allocation, format=fmt, hooks=self.hooks)
             with self.stage("deploy", request.image, allocation.cluster):
-                driver.deploy(allocation, staged, files)
+                counts = progress_keyword(self.progress, driver.deploy, "deploy", request.image, allocation.cluster)
+                driver.deploy(allocation, staged, files, **counts)
             with deferred():  # from here an interruption leaves the cluster and says so
                 note(f"cluster {allocation.cluster} was booted before it and keeps running")
                 booted = True

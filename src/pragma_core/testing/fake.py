@@ -24,6 +24,9 @@ runs, and whose allocating process is gone, is *reserved, not running*: a
 :class:`~pragma_core.errors.CapacityError` names it, with the ``pragma
 clean`` that frees it.
 
+It reports node progress (``deploy`` and ``wait_ready`` take ``progress``)
+and cleans by force (``clean(name, force=True)`` removes a running cluster).
+
 A state file that is not what this driver writes (not JSON, a wrong shape,
 an invalid cluster or node name, larger than :data:`MAX_STATE_BYTES`) is a
 :class:`~pragma_core.errors.DriverError` naming it; names are checked with
@@ -54,6 +57,7 @@ from ..settings import (
 )
 from ..errors import CapacityError, DriverError, NotFoundError
 from ..interfaces import Driver
+from ..events import NodeProgress
 from ..model import (
     Allocation,
     BootRequest,
@@ -256,7 +260,14 @@ class FakeDriver(Driver):
             }
         return allocation
 
-    def deploy(self, allocation: Allocation, cluster: StagedCluster, vcout: Mapping[str, bytes]) -> None:
+    def deploy(
+        self,
+        allocation: Allocation,
+        cluster: StagedCluster,
+        vcout: Mapping[str, bytes],
+        *,
+        progress: NodeProgress | None = None,
+    ) -> None:
         for node in allocation.nodes:
             if node.name not in vcout:
                 raise DriverError(f"no vc-out.xml for node {node.name}")
@@ -274,8 +285,10 @@ class FakeDriver(Driver):
             entry = state["clusters"].get(allocation.cluster)
             if entry is None:
                 raise DriverError(f"cluster {allocation.cluster} vanished during deploy")
-            for node in entry["nodes"]:
+            for started, node in enumerate(entry["nodes"], 1):
                 node["state"] = "running"
+                if progress is not None:
+                    progress(started, len(entry["nodes"]))
 
     def rollback(self, allocation: Allocation) -> None:
         if self.config.fail_rollback:
@@ -331,24 +344,29 @@ class FakeDriver(Driver):
                 node["state"] = "shutoff"
         return self.list_clusters(name)[0]
 
-    def wait_ready(self, name: str, timeout: float) -> dict[str, str]:
+    def wait_ready(self, name: str, timeout: float, *, progress: NodeProgress | None = None) -> dict[str, str]:
         """A running node is ready at once; any other reports ``timeout: node is <state>`` (no waiting)."""
         with self._state() as state:
             entry = state["clusters"].get(name)
             if entry is None:
                 raise NotFoundError(f"no virtual cluster named {name!r}")
-            return {
+            verdicts = {
                 node["name"]: "ready" if node["state"] == "running" else f"timeout: node is {node['state']}"
                 for node in entry["nodes"]
             }
+        if progress is not None:
+            ready = [v for v in verdicts.values() if v == "ready"]
+            for count in range(len(ready) + 1):
+                progress(count, len(verdicts))
+        return verdicts
 
-    def clean(self, name: str) -> None:
+    def clean(self, name: str, *, force: bool = False) -> None:
         with self._state() as state:
             entry = state["clusters"].get(name)
             if entry is None:
                 raise NotFoundError(f"no virtual cluster named {name!r}")
             running = [n["name"] for n in entry["nodes"] if n["state"] == "running"]
-            if running:
+            if running and not force:
                 raise DriverError(f"cluster {name} is still running ({', '.join(running)}); shut it down first")
             del state["clusters"][name]
             self._remove_temporary_states()
