@@ -22,10 +22,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import faultkit
+from pragma_core.testing import faults as faultkit
 import pytest
 from conftest import KEY, build_site
-from faultkit import Outcome, Probe, Trial
+from pragma_core.testing.faults import Outcome, Probe, Trial
 from httpfaults import Fault, FaultServer, write_remote_repository
 
 from pragma_core.clusterxml import parse_cluster_xml

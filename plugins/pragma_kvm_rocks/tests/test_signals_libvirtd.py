@@ -40,9 +40,8 @@ from pragma_core.errors import CapacityError
 from pragma_core.model import BootRequest
 from pragma_core.testing.contract import boot
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
-import faultkit  # noqa: E402 - the core tests' fault-injection kit
-from faultkit import Probe, Trial  # noqa: E402
+from pragma_core.testing import faults as faultkit  # the fault-injection kit core's own tests use
+from pragma_core.testing.faults import Probe, Trial
 
 URI = "qemu:///system"
 LIBVIRTD_SOCKET = Path("/var/run/libvirt/libvirt-sock")
