@@ -342,3 +342,36 @@ def test_driver_without_wait_support_refuses_wait_before_booting(tmp_path: Path)
 
     with pytest.raises(NotSupportedError, match="driver 'minimal' cannot wait for nodes to be ready"):
         Minimal(None, site=None).wait_ready("vc1", 1.0)
+
+
+def test_fake_driver_gives_every_node_a_nic_on_each_add_iface_network(site) -> None:
+    import json
+
+    result = site.run("boot", "demo", "8", f"key={site.key}", "add-iface=openflow:10.9.0.5/24,ib", "--json")
+    assert result.code == 0, result.err
+    name = json.loads(result.out)["cluster"]
+    vcout = site.root / "state" / "pragma-fake-vcout" / name
+    frontend = (vcout / f"{name}.xml").read_text()
+    assert 'ip="10.9.0.5"' in frontend
+    assert "openflow" in frontend and "ib" in frontend
+    computes = [p.read_text() for p in sorted(vcout.glob(f"{name}-compute-*.xml"))]
+    assert len(computes) == 2 and all("openflow" in text and "ib" in text for text in computes)
+
+
+def test_fake_driver_puts_the_extra_networks_into_the_allocation(tmp_path) -> None:
+    import ipaddress
+
+    from pragma_core.model import BootRequest, InterfaceRequest
+    from pragma_core.testing.contract import make_cluster
+    from pragma_core.testing.fake import FakeConfig, FakeDriver
+
+    driver = FakeDriver(FakeConfig(state_file=tmp_path / "s.json"), site=None)
+    staged = make_cluster(tmp_path / "c")
+    request = BootRequest(image="demo", cpus=8, key="k", enable_ent=True,
+                          add_ifaces=(InterfaceRequest(network="openflow", cidr=ipaddress.IPv4Interface("10.9.0.5/24")),))
+    allocation = driver.allocate(request, staged)
+    assert [n.name for n in allocation.networks] == ["private", "public", "openflow", "ent"]
+    assert [str(n.interface("openflow").ip) for n in allocation.nodes] == ["10.9.0.5", "10.9.0.6", "10.9.0.7"]
+    assert all(n.interface("ent") is not None for n in allocation.nodes)
+    assert len({nic.mac for n in allocation.nodes for nic in n.interfaces}) == sum(len(n.interfaces) for n in allocation.nodes)
+    driver.rollback(allocation)

@@ -6,6 +6,8 @@ keeps its "clusters" in a JSON file (``state_file``, default
 ``<temp_directory>/pragma-fake-driver.json``) under a file lock, so
 separate ``pragma`` processes see the same state, and it writes each node's
 vc-out.xml next to that file so tests can read what a guest would get.
+``add-iface=`` networks (and ``enable-ent=true``: a network ``ent``) get a
+NIC on every node, as kvm_rocks gives them.
 
 **Never use it on a real site: it starts no VM.**
 
@@ -44,6 +46,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 from attrs import frozen
 
 from ..settings import (
@@ -95,6 +98,32 @@ def _check_state(data: Any) -> dict[str, Any]:
             if not is_valid_name(node["name"]):
                 raise ValueError(invalid_name(node["name"], "node name"))
     return data
+
+
+def _with_extra_networks(request: BootRequest, nodes: tuple[Node, ...], serial: int) -> tuple[list[Network], list[Node]]:
+    """The networks of ``add-iface=`` (and ``enable-ent=true``: network ``ent``), with a NIC on each for every node.
+
+    Like kvm_rocks: a network's subnet is the CIDR given, else ``10.<200+k>.0.0/24``
+    for the k-th network; addresses are handed out from the CIDR's host part
+    (when not zero) or from the first host, frontend first.
+    """
+    requested = [(item.network, item.cidr) for item in request.add_ifaces]
+    if request.enable_ent and all(net != "ent" for net, _ in requested):
+        requested.append(("ent", None))
+    networks: list[Network] = []
+    nodes_out = list(nodes)
+    for k, (net, cidr) in enumerate(requested):
+        iface = cidr or ipaddress.IPv4Interface(f"10.{200 + k}.0.0/24")
+        subnet = iface.network
+        first = int(iface.ip) if int(iface.ip) != int(subnet.network_address) else int(subnet.network_address) + 1
+        if first + len(nodes) - 1 >= int(subnet.broadcast_address):
+            raise CapacityError(f"add-iface: subnet {subnet} of network {net!r} has no room for {len(nodes)} nodes")
+        networks.append(Network(name=net, subnet=subnet))
+        for i, node in enumerate(nodes_out):
+            mac = "52:54:01:%02x:%02x:%02x" % (serial & 0xFF, k & 0xFF, i & 0xFF)
+            nic = Interface(network=net, ip=ipaddress.IPv4Address(first + i), mac=mac)
+            nodes_out[i] = attrs.evolve(node, interfaces=(*node.interfaces, nic))
+    return networks, nodes_out
 
 
 def _seconds(value: Any) -> float:
@@ -237,13 +266,15 @@ class FakeDriver(Driver):
                 )
                 for i, count in enumerate(counts)
             )
+            extra_networks, (frontend, *rest) = _with_extra_networks(request, (frontend, *computes), serial)
+            computes = tuple(rest)
             allocation = Allocation(
                 cluster=name,
                 image=request.image,
                 fqdn=f"{name}.fake.invalid",
                 frontend=frontend,
                 computes=computes,
-                networks=(private, public),
+                networks=(private, public, *extra_networks),
                 dns=cfg.dns,
                 key=request.key,
                 vlan=serial,
