@@ -31,7 +31,9 @@ qcow2 overlay disk, NICs on Linux bridges, and tears them down again:
 * **floor (loose)**, an extra row: the former floor -- a ``qemu-img``
   process per VM, 4 threads on one connection, VMs running at once.
 * **kcli** (PyPI ``kcli``, in a virtualenv of its own): ``kcli create plan``
-  of N VMs, serial and threaded (``-t``), then ``kcli delete plan``.
+  of N VMs, serial and threaded (``-t``), then ``kcli delete plan``. kcli
+  creates its overlays with ``backing_fmt=qcow2`` whatever the base, so it
+  gets the same disk converted to qcow2 (untimed).
 
 Tools run interleaved, a round at a time, after one untimed warm-up round
 (kcli: one for both modes). Medians are over the rounds that succeeded; a
@@ -49,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import resource
@@ -63,8 +66,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import peers  # noqa: E402
-from peers import Check, FloorVM, Run  # noqa: E402
+import peers
+from peers import Check, FloorVM, Run
 
 
 def installed_script(name: str) -> str:
@@ -446,7 +449,7 @@ LABELS = {"pragma": "pragma", "floor": "floor (tight)", "loose": "floor (loose, 
 
 
 def ratio_line(label: str, top: float, bottom: float, note: str = "") -> str:
-    value = top / bottom if bottom and bottom == bottom and top == top else float("nan")
+    value = top / bottom if bottom and not (math.isnan(bottom) or math.isnan(top)) else float("nan")
     return f"{label:34} {value:5.2f}x   {note}".rstrip()
 
 
@@ -574,7 +577,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_kcli:
         kcli = peers.ensure_kcli(args.venv)
         print(f"kcli {peers.kcli_version(kcli)}")
-        kenv = peers.setup_kcli(workdir / "kcli", kcli, base, prefix=args.prefix, bridge=bridges[0], kind=kind)
+        # kcli makes its overlays with backing_fmt=qcow2 whatever the base: give it the same disk as qcow2 (untimed)
+        kbase = workdir / "base.qcow2"
+        if not kbase.exists():
+            peers.qcow2_copy(base, kbase)
+        kenv = peers.setup_kcli(workdir / "kcli", kcli, kbase, prefix=args.prefix, bridge=bridges[0], kind=kind)
         for threaded in (False, True):
             tools.append(Tool(
                 name="kcli-threaded" if threaded else "kcli-serial",

@@ -233,6 +233,12 @@ def make_ext4_base(path: Path, size: int = GIB, data_mib: int = 16) -> Path:
     return path
 
 
+def qcow2_copy(source: Path, target: Path, source_format: str = "raw") -> Path:
+    """``target``: the disk ``source`` converted to a standalone qcow2 (same guest bytes)."""
+    _run(["qemu-img", "convert", "-q", "-f", source_format, "-O", "qcow2", source, target])
+    return target
+
+
 def make_base_image(path: Path, size: int = GIB, data_mib: int = 16) -> Path:
     """A qcow2 base of ``size`` bytes with ``data_mib`` MiB of data written at its start."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -622,7 +628,6 @@ def tight_boot(uri: str, base: Path, base_format: str, vms: Sequence[FloorVM], *
     per launch, ``start`` (seconds until every VM was launched paused).
     """
     import libvirt
-
     from pragma_kvm_rocks.qcow2 import write_overlay
 
     virtual_size = base.stat().st_size if base_format == "raw" else \

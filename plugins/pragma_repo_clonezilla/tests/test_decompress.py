@@ -9,10 +9,14 @@ import random
 import sys
 
 import pytest
+from pragma_repo_clonezilla.decompress import (
+    JoinedPieces,
+    iter_chunks,
+    open_decompressed,
+)
+from pragma_repo_clonezilla.isofile import BadImageError
 
 from pragma_core.processors import gzip_library
-from pragma_repo_clonezilla.decompress import JoinedPieces, iter_chunks, open_decompressed
-from pragma_repo_clonezilla.isofile import BadImageError
 
 LIBRARIES = {"zlib-ng": "zlib_ng", "isal": "isal", "zlib": "zlib"}
 
