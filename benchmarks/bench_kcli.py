@@ -1,7 +1,7 @@
 """kvm_rocks against a tight libvirt floor and kcli, side by side on the real libvirtd.
 
     python benchmarks/bench_kcli.py [--rounds 5] [--kcli-rounds 3] [--reliability 20]
-                                    [--kcli-reliability 3] [--nodes 8] [--skip-kcli] [--no-loose]
+                                    [--kcli-reliability 2] [--nodes 8] [--skip-kcli] [--no-loose] [--keep]
 
 Needs root and a running ``qemu:///system`` (``scripts/setup`` starts one).
 Every tool boots the same ``--nodes`` VMs from the same base -- a 1 GiB raw
@@ -36,12 +36,13 @@ qcow2 overlay disk, NICs on Linux bridges, and tears them down again:
   gets the same disk converted to qcow2 (untimed).
 
 Tools run interleaved, a round at a time, after one untimed warm-up round
-(kcli: one for both modes). Medians are over the rounds that succeeded; a
+(kcli: one for both modes; none for the loose floor). Medians are over the rounds that succeeded; a
 failed round (non-zero exit, a VM lost or not running, anything left
 behind) is excluded and counted. kcli runs in the first ``--kcli-rounds``
 rounds only. Then ``--reliability`` consecutive boot/teardown rounds of
 pragma (kcli threaded: ``--kcli-reliability``) count failures. With the
-defaults the run takes about 8-10 minutes on the 2-core machine. The
+defaults the run takes about 8 minutes on the 2-core machine when it is
+quiet, more under load (kcli's serial plan is the most load-sensitive). The
 machine's load (load averages, busiest processes, CPU busy share) is
 recorded before and after. See ``benchmarks/README-kcli.md``.
 """
@@ -526,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds of pragma and the floors (medians)")
     parser.add_argument("--kcli-rounds", type=int, default=3, help="timed rounds of each kcli mode (<= --rounds)")
     parser.add_argument("--reliability", type=int, default=20, help="consecutive pragma rounds to count failures")
-    parser.add_argument("--kcli-reliability", type=int, default=3, help="consecutive kcli threaded rounds")
+    parser.add_argument("--kcli-reliability", type=int, default=2, help="consecutive kcli threaded rounds")
     parser.add_argument("--nodes", type=int, default=8, help="VMs per boot (pragma: 1 frontend + N-1 computes)")
     parser.add_argument("--skip-kcli", action="store_true", help="pragma and the floors only")
     parser.add_argument("--no-loose", action="store_true", help="leave out the loose floor's extra row")
@@ -598,8 +599,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     reliability: dict[str, list[tuple[Run, Run]]] = {}
     try:
         for tool in tools:  # warm-up: page cache, first QEMU start, kcli's first run (one for both modes)
-            if tool.name != "kcli-threaded":
+            if tool.name not in ("kcli-threaded", "loose"):
                 one_round(tool)
+        print(f"warm-up done at {time.monotonic() - began:.0f} s", flush=True)
         for index in range(args.rounds):
             for tool in tools[index % len(tools):] + tools[: index % len(tools)]:
                 if index >= tool.rounds:
@@ -616,6 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"round {index + 1} {tool.name:14} boot {pair[0].seconds:5.2f}s teardown {pair[1].seconds:5.2f}s"
                       + extra + ("" if pair[0].ok and pair[1].ok
                                  else f"  FAILED {pair[0].failure or pair[1].failure}"), flush=True)
+        print(f"timed rounds done at {time.monotonic() - began:.0f} s", flush=True)
         counts = {"pragma": args.reliability, "kcli-threaded": args.kcli_reliability}
         for tool in tools:
             if not counts.get(tool.name):
@@ -627,7 +630,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not (pair[0].ok and pair[1].ok):
                     print(f"reliability {tool.name} round {index + 1}: "
                           f"FAILED {pair[0].failure or pair[1].failure}", flush=True)
-            print(f"reliability {tool.name}: {counts[tool.name]} rounds done", flush=True)
+            print(f"reliability {tool.name}: {counts[tool.name]} rounds done at {time.monotonic() - began:.0f} s",
+                  flush=True)
     finally:
         reset_pragma(site)
         peers.reset_tight(peers.URI, floor)
