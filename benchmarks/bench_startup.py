@@ -18,9 +18,12 @@ cache of ``pragma_core.cli`` is there.
 With ``--imports`` it also prints, per command, the modules whose import
 took longest (medians of ``python -X importtime``, cumulative milliseconds).
 The CPU-time ratio is printed too: other jobs on a shared machine move it
-much less than the wall time.
+much less than the wall time. With ``--instructions`` (needs valgrind) it
+also counts the instructions each command executes (``callgrind``, one run
+each, ~5 s per command): a measure no other job on the machine moves, for
+comparing two versions of the code on a busy machine.
 
-    python benchmarks/bench_startup.py [--rounds 21] [--clusters 1000] [--imports]
+    python benchmarks/bench_startup.py [--rounds 21] [--clusters 1000] [--imports] [--instructions]
 """
 
 from __future__ import annotations
@@ -89,6 +92,16 @@ def import_profile(argv: list[str], interpreter: str, rounds: int, top: int = 14
     return ranked[:top]
 
 
+def instructions(argv: list[str]) -> int:
+    """Instructions executed by ``argv`` (all its threads), counted by valgrind's callgrind."""
+    proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+                          capture_output=True, text=True, env=ENV, check=False)
+    for line in proc.stderr.splitlines():
+        if "Collected :" in line:
+            return int(line.rsplit(":", 1)[1])
+    raise SystemExit(f"bench_startup: callgrind gave no count for {argv[0]}: {proc.stderr.strip()[-200:]}")
+
+
 def make_site(root: Path, clusters: int) -> Path:
     etc = root / "etc"
     repo = root / "repo"
@@ -117,6 +130,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--imports", action="store_true", help="also print the slowest imports of each command")
+    parser.add_argument("--instructions", action="store_true", help="also count instructions (valgrind)")
     opts = parser.parse_args()
     pragma, interpreter = installed_pragma()
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"] * 3
@@ -136,6 +150,13 @@ def main() -> None:
         for label, (wall, cpu), target in rows:
             goal = f"   (target < {target}x)" if target else ""
             print(f"{label:40} {wall * 1000:6.1f}ms {wall / floor[0]:6.2f}x {cpu * 1000:6.1f}ms {cpu / floor[1]:6.2f}x{goal}")
+        if opts.instructions:
+            counts = [(label, instructions(argv)) for label, argv in (
+                ("python -c pass", [interpreter, "-c", "pass"]), ("pragma --help", [interpreter, pragma, "--help"]),
+                (f"pragma list repository ({opts.clusters} images)", [interpreter, *listing]))]
+            print("\ninstructions executed (callgrind):")
+            for label, count in counts:
+                print(f"{label:40} {count / 1e6:8.1f} M {count / counts[0][1]:6.2f}x")
         if opts.imports:
             rounds = max(3, opts.rounds // 3)
             for label, argv in (("python -c pass", ["-c", "pass"]), ("pragma --help", [pragma, "--help"]),
