@@ -115,9 +115,16 @@ def make_site(directory: Path, *, driver: str = "fake", repository: Path | None 
 
 
 def boot(driver: Driver, cluster: StagedCluster, request: BootRequest, *, format: int = 2) -> tuple[Allocation, dict[str, bytes]]:
-    """Allocate, render vc-out and deploy like ``pragma boot`` does, rolling back on failure."""
+    """Allocate, render vc-out and deploy like ``pragma boot`` does, rolling back on failure.
+
+    Like ``pragma boot``, a driver that uses no local images is handed only
+    the description (a :class:`~pragma_core.model.ResolvedCluster`).
+    """
+    from ..model import ResolvedCluster
     from ..vcout import render
 
+    if not driver.uses_local_images:
+        cluster = ResolvedCluster(description=cluster.description)  # type: ignore[assignment]
     allocation = driver.allocate(request, cluster)
     try:
         files = render(allocation, format=format)
