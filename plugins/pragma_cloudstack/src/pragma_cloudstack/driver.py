@@ -32,29 +32,32 @@ import math
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pragma_core.errors import CapacityError, ConfigError, DriverError, NotFoundError
-from pragma_core.interfaces import Driver
-from pragma_core.model import (
+from pragma_core import (
     Allocation,
     BootRequest,
+    CapacityError,
     ClusterStatus,
+    ConfigError,
+    Driver,
+    DriverError,
     Interface,
     Network,
     Node,
     NodeStatus,
     NodeTemplate,
+    NotFoundError,
     StagedCluster,
 )
+from pragma_core.pluginkit import run_parallel
 
 from .config import CloudStackSettings, settings_file, warn_about_secret_file
 
 if TYPE_CHECKING:
-    from pragma_core.config import SiteConfig
-    from pragma_core.interfaces import Repository
+    from pragma_core import Repository
+    from pragma_core.pluginkit import SiteConfig
 
     from .client import CloudStackClient
 
@@ -127,26 +130,16 @@ class CloudStackDriver(Driver):
             self._client.close()
             self._client = None
 
-    def _parallel(self, func: Callable[[T], R], items: Iterable[T]) -> list[R]:
-        """``func`` over ``items`` with ``max_parallel`` threads; waits for all, then raises the first error."""
-        items = list(items)
-        if len(items) <= 1 or self.config.max_parallel == 1:
-            results: list[R] = []
-            first: BaseException | None = None
-            for item in items:
-                try:
-                    results.append(func(item))
-                except Exception as exc:  # noqa: BLE001 - finish the others, re-raise the first
-                    first = first or exc
-            if first is not None:
-                raise first
-            return results
-        with ThreadPoolExecutor(max_workers=min(self.config.max_parallel, len(items))) as pool:
-            futures = [pool.submit(func, item) for item in items]
-        errors = [f.exception() for f in futures if f.exception() is not None]
-        if errors:
-            raise errors[0]  # type: ignore[misc]
-        return [f.result() for f in futures]
+    def _parallel(
+        self, func: Callable[[T], R], items: Iterable[T], *, label: Callable[[T], str] | None = None, what: str = "calls"
+    ) -> list[R]:
+        """``func`` over ``items`` with ``max_parallel`` threads; waits for all, then raises every failure.
+
+        One failure is raised as it is, several as one
+        :class:`~pragma_core.pluginkit.ParallelError` naming each (still a
+        :class:`DriverError` when they all are).
+        """
+        return run_parallel(func, items, workers=self.config.max_parallel, label=label, what=what)
 
     def _config_error(self, key: str, message: str) -> ConfigError:
         path = settings_file(Path(self.site.conf_dir))
@@ -325,7 +318,7 @@ class CloudStackDriver(Driver):
             made.names.extend(names)
             specs = [(name, "frontend", fe_template, fe_offering, [network, public])]
             specs += [(n, "compute", cp_template, cp_offering, [network]) for n in names[1:]]
-            vms = self._parallel(lambda spec: self._deploy_vm(zone, spec, made), specs)
+            vms = self._parallel(lambda spec: self._deploy_vm(zone, spec, made), specs, label=lambda spec: spec[0], what="VMs")
             return self._allocation(request, cluster, name, zone, network, public, vms)
         except BaseException as exc:
             log.debug("allocate failed (%s); removing what it made", exc)
@@ -355,17 +348,8 @@ class CloudStackDriver(Driver):
         return network
 
     def _wait_all(self, jobs: list[tuple[str, str]]) -> list[dict]:
-        """Wait for every started job, then raise the first failure."""
-        results: list[dict] = []
-        first: BaseException | None = None
-        for command, jobid in jobs:
-            try:
-                results.append(self.client.wait_job(command, jobid))
-            except DriverError as exc:
-                first = first or exc
-        if first is not None:
-            raise first
-        return results
+        """Wait for every started job (one after the other: they run in CloudStack), then raise every failure."""
+        return run_parallel(lambda job: self.client.wait_job(*job), jobs, workers=1, label=lambda job: job[0], what="jobs")
 
     def _deploy_vm(self, zone: dict, spec: tuple[str, str, dict, dict, list[dict]], made: _Made) -> dict:
         name, role, template, offering, networks = spec
@@ -497,9 +481,16 @@ class CloudStackDriver(Driver):
         self._parallel(
             lambda node: self.client.request("updateVirtualMachine", {"id": ids[node.name], "userdata": userdata[node.name]}, post=True),
             allocation.nodes,
+            label=lambda node: node.name,
+            what="userdata updates",
         )
         self.client.call("startVirtualMachine", {"id": ids[allocation.frontend.name]})
-        self._parallel(lambda node: self.client.call("startVirtualMachine", {"id": ids[node.name]}), allocation.computes)
+        self._parallel(
+            lambda node: self.client.call("startVirtualMachine", {"id": ids[node.name]}),
+            allocation.computes,
+            label=lambda node: node.name,
+            what="compute starts",
+        )
 
     def _vm_id(self, allocation: Allocation, name: str) -> str:
         vm_id = allocation.extra.get(f"vm.{name}")
@@ -541,7 +532,9 @@ class CloudStackDriver(Driver):
             for vm_id in vm_ids:
                 if vm_id not in vms:
                     vms.update((vm["id"], vm) for vm in self.client.list("listVirtualMachines", {"id": vm_id, "listall": "true"}, key="virtualmachine"))
-            self._parallel(self._destroy, [vm for vm in vms.values() if vm.get("state") != "Expunging"])
+            self._parallel(
+                self._destroy, [vm for vm in vms.values() if vm.get("state") != "Expunging"], label=lambda vm: str(vm.get("name")), what="VM removals"
+            )
             networks: dict[str, dict] = {}
             wanted_names: set[str] = set()
             if cluster is not None:
@@ -643,7 +636,7 @@ class CloudStackDriver(Driver):
             raise NotFoundError(f"no CloudStack cluster named {name}")
         ordered = _ordered(vms)
         computes = [vm for vm in ordered[1:] if vm.get("state") not in STOPPED_STATES]
-        self._parallel(self._stop, computes)
+        self._parallel(self._stop, computes, label=lambda vm: str(vm.get("name")), what="compute stops")
         if ordered[0].get("state") not in STOPPED_STATES:
             self._stop(ordered[0])
         statuses = self.list_clusters(name)
