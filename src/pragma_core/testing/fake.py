@@ -101,6 +101,7 @@ class FakeDriver(Driver):
 
     name = "fake"
     config_class = FakeConfig
+    supports_wait = True
 
     def __init__(self, config: FakeConfig | None, *, site: Any) -> None:
         super().__init__(config or FakeConfig(), site=site)
