@@ -5,13 +5,17 @@
 # What it does:
 #   1. apt packages for libvirt, QEMU, the image tools the kvm_rocks driver uses,
 #      and what libvirt-python needs to build (libvirt-dev, pkg-config);
-#   2. pip install libvirt-python (into the `python` on PATH, or $PYTHON);
+#   2. pip install libvirt-python into the project virtualenv (.venv, made by scripts/setup; or $PYTHON);
 #   3. /var/log/libvirt, a libvirt-qemu system user and group;
 #   4. starts virtlogd and libvirtd as daemons when they are not running;
 #   5. waits (up to 30 s) until qemu:///system answers.
 set -eu
 
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python}
+if [ ! -x "$PYTHON" ]; then
+    echo "setup-libvirt: $PYTHON not found: run scripts/setup (it makes .venv), or set PYTHON" >&2
+    exit 1
+fi
 PACKAGES="libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils libvirt-dev pkg-config e2fsprogs e2tools fdisk"
 
 missing=""

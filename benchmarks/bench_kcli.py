@@ -48,9 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
 from peers import Check, Run  # noqa: E402
 
-#: The ``pragma`` script of this interpreter (not a version manager's shim on PATH, which costs its own start-up).
-PRAGMA = str(Path(sys.executable).with_name("pragma")) if Path(sys.executable).with_name("pragma").exists() \
-    else shutil.which("pragma") or "pragma"
+#: The ``pragma`` script of this interpreter (.venv/bin/pragma; never another install's, nor a version
+#: manager's shim on PATH, which costs its own start-up), else this interpreter running the command module.
+_SCRIPT = Path(sys.executable).with_name("pragma")
+PRAGMA = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "pragma_core.cli"]
 PUBLIC_IP = "198.51.100.77"
 CLUSTER = "vc-" + PUBLIC_IP.replace(".", "-")
 VLAN = 3777
@@ -101,7 +102,7 @@ class PragmaSite:
 
     def pragma(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run one ``pragma`` command on this site, as an administrator would."""
-        argv = [PRAGMA, "--conf", str(self.etc), *args]
+        argv = [*PRAGMA, "--conf", str(self.etc), *args]
         # as installed at a site: Python's bytecode cache in use (kcli's virtualenv has its own)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         return subprocess.run(argv, capture_output=True, text=True, check=False, env=env)

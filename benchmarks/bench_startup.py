@@ -12,7 +12,6 @@ and prints each one's ratio to the floor. Target: both under 4x.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import subprocess
 import sys
@@ -51,8 +50,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--clusters", type=int, default=1000)
     opts = parser.parse_args()
-    pragma = shutil.which("pragma")
-    command = [pragma] if pragma else [sys.executable, "-m", "pragma_core.cli"]
+    script = Path(sys.executable).with_name("pragma")  # this interpreter's (.venv/bin/pragma), not PATH's
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "pragma_core.cli"]
     with tempfile.TemporaryDirectory() as tmp:
         etc = make_site(Path(tmp), opts.clusters)
         listing = subprocess.run([*command, "--conf", str(etc), "list", "repository"], capture_output=True, text=True, check=True)

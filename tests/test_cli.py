@@ -63,7 +63,8 @@ def test_positional_arguments_fill_from_the_front(site: Site) -> None:
     ("args", "code", "message"),
     [
         (("boot", "demo", "x"), 2, "number of CPUs must be a whole number >= 0, not 'x'"),
-        (("boot", "demo", "-1"), 2, "unknown option -1"),
+        (("boot", "demo", "-1"), 2, "number of CPUs must be >= 0, not '-1'"),
+        (("boot", "demo", "-2.5"), 2, "number of CPUs must be a whole number >= 0, not '-2.5'"),
         (("boot", "demo", "2", "enable-ipop-client=yes"), 1, "IPOP is not supported"),
         (("boot", "demo", "2", "enable-ipop-server=1"), 1, "IPOP is not supported"),
         (("boot", "demo", "2", "mem=lots"), 2, "mem must be N or FRONTEND:COMPUTE"),
@@ -71,7 +72,17 @@ def test_positional_arguments_fill_from_the_front(site: Site) -> None:
         (("boot", "demo", "2", "add-iface=openflow:10.0.0.0/33"), 2, "add-iface: '10.0.0.0/33' is not an IPv4 CIDR"),
         (("boot", "demo", "2", "add-iface=a,a"), 2, "add-iface: network 'a' given twice"),
         (("boot", "demo", "2", "enable-ent=perhaps"), 2, "enable-ent must be true or false"),
-        (("boot", "demo", "2", "colour=blue"), 2, "unknown parameter colour="),
+        (("boot", "demo", "2", "colour=blue"), 2, "unknown parameter colour= for 'boot' (usage: pragma boot "),
+        (("boot", "demo", "2", "memroy=512"), 2, "unknown parameter memroy= for 'boot'; did you mean memory=?"),
+        (("boot", "demo", "2", "wiat=30"), 2, "unknown parameter wiat= for 'boot'; did you mean wait=?"),
+        (("list", "cluster", "loglvel=DEBUG"), 2, "unknown parameter loglvel= for 'list cluster'; did you mean loglevel=?"),
+        (("clean", "vc1", "froce=true"), 2, "unknown parameter froce= for 'clean'; did you mean force=?"),
+        (("list", "cluster", "loglevel=LOUD"), 2, "loglevel must be one of"),
+        (("list", "cluster", "--conf="), 2, "--conf needs a directory"),
+        (("list", "cluster", "--conf", ""), 2, "--conf needs a directory"),
+        (("boot", "demo", "2", "--force"), 2, "--force is not available for 'boot'"),
+        (("clean", "vc1", "--force", "force=false"), 2, "give --force or force=, not both"),
+        (("clean", "vc1", "force=maybe"), 2, "force must be true or false, not 'maybe'"),
         (("boot", "demo", "2", "loglevel=LOUD"), 2, "loglevel must be one of"),
         (("boot", "demo", "2", "key=/nonexistent/key.pub"), 1, "key: file not found: /nonexistent/key.pub"),
         (("clean",), 2, "missing argument {vc-name}"),
@@ -108,7 +119,10 @@ def test_missing_site_conf_is_one_line_without_traceback(tmp_path: Path) -> None
         text=True,
     )
     assert proc.returncode == 1
-    assert proc.stderr == f"Error: configuration file not found: {tmp_path / 'site_conf.conf'}\n"
+    assert proc.stderr == (
+        f"Error: configuration file not found: {tmp_path / 'site_conf.conf'}"
+        " (give the site's configuration directory with --conf DIR or PRAGMA_CONF_DIR)\n"
+    )
 
 
 def test_bad_config_names_file_and_line(site: Site) -> None:
@@ -142,7 +156,7 @@ def test_boot_list_shutdown_clean_round_trip(site: Site) -> None:
     assert [n["memory_mib"] for n in data[0]["nodes"]] == [512, 1024, 1024]
     refused = site.run("clean", "vc1")
     assert refused.code == 1 and "still running" in refused.err
-    assert site.run("shutdown", "vc1").out == "Shutting down virtual cluster vc1\nCluster vc1 successfully shutdown\n"
+    assert site.run("shutdown", "vc1").out == "Shutting down virtual cluster vc1\nCluster vc1 shut down\n"
     assert site.run("clean", "vc1").out == "Removing virtual cluster vc1\nCluster vc1 is successfully removed\n"
     assert site.run("list", "cluster", "vc1").err == "Error: no virtual cluster named 'vc1'\n"
 
@@ -170,10 +184,97 @@ def test_debug_loglevel_shows_the_traceback(tmp_path: Path) -> None:
     assert "Traceback (most recent call last)" in result.err
 
 
-def test_boot_of_unknown_image_names_the_catalogue(site: Site) -> None:
+def test_boot_of_unknown_image_names_the_catalogue_and_lists_its_images(site: Site) -> None:
     result = site.run("boot", "nope", "2", f"key={site.key}")
     assert result.code == 1
-    assert result.err == f"Error: virtual image 'nope' does not exist in {site.repo / 'vcdb.txt'}\n"
+    assert result.err == f"Error: virtual image 'nope' does not exist in {site.repo / 'vcdb.txt'} (images: alpha, demo, zeta)\n"
+
+
+@pytest.mark.parametrize("command", [("boot", "dmeo", "2"), ("stage", "dmeo"), ("boot", "Demo", "0")])
+def test_a_mistyped_image_name_suggests_the_closest_image(site: Site, command: tuple[str, ...]) -> None:
+    result = site.run(*command, f"key={site.key}") if command[0] == "boot" else site.run(*command)
+    assert result.code == 1
+    assert result.err.endswith("; did you mean 'demo'? (images: alpha, demo, zeta)\n"), result.err
+    assert site.run("list", "cluster").out.splitlines()[1:] == []
+
+
+def test_the_image_list_of_an_unknown_image_stops_after_20_names(tmp_path: Path) -> None:
+    names = tuple(f"img{i:02d}" for i in range(25))
+    site = build_site(tmp_path, names=names)
+    result = site.run("boot", "zzz", "1", f"key={site.key}")
+    assert result.code == 1
+    assert result.err.endswith(f"(images: {', '.join(names[:20])} and 5 more)\n"), result.err
+    assert len(result.err.splitlines()) == 1
+
+
+def test_an_empty_repository_says_it_lists_no_image(tmp_path: Path) -> None:
+    site = build_site(tmp_path, names=())
+    result = site.run("stage", "demo")
+    assert result.code == 1
+    assert result.err.endswith("does not exist in " + str(site.repo / "vcdb.txt") + " (the repository lists no image)\n")
+
+
+@pytest.mark.parametrize(("cpus", "summary"), [("1", "1 compute node (1 CPU)"), ("0", "0 compute nodes (0 CPUs)"), ("5", "2 compute nodes (5 CPUs)")])
+def test_boot_counts_nodes_and_cpus_in_good_english(site: Site, cpus: str, summary: str) -> None:
+    result = site.run("boot", "demo", cpus, f"key={site.key}")
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[0] == f"Cluster vc1 booted: frontend vc1, {summary}"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("list", "repository"), ("list", "cluster"), ("stage", "demo"), ("plugins",), ("help",), ("list", "help"), ("shutdown", "vc1"), ("clean", "vc1", "force=true")],
+)
+def test_logfile_and_loglevel_work_on_every_command(site: Site, command: tuple[str, ...]) -> None:
+    site.run("boot", "demo", "1", f"key={site.key}")
+    log = site.root / "command.log"
+    result = site.run(*command, f"logfile={log}", "loglevel=DEBUG")
+    assert result.code == 0, result.err
+    assert "log opened (pragma" in log.read_text()
+
+
+def test_a_logfile_in_a_missing_directory_fails_before_the_command_runs(site: Site) -> None:
+    site.run("boot", "demo", "1", f"key={site.key}")
+    result = site.run("shutdown", "vc1", f"logfile={site.root / 'no' / 'such.log'}")
+    assert result.code == 1
+    assert result.err == f"Error: cannot open log file {site.root / 'no' / 'such.log'}: directory {site.root / 'no'} does not exist\n"
+    assert site.run("list", "cluster").out.splitlines()[1].split()[2] == "running"
+
+
+def test_loglevel_debug_shows_the_traceback_on_any_command(site: Site) -> None:
+    result = site.run("list", "cluster", "nope", "loglevel=DEBUG")
+    assert result.code == 1
+    assert "Traceback (most recent call last)" in result.err
+    assert result.err.splitlines()[-1] == "Error: no virtual cluster named 'nope'"
+
+
+def test_every_command_help_names_the_common_parameters(site: Site) -> None:
+    text = site.run("list", "cluster", "help").out
+    assert "Common parameters (every command):" in text and "[loglevel=string]" in text and "[logfile=string]" in text
+    boot = site.run("boot", "help").out
+    assert "Common parameters" not in boot, "boot lists them with its own defaults"
+    assert "loglevel=LEVEL and logfile=FILE" in site.run("--help").out
+
+
+@pytest.mark.parametrize("force", [["force=true"], ["--force"], ["force=yes"]])
+def test_clean_force_powers_off_and_removes_a_running_cluster(site: Site, force: list[str]) -> None:
+    assert site.run("boot", "demo", "2", f"key={site.key}").code == 0
+    result = site.run("clean", "vc1", *force)
+    assert result.code == 0, result.err
+    assert result.out == "Removing virtual cluster vc1\nCluster vc1 is successfully removed\n"
+    assert site.run("list", "cluster").out.splitlines()[1:] == []
+
+
+def test_clean_force_false_still_refuses_a_running_cluster(site: Site) -> None:
+    assert site.run("boot", "demo", "2", f"key={site.key}").code == 0
+    result = site.run("clean", "vc1", "force=false")
+    assert result.code == 1 and "still running" in result.err
+    assert site.run("list", "cluster", "vc1").code == 0
+
+
+def test_clean_help_documents_force(site: Site) -> None:
+    assert "clean {vc-name} [force=boolean]" in site.run("--help").out
+    assert "also spelled --force" in site.run("clean", "help").out
 
 
 def test_stage_prints_ready_image_paths(site: Site) -> None:
@@ -241,3 +342,36 @@ def test_driver_without_wait_support_refuses_wait_before_booting(tmp_path: Path)
 
     with pytest.raises(NotSupportedError, match="driver 'minimal' cannot wait for nodes to be ready"):
         Minimal(None, site=None).wait_ready("vc1", 1.0)
+
+
+def test_fake_driver_gives_every_node_a_nic_on_each_add_iface_network(site) -> None:
+    import json
+
+    result = site.run("boot", "demo", "8", f"key={site.key}", "add-iface=openflow:10.9.0.5/24,ib", "--json")
+    assert result.code == 0, result.err
+    name = json.loads(result.out)["cluster"]
+    vcout = site.root / "state" / "pragma-fake-vcout" / name
+    frontend = (vcout / f"{name}.xml").read_text()
+    assert 'ip="10.9.0.5"' in frontend
+    assert "openflow" in frontend and "ib" in frontend
+    computes = [p.read_text() for p in sorted(vcout.glob(f"{name}-compute-*.xml"))]
+    assert len(computes) == 2 and all("openflow" in text and "ib" in text for text in computes)
+
+
+def test_fake_driver_puts_the_extra_networks_into_the_allocation(tmp_path) -> None:
+    import ipaddress
+
+    from pragma_core.model import BootRequest, InterfaceRequest
+    from pragma_core.testing.contract import make_cluster
+    from pragma_core.testing.fake import FakeConfig, FakeDriver
+
+    driver = FakeDriver(FakeConfig(state_file=tmp_path / "s.json"), site=None)
+    staged = make_cluster(tmp_path / "c")
+    request = BootRequest(image="demo", cpus=8, key="k", enable_ent=True,
+                          add_ifaces=(InterfaceRequest(network="openflow", cidr=ipaddress.IPv4Interface("10.9.0.5/24")),))
+    allocation = driver.allocate(request, staged)
+    assert [n.name for n in allocation.networks] == ["private", "public", "openflow", "ent"]
+    assert [str(n.interface("openflow").ip) for n in allocation.nodes] == ["10.9.0.5", "10.9.0.6", "10.9.0.7"]
+    assert all(n.interface("ent") is not None for n in allocation.nodes)
+    assert len({nic.mac for n in allocation.nodes for nic in n.interfaces}) == sum(len(n.interfaces) for n in allocation.nodes)
+    driver.rollback(allocation)

@@ -257,8 +257,8 @@ def test_extra_network_gets_its_own_nic_netmask_and_mtu(tmp_path: Path, fmt: int
     files = render(alloc, format=fmt)
     fe = configure(tmp_path, files["vc7"], {"eth0": mac(9, 1), "eth1": mac(9, 2), "eth2": mac(9, 3)})
     assert fe.code == 0, fe.out
-    mtu_private = 1500 if fmt == 1 else 1450  # format 1 carries no MTU: the guest keeps the default
-    mtu_extra = 1500 if fmt == 1 else 9000
+    mtu_private = 1500 if fmt == 1 else 1450  # format 1's classic elements carry no MTU: the guest keeps the default
+    mtu_extra = 9000  # an extra network's element carries its MTU in both formats
     by_net = {re.search(r"net=(\S+)", line).group(1): line for line in fe.lines("PRAGMA-VCOUT: ")}
     assert by_net["private"].endswith(f"iface=eth0 mac={mac(9, 1)} ip=10.5.0.1/24 netmask=255.255.255.0 mtu={mtu_private}")
     assert by_net["openflow"].endswith(f"iface=eth2 mac={mac(9, 3)} ip=10.102.1.1/22 netmask=255.255.252.0 mtu={mtu_extra}")

@@ -80,6 +80,76 @@ def test_shutdown_then_clean_removes_the_cluster(conf) -> None:
             site.clusters(name)
 
 
+def test_clean_with_force_removes_a_running_cluster(conf) -> None:
+    with Site.open(conf.etc) as site:
+        name = site.boot("demo", 4, key=KEY).name
+        with pytest.raises(PragmaError, match="still running"):
+            site.clean(name)
+        site.clean(name, force=True)
+        assert site.clusters() == []
+
+
+def test_clean_with_force_on_a_driver_without_force_shuts_down_then_cleans(conf, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pragma_core.testing.fake import FakeDriver
+
+    calls: list[str] = []
+    native_clean, native_shutdown = FakeDriver.clean, FakeDriver.shutdown
+
+    def clean(self: FakeDriver, name: str) -> None:  # a driver written before force existed
+        calls.append("clean")
+        native_clean(self, name)
+
+    def shutdown(self: FakeDriver, name: str):
+        calls.append("shutdown")
+        return native_shutdown(self, name)
+
+    monkeypatch.setattr(FakeDriver, "clean", clean)
+    monkeypatch.setattr(FakeDriver, "shutdown", shutdown)
+    with Site.open(conf.etc) as site:
+        name = site.boot("demo", 4, key=KEY).name
+        site.clean(name, force=True)
+        assert calls == ["shutdown", "clean"]
+        assert site.clusters() == []
+        calls.clear()
+        with pytest.raises(NotFoundError):
+            site.clean(name, force=True)
+        assert calls == ["shutdown"], "an unknown cluster is refused by the shutdown"
+
+
+def test_accepts_keyword_reads_the_signature() -> None:
+    from pragma_core.interfaces import accepts_keyword
+
+    def old(name): ...
+    def new(name, *, force=False): ...
+    def loose(name, **kwargs): ...
+
+    assert not accepts_keyword(old, "force")
+    assert accepts_keyword(new, "force") and not accepts_keyword(new, "progress")
+    assert accepts_keyword(loose, "force")
+    assert not accepts_keyword(len, "force")
+
+
+def test_an_unknown_image_lists_the_images_from_the_library_too(conf) -> None:
+    with Site.open(conf.etc) as site:
+        with pytest.raises(NotFoundError, match=r"did you mean 'alpha'\? \(images: alpha, demo\)$"):
+            site.boot("alpah", 1, key=KEY)
+        with pytest.raises(NotFoundError, match=r"\(images: alpha, demo\)$"):
+            site.stage("omega")
+        assert site.clusters() == []
+
+
+def test_a_not_found_error_about_something_else_is_left_alone(conf, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pragma_core.testing.fake import FakeDriver
+
+    def deploy(self, allocation, cluster, vcout):
+        raise NotFoundError("no such bridge br-x")
+
+    monkeypatch.setattr(FakeDriver, "deploy", deploy)
+    with Site.open(conf.etc) as site, pytest.raises(NotFoundError) as raised:
+        site.boot("demo", 1, key=KEY)
+    assert str(raised.value) == "no such bridge br-x"
+
+
 def test_stage_returns_the_staged_images_without_booting(conf) -> None:
     with Site.open(conf.etc) as site:
         staged = site.stage("alpha")

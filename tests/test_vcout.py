@@ -313,7 +313,7 @@ def network_of(ip: str, netmask: str) -> IPv4Network:
 
 
 def check_format_1(allocation: Allocation, files: dict[str, bytes]) -> None:
-    """Read the files the way vc-out-parse.py and Rocks ``reconfigure`` do (format 1)."""
+    """Read the files the way the format-1 configurators do (Rocks 6 ``reconfigure``, ``vc-out-parse.py``)."""
     cluster = SafeET.fromstring(files[allocation.frontend.name])
     fe = allocation.frontend
     public = cluster.find("frontend/public")
@@ -330,9 +330,11 @@ def check_format_1(allocation: Allocation, files: dict[str, bytes]) -> None:
     assert private.attrib["mac"] == fe.interface("private").mac
     private_net = network_of(private.attrib["ip"], private.attrib["netmask"])
     assert private_net == allocation.network("private").subnet
-    # a configurator walking <frontend> finds ip, netmask and mac on every child
+    # a configurator walking <frontend> finds ip, netmask and mac on every child, and an extra network's mtu
     for child in cluster.find("frontend"):
         assert {"ip", "netmask", "mac"} <= set(child.attrib)
+        if child.tag not in ("public", "private"):
+            assert child.attrib["mtu"] == str(allocation.network(child.tag).mtu)
     nodes = cluster.findall("compute/node")
     assert cluster.find("compute").attrib["count"] == str(len(allocation.computes))
     assert [(n.attrib["name"], int(n.attrib["cpus"])) for n in nodes] == [
@@ -422,6 +424,7 @@ def test_format_1_lists_extra_networks_on_the_frontend_and_in_each_compute_file(
     assert cluster.find("frontend/openflow").attrib == {
         "ip": "10.102.0.10",
         "mac": mac(3, 2),
+        "mtu": "9000",
         "netmask": "255.255.255.0",
     }
     first = cluster.find("compute/node")
@@ -430,6 +433,38 @@ def test_format_1_lists_extra_networks_on_the_frontend_and_in_each_compute_file(
     compute = SafeET.fromstring(files["vm-vc-e-1"]).find("compute")
     assert [c.tag for c in compute] == ["private", "openflow"]
     assert compute.find("openflow").attrib["ip"] == "10.102.0.12"
+
+
+def test_format_1_extra_network_elements_carry_the_network_mtu_and_classic_ones_do_not() -> None:
+    files = render(extra_network(), format=1)
+    for name, data in files.items():
+        for element in SafeET.fromstring(data).iter():
+            if element.tag == "openflow":
+                assert element.get("mtu") == "9000", name
+            elif element.tag in ("public", "private"):
+                assert "mtu" not in element.attrib, f"{name}: the classic format 1 elements stay as they were"
+
+
+def with_letter_macs(allocation: Allocation, case: Callable[[str], str]) -> Allocation:
+    """``allocation`` with MACs that hold hex letters (``72:77:6e:ab:cd:NN``), passed through ``case``."""
+    counter = iter(range(256))
+
+    def renumber(node: Node) -> Node:
+        nics = [attrs.evolve(n, mac=case(f"72:77:6e:ab:cd:{next(counter):02x}")) for n in node.interfaces]
+        return attrs.evolve(node, interfaces=nics)
+
+    frontend = renumber(allocation.frontend)
+    return attrs.evolve(allocation, frontend=frontend, computes=[renumber(c) for c in allocation.computes])
+
+
+@pytest.mark.parametrize("fmt", [1, 2])
+def test_mac_addresses_from_the_driver_are_written_in_lower_case(fmt: int) -> None:
+    shouting = with_letter_macs(extra_network(), str.upper)
+    assert shouting.frontend.interfaces[0].mac == "72:77:6E:AB:CD:00"
+    files = render(shouting, format=fmt)
+    macs = [e.get("mac") for data in files.values() for e in SafeET.fromstring(data).iter() if e.get("mac")]
+    assert "72:77:6e:ab:cd:00" in macs and all(m == m.lower() for m in macs)
+    assert files == render(with_letter_macs(extra_network(), str.lower), format=fmt)
 
 
 def test_format_1_nodes_without_extra_networks_have_no_children() -> None:

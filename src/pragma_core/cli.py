@@ -4,14 +4,23 @@
 
 Words select a command by longest prefix (``list cluster``); ``key=value``
 arguments are parameters, everything else fills the command's positional
-arguments *from the front*. ``pragma <command> help`` explains one command,
+arguments *from the front* (a negative number such as ``-1`` is an argument,
+not an option). ``pragma <command> help`` explains one command,
 ``pragma help [words]`` and ``pragma list help [subdir=...]`` list them, and a
-bare ``pragma`` is ``pragma list help``.
+bare ``pragma`` is ``pragma list help``. Every command takes ``loglevel=`` and
+``logfile=`` (:data:`COMMON_PARAMS`); logging is set up once per command, by
+:func:`_setup_logging`.
 
 Exit status: 0 success, 1 error (one ``Error: ...`` line on stderr; the
-traceback only with ``loglevel=DEBUG``), 2 usage error, 141 (128 + SIGPIPE)
+traceback only with ``loglevel=DEBUG``), 2 usage error, 128 + N after signal
+N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP: what was allocated is rolled back,
+see :mod:`pragma_core.signals`), 141 (128 + SIGPIPE)
 when standard output was closed before everything was written
 (``pragma list repository | head -1``): nothing more is printed then.
+
+Progress: when standard error is a terminal and ``--json`` is not given,
+long commands (``boot``, ``stage``) print each stage as it starts and ends,
+and node counts, on standard error (:mod:`pragma_core.progress`).
 
 Names come first: every ``vc-name`` argument is checked with
 :func:`pragma_core.vcdb.is_valid_name` before the command runs, so nothing
@@ -39,8 +48,9 @@ from . import __version__
 from .errors import PragmaError, UsageError
 from .redaction import redact
 from .printable import ERROR_LINE_LIMIT, PrintableFormatter, printable
-from .request import check_loglevel, quote
+from .request import check_loglevel, parse_bool, quote
 from .vcdb import invalid_name, is_valid_name
+from .wording import closest, plural
 
 if TYPE_CHECKING:
     from .config import SiteConfig
@@ -53,6 +63,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pragma_core.cli")
 
 _PARAM = re.compile(r"^([A-Za-z0-9_+-]+)=(.*)$", re.DOTALL)
+#: A negative number: an argument (``boot demo -1`` -> "must be >= 0"), never an option.
+_NEGATIVE = re.compile(r"^-[0-9][0-9.]*$")
 _LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 #: Arguments that name an image or a cluster: checked before any command runs.
 _NAME_ARGS = frozenset({"vc-name"})
@@ -78,6 +90,7 @@ class Command:
         json_output: bool = False,
         variadic: bool = False,
         usage: str | None = None,
+        logs_itself: bool = False,
     ) -> None:
         self.words = words
         self.func = func
@@ -88,6 +101,7 @@ class Command:
         self.json_output = json_output
         self.variadic = variadic  # takes any number of arguments and parameters (plugin commands)
         self._usage = usage  # fixed usage text (plugin commands); else made from args and params
+        self.logs_itself = logs_itself  # sets up logging itself, once its input is checked (a default log file)
 
     def usage(self) -> str:
         if self._usage is not None:
@@ -110,6 +124,12 @@ class Command:
         if self.params:
             out += ["", "Parameters:"]
             for name, typ, text in self.params:
+                out += [f"\t[{name}={typ}]", f"\t\t{text}"]
+        declared = {name for name, _, _ in self.params}
+        common = [(n, t, text) for n, t, text in COMMON_PARAMS if n not in declared]
+        if common and not self.variadic:
+            out += ["", "Common parameters (every command):"]
+            for name, typ, text in common:
                 out += [f"\t[{name}={typ}]", f"\t\t{text}"]
         if self.json_output:
             out += ["", "Options:", "\t--json", "\t\tprint the result as JSON"]
@@ -180,11 +200,16 @@ class Context:
 
     @property
     def lib(self) -> Site:
-        """The :class:`pragma_core.Site` every command works through (opened on first use)."""
+        """The :class:`pragma_core.Site` every command works through (opened on first use).
+
+        Its progress reporter prints stages on standard error when that is a
+        terminal and ``--json`` is not given (:func:`pragma_core.progress.for_terminal`).
+        """
         if self._lib is None:
+            from .progress import for_terminal
             from .site import Site
 
-            self._lib = Site.open(self.conf_dir)
+            self._lib = Site.open(self.conf_dir, progress=for_terminal(self.err, json_output=self.json))
         return self._lib
 
     @property
@@ -262,19 +287,24 @@ def _os_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _setup_logging(ctx: Context, params: dict[str, str], *, logfile: Path | None = None, default_level: str = "INFO") -> None:
-    """stderr at WARNING; with a log file (boot, sync) the file at ``loglevel``.
+def _setup_logging(ctx: Context, params: dict[str, str], *, logfile: Path | None = None) -> None:
+    """Set up the command's logging (once): ``loglevel=`` and the log file, if any.
 
-    The log file is written to once at once (its first line), so a file that
-    cannot be written fails the command before it does anything.
+    With a log file (``logfile=``, or boot's and sync's own), the file is
+    written at ``loglevel`` (default INFO) and stderr shows warnings; without
+    one, stderr shows ``loglevel`` (default WARNING). DEBUG also shows on
+    stderr, with the traceback of an error. The log file is written to at
+    once (its first line), so a file that cannot be written fails the
+    command before it does anything.
     """
-    level_name = params.get("loglevel", default_level).upper()
-    check_loglevel(level_name)
+    level_name = check_loglevel(params.get("loglevel")) or ("INFO" if logfile is not None else "WARNING")
     ctx.debug = level_name == "DEBUG"
+    level = getattr(logging, level_name)
+    stderr_level = logging.DEBUG if ctx.debug else logging.WARNING if logfile is not None else level
     root = logging.getLogger()
-    root.setLevel(logging.DEBUG if ctx.debug else min(logging.INFO, getattr(logging, level_name)))
+    root.setLevel(min(logging.INFO, level, stderr_level))
     for handler in root.handlers:
-        handler.setLevel(logging.DEBUG if ctx.debug else logging.WARNING)
+        handler.setLevel(stderr_level)
     if logfile is not None:
         handler = _open_log_file(logfile)
         ctx.log_files.append(handler)
@@ -378,6 +408,12 @@ _LOG_PARAMS = [
     ("logfile", "string", "log file (default <log_directory>/<name>-<date>.log)"),
     ("loglevel", "string", "DEBUG, INFO (default), WARNING or ERROR; DEBUG also shows tracebacks"),
 ]
+#: Parameters every command takes (boot and sync list them with their own defaults).
+COMMON_PARAMS = [
+    ("logfile", "string", "also log to this file (its directory must exist)"),
+    ("loglevel", "string", ("DEBUG, INFO, WARNING or ERROR: the log file's level (default INFO), or without one"
+                            " stderr's (default WARNING); DEBUG also shows tracebacks")),
+]
 
 
 @command(
@@ -406,7 +442,10 @@ support it) and exits 1 if one is not; the cluster stays booted either way.""",
         ("boot mycluster 8", "boot mycluster with 8 compute CPUs"),
         ("boot mycluster 0 mem=4096", "boot its frontend only, with 4 GiB"),
         ("boot mycluster 2 wait=300", "boot, then wait up to 5 minutes for every node to be ready"),
+        ("boot mycluster 2 --json", "print the cluster's name, nodes and public IP as JSON"),
     ],
+    json_output=True,
+    logs_itself=True,
 )
 def _boot(ctx: Context, args: list[str], params: dict[str, str]) -> int:
     from .request import parse_wait, request_from_params
@@ -426,7 +465,8 @@ def _boot(ctx: Context, args: list[str], params: dict[str, str]) -> int:
         ctx.print_json(data)
     else:
         cpus_total = sum(n.cpus for n in alloc.computes)
-        ctx.print(printable(f"Cluster {alloc.cluster} booted: frontend {alloc.frontend.name}, {len(alloc.computes)} compute nodes ({cpus_total} CPUs)"))
+        computes = f"{plural(len(alloc.computes), 'compute node')} ({plural(cpus_total, 'CPU')})"
+        ctx.print(printable(f"Cluster {alloc.cluster} booted: frontend {alloc.frontend.name}, {computes}"))
         for line in format_clusters(ctx.lib.clusters(alloc.cluster)):
             ctx.print(line)
         if readiness is not None:
@@ -452,13 +492,17 @@ def format_readiness(readiness: ClusterReadiness | Mapping[str, str]) -> list[st
 @command(
     "clean",
     args=[("vc-name", True, "name of the virtual cluster")],
-    description="Remove a shut-down virtual cluster: its nodes, disks and allocation.",
-    examples=[("clean vc-a", "remove cluster vc-a")],
+    params=[("force", "boolean", "power off the cluster's running nodes first, at once (also spelled --force)")],
+    description="""Remove a shut-down virtual cluster: its nodes, disks and allocation.
+A cluster with a running node is refused, unless force=true: then its nodes
+are powered off (no graceful shutdown) and it is removed, in one command.""",
+    examples=[("clean vc-a", "remove cluster vc-a"), ("clean vc-a force=true", "power off and remove vc-a")],
 )
 def _clean(ctx: Context, args: list[str], params: dict[str, str]) -> int:
     (name,) = args
+    force = parse_bool("force", params.get("force", "false"))
     ctx.print(f"Removing virtual cluster {name}")
-    ctx.lib.clean(name)
+    ctx.lib.clean(name, force=force)
     ctx.print(f"Cluster {name} is successfully removed")
     return 0
 
@@ -473,7 +517,7 @@ def _shutdown(ctx: Context, args: list[str], params: dict[str, str]) -> int:
     (name,) = args
     ctx.print(f"Shutting down virtual cluster {name}")
     ctx.lib.shutdown(name)
-    ctx.print(f"Cluster {name} successfully shutdown")
+    ctx.print(f"Cluster {name} shut down")
     return 0
 
 
@@ -516,6 +560,7 @@ def _list_repository(ctx: Context, args: list[str], params: dict[str, str]) -> i
     params=_LOG_PARAMS,
     description="Bring the local repository up to date with the remote one (for cron).",
     examples=[("sync repository", "sync now")],
+    logs_itself=True,
 )
 def _sync_repository(ctx: Context, args: list[str], params: dict[str, str]) -> int:
     _setup_logging(ctx, params, logfile=_default_logfile(ctx, params, "sync"))
@@ -527,13 +572,11 @@ def _sync_repository(ctx: Context, args: list[str], params: dict[str, str]) -> i
 @command(
     "stage",
     args=[("vc-name", True, "name of the virtual cluster image")],
-    params=[("loglevel", "string", "DEBUG, INFO, WARNING (default) or ERROR")],
     description="Stage a cluster's images into the cache without booting it\n(run it from cron to pre-warm), and print the ready image paths.",
     examples=[("stage mycluster", "stage mycluster's images")],
     json_output=True,
 )
 def _stage(ctx: Context, args: list[str], params: dict[str, str]) -> int:
-    _setup_logging(ctx, params, default_level="WARNING")
     staged = ctx.lib.stage(args[0])
     images = {"frontend": staged.frontend, "compute": staged.compute}
     if ctx.json:
@@ -693,7 +736,8 @@ def _has_hook_plugins() -> bool:
 
 
 def _split_options(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
-    opts: dict[str, Any] = {"conf": None, "json": False, "version": False, "help": False}
+    """The words, arguments and parameters, and the ``--`` options apart (``--`` ends the options)."""
+    opts: dict[str, Any] = {"conf": None, "json": False, "version": False, "help": False, "force": False}
     rest: list[str] = []
     i = 0
     while i < len(argv):
@@ -710,15 +754,19 @@ def _split_options(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
                 opts["conf"] = argv[i + 1]
                 i += 1
             else:
-                raise UsageError(f"unknown option {arg}")
+                raise UsageError(f"unknown option {_cut(arg)}")
+            if not opts["conf"]:
+                raise UsageError("--conf needs a directory (--conf DIR), not an empty name")
         elif arg == "--json":
             opts["json"] = True
+        elif arg == "--force":
+            opts["force"] = True
         elif arg == "--version":
             opts["version"] = True
         elif arg in ("--help", "-h"):
             opts["help"] = True
-        elif arg.startswith("-") and len(arg) > 1 and not _PARAM.match(arg):
-            raise UsageError(f"unknown option {arg} (options: --conf DIR, --json, --version, --help)")
+        elif arg.startswith("-") and len(arg) > 1 and not _PARAM.match(arg) and not _NEGATIVE.match(arg):
+            raise UsageError(f"unknown option {_cut(arg)} (options: --conf DIR, --json, --force, --version, --help)")
         else:
             rest.append(arg)
         i += 1
@@ -768,9 +816,9 @@ def run(argv: Sequence[str], *, out: TextIO, err: TextIO) -> int:
     except PragmaError as exc:
         _report_error(err, str(exc), debug=ctx.debug)
         return exc.exit_code
-    except KeyboardInterrupt:
-        _report_error(err, "interrupted")
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM/SIGHUP too (pragma_core.signals.Interrupted)
+        _report_error(err, str(exc) or "interrupted")
+        return getattr(exc, "exit_code", 130)
     except Exception as exc:
         _report_error(err, f"internal error: {type(exc).__name__}: {exc} (run with loglevel=DEBUG for details)", debug=ctx.debug)
         return 1
@@ -809,8 +857,9 @@ def _dispatch(ctx: Context, argv: list[str]) -> int:
         ctx.print("usage: pragma COMMAND [ARGS...] [key=value...] [--conf DIR] [--json]\n")
         for line in _help_lines(None, "", wrap=80):
             ctx.print(line)
-        ctx.print("\n'pragma COMMAND help' explains one command; 'pragma list help' also lists")
-        ctx.print("commands added by plugins; --version prints the version.")
+        ctx.print("\nEvery command also takes loglevel=LEVEL and logfile=FILE. 'pragma COMMAND help'")
+        ctx.print("explains one command; 'pragma list help' also lists commands added by plugins;")
+        ctx.print("--version prints the version.")
         return 0
     if not tokens:
         tokens = ["list", "help"]
@@ -828,22 +877,40 @@ def _dispatch(ctx: Context, argv: list[str]) -> int:
     if rest[:1] == ["help"]:
         ctx.out.write(cmd.help())
         return 0
+    if opts["force"]:
+        params = _force_param(cmd, params)
     _check_command_line(ctx, cmd, rest, params)
     if "loglevel" in params and params["loglevel"].upper() == "DEBUG":
         ctx.debug = True
+    if not cmd.logs_itself:
+        _setup_logging(ctx, params, logfile=Path(params["logfile"]) if params.get("logfile") else None)
     code = cmd.func(ctx, rest, params)
     _check_log_files(ctx)
     return code
+
+
+def _force_param(cmd: Command, params: dict[str, str]) -> dict[str, str]:
+    """``--force`` as the ``force=true`` parameter, for a command that has one."""
+    if "force" not in {name for name, _, _ in cmd.params}:
+        raise UsageError(f"--force is not available for '{cmd.words}'")
+    if "force" in params:
+        raise UsageError("give --force or force=, not both")
+    return {**params, "force": "true"}
 
 
 def _check_command_line(ctx: Context, cmd: Command, rest: list[str], params: dict[str, str]) -> None:
     """Options, parameters, argument count, and every name argument -- before anything runs."""
     if ctx.json and not cmd.json_output:
         raise UsageError(f"--json is not available for '{cmd.words}'")
-    known = {name for name, _, _ in cmd.params} | ({"memory"} if cmd.words == "boot" else set())
+    known = {name for name, _, _ in [*cmd.params, *COMMON_PARAMS]} | ({"memory"} if cmd.words == "boot" else set())
     unknown = sorted(set(params) - known)
     if unknown and not cmd.variadic:
-        raise UsageError(f"unknown parameter {_cut(unknown[0])}= for '{cmd.words}' (usage: pragma {cmd.line()})")
+        near = closest(unknown[0], sorted(known))
+        guess = f"; did you mean {near}=?" if near is not None else ""
+        raise UsageError(f"unknown parameter {_cut(unknown[0])}= for '{cmd.words}'{guess} (usage: pragma {cmd.line()})")
+    for name, typ, _help in cmd.params:
+        if typ == "boolean" and name in params:
+            parse_bool(name, params[name])
     need = [name for name, required, _ in cmd.args if required]
     if len(rest) < len(need):
         missing = need[len(rest)]
@@ -858,7 +925,10 @@ def _check_command_line(ctx: Context, cmd: Command, rest: list[str], params: dic
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point of ``pragma``."""
     _log_to_stderr()
-    code = run(sys.argv[1:] if argv is None else argv, out=sys.stdout or _devnull(), err=sys.stderr or _devnull())
+    from .signals import run_main
+
+    # SIGTERM and SIGHUP roll back like Ctrl-C and exit 128 + signal number (pragma_core.signals)
+    code = run_main(run, sys.argv[1:] if argv is None else argv, out=sys.stdout or _devnull(), err=sys.stderr or _devnull())
     return _flush_stdout(code)
 
 

@@ -954,7 +954,10 @@ def load_site_config(conf_dir: str | Path | None = None) -> SiteConfig:
     directory = resolve_conf_dir(conf_dir)
     source = find_config(directory, SITE_CONF)
     if source is None:
-        raise ConfigError(f"configuration file not found: {directory / (SITE_CONF + '.conf')}")
+        raise ConfigError(
+            f"configuration file not found: {directory / (SITE_CONF + '.conf')}"
+            " (give the site's configuration directory with --conf DIR or PRAGMA_CONF_DIR)"
+        )
     return site_config_from(source, directory)
 
 

@@ -111,7 +111,19 @@ class DriverError(PragmaError):
 
 
 class CapacityError(DriverError):
-    """Not enough resources (CPUs, IPs, VLANs, addresses) for a request."""
+    """Not enough resources (CPUs, IPs, VLANs, addresses) for a request.
+
+    ``reserved`` names clusters that hold resources without running (a
+    rollback that could not finish, a cluster shut down but not cleaned);
+    the message then ends ``; reserved, not running: X; pragma clean X``.
+    """
+
+    def __init__(self, message: str, *, reserved: tuple[str, ...] | list[str] = ()) -> None:
+        self.reserved = tuple(reserved)
+        if self.reserved:
+            cleans = "; ".join(f"pragma clean {name}" for name in self.reserved)
+            message = f"{message}; reserved, not running: {', '.join(self.reserved)}; {cleans}"
+        super().__init__(message)
 
 
 class NotSupportedError(PragmaError):

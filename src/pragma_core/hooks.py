@@ -107,9 +107,13 @@ class _IsolatedPlugin:
     work with the object the caller registered.
     """
 
-    def __init__(self, plugin: object, guarded: dict[str, Callable[..., Any]]) -> None:
+    def __init__(self, plugin: object, guarded: dict[str, Callable[..., Any]], impls: dict[str, Callable[..., Any]]) -> None:
         self._pragma_plugin = plugin
         self._pragma_guarded = guarded
+        # every hook implementation as a real attribute too: pluggy >= 1.7 finds
+        # implementations with inspect.getattr_static, which never calls __getattr__
+        self.__dict__.update(impls)
+        self.__dict__.update(guarded)
 
     def __getattr__(self, name: str) -> Any:
         guarded = self._pragma_guarded.get(name)
@@ -139,7 +143,10 @@ class HookManager(pluggy.PluginManager):
         """Register ``plugin`` like pluggy does, its observer hook implementations guarded first."""
         name = name or self.get_canonical_name(plugin)
         guarded = self._guard_observers(plugin, name)
-        return super().register(_IsolatedPlugin(plugin, guarded) if guarded else plugin, name)
+        if not guarded:
+            return super().register(plugin, name)
+        impls = {attribute: getattr(plugin, attribute) for attribute in dir(plugin) if self.parse_hookimpl_opts(plugin, attribute)}
+        return super().register(_IsolatedPlugin(plugin, guarded, impls), name)
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> Any | None:
         """Unregister like pluggy does, given the object that was registered or its name."""

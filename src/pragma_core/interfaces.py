@@ -8,12 +8,19 @@ their configuration already read and validated.
 
 Keep entry-point targets light: import SDKs (libvirt, boto3...) inside the
 methods that need them, so ``pragma --help`` and unrelated commands stay fast.
+
+Optional keywords: a few driver methods take a keyword later versions added
+(:meth:`Driver.deploy` and :meth:`Driver.wait_ready` ``progress``,
+:meth:`Driver.clean` ``force``). Core passes one only to a method whose
+signature accepts it (:func:`accepts_keyword`), so a driver written before it
+existed keeps working unchanged.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import NotSupportedError
@@ -21,7 +28,18 @@ from .model import Allocation, BootRequest, ClusterDescription, ClusterReadiness
 
 if TYPE_CHECKING:
     from .config import SiteConfig
+    from .events import NodeProgress
     from .staging import Stager
+
+
+def accepts_keyword(method: Callable[..., Any], name: str) -> bool:
+    """Whether ``method`` can be called with the keyword argument ``name`` (or takes ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): call it the old way
+        return False
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD or (p.name == name and p.kind in keyword) for p in parameters)
 
 
 class Driver(abc.ABC):
@@ -59,11 +77,23 @@ class Driver(abc.ABC):
         """
 
     @abc.abstractmethod
-    def deploy(self, allocation: Allocation, cluster: StagedCluster, vcout: Mapping[str, bytes]) -> None:
+    def deploy(
+        self,
+        allocation: Allocation,
+        cluster: StagedCluster,
+        vcout: Mapping[str, bytes],
+        *,
+        progress: NodeProgress | None = None,
+    ) -> None:
         """Prepare disks, hand each node its ``vc-out.xml`` and start the nodes.
 
         ``vcout`` maps each node's :attr:`~pragma_core.model.Node.name` to the
         bytes of its file (the frontend's is the cluster file).
+
+        ``progress`` (optional keyword, may be ``None``): call
+        ``progress(started, total)`` as nodes start (from any thread), so a
+        terminal shows "nodes started 2/3". A driver may leave the keyword
+        out of its signature; then it is not passed and no count is shown.
         """
 
     @abc.abstractmethod
@@ -89,14 +119,22 @@ class Driver(abc.ABC):
         """
 
     @abc.abstractmethod
-    def clean(self, name: str) -> None:
+    def clean(self, name: str, *, force: bool = False) -> None:
         """Remove cluster ``name``: its nodes, disks and allocation.
 
-        Refuses (:class:`~pragma_core.errors.DriverError`) while a node runs;
-        raises :class:`~pragma_core.errors.NotFoundError` for an unknown cluster.
+        Refuses (:class:`~pragma_core.errors.DriverError`) while a node runs,
+        unless ``force``: then running nodes are powered off at once (no
+        graceful shutdown) and removed. Raises
+        :class:`~pragma_core.errors.NotFoundError` for an unknown cluster.
+
+        ``force`` is an optional keyword: for a driver whose ``clean`` does
+        not accept it, core's ``clean force=true`` calls :meth:`shutdown`
+        (forced after the driver's own timeout), then ``clean(name)``.
         """
 
-    def wait_ready(self, name: str, timeout: float) -> ClusterReadiness | Mapping[str, str]:
+    def wait_ready(
+        self, name: str, timeout: float, *, progress: NodeProgress | None = None
+    ) -> ClusterReadiness | Mapping[str, str]:
         """Wait up to ``timeout`` seconds until every node of cluster ``name`` is reachable.
 
         Returns a :class:`~pragma_core.model.ClusterReadiness`: every node,
@@ -106,6 +144,11 @@ class Driver(abc.ABC):
         successful boot. Optional: set :attr:`supports_wait` when implementing
         it; the default raises :class:`~pragma_core.errors.NotSupportedError`.
         Raises :class:`~pragma_core.errors.NotFoundError` for an unknown cluster.
+
+        ``progress`` (optional keyword, may be ``None``): call
+        ``progress(ready, total)`` as nodes become ready, so a terminal
+        shows "nodes ready 2/3"; as for :meth:`deploy`, a driver may leave
+        it out of its signature.
         """
         raise NotSupportedError(f"driver {self.name!r} cannot wait for nodes to be ready (wait= is not supported)")
 

@@ -242,7 +242,11 @@ class Allocation:
     ``cluster`` is the cluster's name (what ``list``, ``shutdown`` and
     ``clean`` take), usually the frontend's short name; ``fqdn`` the frontend's
     fully qualified name. ``networks`` lists each network any node has a NIC
-    on. ``extra`` is the driver's own bookkeeping (strings only).
+    on. ``state`` is the driver's own bookkeeping between :meth:`allocate`,
+    :meth:`deploy` and :meth:`rollback`: a typed object the driver defines
+    (a frozen attrs class is best) and only the driver reads; core carries it
+    untouched. ``extra`` is the older string-only form of the same, kept for
+    drivers written against pragma 0.1.
     """
 
     cluster: str
@@ -255,6 +259,7 @@ class Allocation:
     key: str = ""
     vlan: int | None = None
     extra: Mapping[str, str] = field(factory=dict, converter=_frozen_mapping)
+    state: object = None
 
     @property
     def nodes(self) -> tuple[Node, ...]:

@@ -1,10 +1,18 @@
 """The boot pipeline: resolve -> stage -> allocate -> render -> deploy.
 
 Each stage is announced through the ``pragma_stage_event`` hook (start,
-done or failed, with its duration). Anything that fails after the driver
-allocated the cluster -- including Ctrl-C -- makes core call
+done or failed, with its duration), and to the progress reporter when one
+is given, with the driver's node counts during ``deploy``
+(:mod:`pragma_core.events`). Anything that fails after the driver
+allocated the cluster -- including Ctrl-C, and SIGTERM or SIGHUP inside
+:func:`pragma_core.signals.interruptible` -- makes core call
 :meth:`Driver.rollback` and then re-raise the *first* cause; a rollback
 failure is logged, never hides the cause.
+
+The driver's ``allocate`` and ``rollback`` run in
+:class:`~pragma_core.signals.deferred` sections: a signal that arrives while
+the driver reserves a cluster is raised once the reservation is in the hands
+of the code that undoes it, and a second signal cannot cut a rollback short.
 """
 
 from __future__ import annotations
@@ -18,8 +26,9 @@ from typing import TYPE_CHECKING
 from attrs import frozen
 
 from .errors import PragmaError
-from .events import StageEvent
+from .events import ProgressReporter, StageEvent, guarded, progress_keyword
 from .model import Allocation, BootRequest, StagedCluster
+from .signals import checkpoint, deferred, note
 
 if TYPE_CHECKING:
     from .config import SiteConfig
@@ -51,12 +60,14 @@ class Pipeline:
         repository: Repository | None,
         hooks: Hooks,
         stager: Stager | None = None,
+        progress: ProgressReporter | None = None,
     ) -> None:
         self.site = site
         self.driver = driver
         self.repository = repository
         self.hooks = hooks
         self._stager = stager
+        self.progress = guarded(progress) if progress is not None else None
 
     @property
     def stager(self) -> Stager:
@@ -68,23 +79,35 @@ class Pipeline:
             self._stager = Stager(processors=registry, delete_parts=self.site.delete_parts_after_staging)
         return self._stager
 
+    def announce(self, event: StageEvent) -> None:
+        """Tell the hook plugins, then the progress reporter, about a stage event."""
+        self.hooks.stage_event(event)
+        if self.progress is not None:
+            self.progress(event)
+
     @contextlib.contextmanager
     def stage(self, name: str, image: str, allocation: str | None = None) -> Iterator[None]:
-        """Announce one stage, time it, and announce how it ended."""
-        self.hooks.stage_event(StageEvent(stage=name, status="start", cluster=image, allocation=allocation))
+        """Announce one stage, time it, and announce how it ended.
+
+        A signal still pending (it arrived while the stage waited on worker
+        threads) is raised before the stage starts and before it is announced done.
+        """
+        checkpoint()
+        self.announce(StageEvent(stage=name, status="start", cluster=image, allocation=allocation))
         started = time.monotonic()
         try:
             yield
+            checkpoint()
         except BaseException as exc:
             seconds = time.monotonic() - started
             text = str(exc) if isinstance(exc, PragmaError) else f"{type(exc).__name__}: {exc}"
-            self.hooks.stage_event(
+            self.announce(
                 StageEvent(stage=name, status="failed", cluster=image, allocation=allocation, duration=seconds, error=text)
             )
             log.info("stage %s failed after %.2f s", name, seconds)
             raise
         seconds = time.monotonic() - started
-        self.hooks.stage_event(StageEvent(stage=name, status="done", cluster=image, allocation=allocation, duration=seconds))
+        self.announce(StageEvent(stage=name, status="done", cluster=image, allocation=allocation, duration=seconds))
         log.info("stage %s done in %.2f s", name, seconds)
 
     def _require_driver(self) -> Driver:
@@ -118,24 +141,42 @@ class Pipeline:
         request = self.prepare(request)
         staged = self.stage_images(request.image)
         fmt = choose_format(self.site.vcout_format, staged.description.vcout_format)
-        with self.stage("allocate", request.image):
-            allocation = driver.allocate(request, staged)
+        allocation: Allocation | None = None
+        booted = False
         try:
+            with deferred():  # a signal now is raised below, where the rollback can undo the reservation
+                with self.stage("allocate", request.image):
+                    allocation = driver.allocate(request, staged)
             with self.stage("render", request.image, allocation.cluster):
                 files = render(allocation, format=fmt, hooks=self.hooks)
             with self.stage("deploy", request.image, allocation.cluster):
-                driver.deploy(allocation, staged, files)
+                counts = progress_keyword(self.progress, driver.deploy, "deploy", request.image, allocation.cluster)
+                driver.deploy(allocation, staged, files, **counts)
+            with deferred():  # from here an interruption leaves the cluster and says so
+                note(f"cluster {allocation.cluster} was booted before it and keeps running")
+                booted = True
         except BaseException:
-            self.rollback(allocation, request.image)
+            if allocation is not None and not booted:
+                self.rollback(allocation, request.image)
             raise
         return BootResult(allocation=allocation, cluster=staged, vcout=files, vcout_format=fmt)
 
     def rollback(self, allocation: Allocation, image: str) -> None:
-        """Undo an allocation; a failure here is logged and does not replace the first cause."""
+        """Undo an allocation; a failure here is logged and does not replace the first cause.
+
+        No signal interrupts it (:class:`~pragma_core.signals.deferred`). When
+        the driver cannot finish (its engine is unreachable), what it still
+        holds stays reserved: ``list cluster`` shows it and the log says how
+        to free it.
+        """
         driver = self._require_driver()
-        try:
-            with self.stage("rollback", image, allocation.cluster):
-                driver.rollback(allocation)
-        except Exception as exc:  # noqa: BLE001 - the first cause is what the user must see
-            log.error("rollback of cluster %s failed: %s", allocation.cluster, exc)
-            log.debug("rollback traceback", exc_info=exc)
+        with deferred():
+            try:
+                with self.stage("rollback", image, allocation.cluster):
+                    driver.rollback(allocation)
+            except Exception as exc:  # noqa: BLE001 - the first cause is what the user must see
+                log.error(
+                    "rollback of cluster %s failed: %s; it stays reserved until 'pragma clean %s'",
+                    allocation.cluster, exc, allocation.cluster,
+                )
+                log.debug("rollback traceback", exc_info=exc)

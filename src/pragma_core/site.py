@@ -12,7 +12,12 @@
         for cluster in site.clusters():
             print(cluster.name, [n.state for n in cluster.nodes])
         site.shutdown(booted.name)
-        site.clean(booted.name)
+        site.clean(booted.name)              # or at once, running or not: site.clean(name, force=True)
+
+``Site.open(progress=reporter)`` shows a boot's progress: ``reporter`` is
+called with every :class:`~pragma_core.events.StageEvent` -- each stage's
+start and end, and node counts ("nodes started 2/3", "nodes ready 2/3")
+from drivers that report them (:mod:`pragma_core.events`).
 
 Every method returns the typed model of :mod:`pragma_core.model` and raises
 :class:`~pragma_core.errors.PragmaError` subclasses whose message is the one
@@ -23,16 +28,18 @@ driver's SDK. The ``pragma`` command is a thin layer over this class.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from attrs import frozen
 
-from .errors import NotFoundError, NotSupportedError, UsageError
+from .errors import NotFoundError, NotSupportedError, PragmaError, UsageError
+from .events import WAIT, ProgressReporter, StageEvent, guarded, progress_keyword
 from .model import ClusterReadiness, ClusterStatus, InterfaceRequest, MemorySpec, StagedCluster
 
 if TYPE_CHECKING:
@@ -44,6 +51,17 @@ if TYPE_CHECKING:
     from .plugins import PluginInfo
 
 __all__ = ["Booted", "Site"]
+
+
+def _image_hint(image: str, names: list[str]) -> str:
+    """``"; did you mean 'demo'? (images: alpha, demo)"``: what to add to "image not found"."""
+    from .wording import closest, listing, shown
+
+    if not names:
+        return " (the repository lists no image)"
+    near = closest(image, names)
+    guess = f"; did you mean '{shown(near)}'?" if near is not None else ""
+    return f"{guess} (images: {listing(names)})"
 
 
 def _checked(name: str, what: str = "vc-name") -> str:
@@ -75,23 +93,29 @@ class Booted:
 class Site:
     """One PRAGMA site: open it with :meth:`open`, then boot, list, shut down and clean clusters."""
 
-    def __init__(self, config: SiteConfig, *, hooks: Hooks | None = None) -> None:
+    def __init__(
+        self, config: SiteConfig, *, hooks: Hooks | None = None, progress: ProgressReporter | None = None
+    ) -> None:
         self.config = config
         self._hooks = hooks
+        self._progress = guarded(progress) if progress is not None else None
         self._driver: Driver | None = None
         self._repository: Repository | None = None
 
     @classmethod
-    def open(cls, conf_dir: str | os.PathLike[str] | None = None) -> Site:
+    def open(cls, conf_dir: str | os.PathLike[str] | None = None, *, progress: ProgressReporter | None = None) -> Site:
         """Read the site's configuration from ``conf_dir``.
 
         ``None``: ``$PRAGMA_CONF_DIR``, then ``/opt/pragma_boot/etc``. Raises
         :class:`~pragma_core.errors.ConfigError` naming the file, line and key
-        of a bad setting.
+        of a bad setting. ``progress``: called with every stage event of a
+        boot, stage or wait (see :mod:`pragma_core.events`); it never stops
+        the work (an exception it raises is logged once, then it is no
+        longer called).
         """
         from .config import load_site_config
 
-        return cls(load_site_config(os.fspath(conf_dir) if conf_dir is not None else None))
+        return cls(load_site_config(os.fspath(conf_dir) if conf_dir is not None else None), progress=progress)
 
     # ------------------------------------------------------------------ context manager
 
@@ -153,6 +177,7 @@ class Site:
             driver=self.driver if driver else None,
             repository=self.repository,
             hooks=self.hooks,
+            progress=self._progress,
         )
 
     # ------------------------------------------------------------------ commands
@@ -210,8 +235,9 @@ class Site:
         seconds = parse_wait(wait)
         if seconds is not None:
             self.require_wait_support()  # refuse before booting anything
-        result = self.pipeline().boot(request)
-        readiness = self.wait_ready(result.allocation.cluster, seconds) if seconds is not None else None
+        with self._image_exists(request.image, self.images):
+            result = self.pipeline().boot(request)
+        readiness = self._wait(result.allocation.cluster, seconds, request.image) if seconds is not None else None
         return Booted(
             allocation=result.allocation, staged=result.cluster, vcout_format=result.vcout_format, readiness=readiness
         )
@@ -230,13 +256,31 @@ class Site:
         """Power off every node of cluster ``name`` (forced after the driver's timeout)."""
         return self.driver.shutdown(_checked(name))
 
-    def clean(self, name: str) -> None:
-        """Remove shut-down cluster ``name``: its nodes, disks and allocation."""
-        self.driver.clean(_checked(name))
+    def clean(self, name: str, *, force: bool = False) -> None:
+        """Remove shut-down cluster ``name``: its nodes, disks and allocation.
+
+        A cluster with a running node is refused, unless ``force``: then its
+        nodes are powered off and it is removed, in one call. A driver whose
+        ``clean`` takes no ``force`` keyword is asked to :meth:`shutdown`
+        the cluster first (forced off after the driver's timeout).
+        """
+        from .interfaces import accepts_keyword
+
+        _checked(name)
+        driver = self.driver
+        if not force:
+            driver.clean(name)
+        elif accepts_keyword(driver.clean, "force"):
+            driver.clean(name, force=True)
+        else:
+            log.info("driver %s cannot clean by force: shutting %s down first", driver.name, name)
+            driver.shutdown(name)
+            driver.clean(name)
 
     def stage(self, image: str) -> StagedCluster:
         """Stage image ``image``'s disks into the cache without booting it (``pragma stage``)."""
-        return self.pipeline(driver=False).stage_images(_checked(image))
+        with self._image_exists(_checked(image), lambda: self.repository.list()):
+            return self.pipeline(driver=False).stage_images(image)
 
     def sync(self) -> bool:
         """Bring the local repository up to date with the remote one; whether anything changed."""
@@ -256,19 +300,56 @@ class Site:
         """Wait up to ``timeout`` seconds for every node of cluster ``name`` to be ready."""
         from .request import parse_wait
 
-        _checked(name)
         seconds = parse_wait(timeout)
         assert seconds is not None
+        return self._wait(_checked(name), seconds, name)
+
+    def _wait(self, name: str, seconds: float, image: str) -> ClusterReadiness:
+        """:meth:`wait_ready`, announced to the progress reporter as stage ``wait`` of ``image``."""
         self.require_wait_support()
+        driver = self.driver
         log.info("waiting up to %g s for the nodes of %s", seconds, name)
+        self._report(StageEvent(stage=WAIT, status="start", cluster=image, allocation=name))
         started = time.monotonic()
-        verdicts = self.driver.wait_ready(name, seconds)
-        readiness = (
-            verdicts if isinstance(verdicts, ClusterReadiness) else ClusterReadiness.from_mapping(name, verdicts)
-        )
-        log.info("wait for %s done in %.1f s: %s ready", name, time.monotonic() - started,
-                 "all" if readiness.ready else f"{len(readiness.nodes) - len(readiness.not_ready)}/{len(readiness.nodes)}")
+        try:
+            counts = progress_keyword(self._progress, driver.wait_ready, WAIT, image, name)
+            verdicts = driver.wait_ready(name, seconds, **counts)
+            readiness = (
+                verdicts if isinstance(verdicts, ClusterReadiness) else ClusterReadiness.from_mapping(name, verdicts)
+            )
+        except BaseException as exc:
+            self._report(StageEvent(stage=WAIT, status="failed", cluster=image, allocation=name,
+                                    duration=time.monotonic() - started, error=str(exc)))
+            raise
+        ready, total = len(readiness.nodes) - len(readiness.not_ready), len(readiness.nodes)
+        elapsed = time.monotonic() - started
+        self._report(StageEvent(stage=WAIT, status="done", cluster=image, allocation=name, duration=elapsed,
+                                done=ready, total=total))
+        log.info("wait for %s done in %.1f s: %s ready", name, elapsed, "all" if readiness.ready else f"{ready}/{total}")
         return readiness
+
+    def _report(self, event: StageEvent) -> None:
+        if self._progress is not None:
+            self._progress(event)
+
+    @contextlib.contextmanager
+    def _image_exists(self, image: str, known: Callable[[], list[str]]) -> Iterator[None]:
+        """Turn "image not found" into a message that suggests the closest image and lists those that exist.
+
+        Only a :class:`NotFoundError` raised while ``image`` is indeed not
+        among ``known()`` is rewritten; any other, or one raised when the
+        list cannot be read, passes unchanged.
+        """
+        try:
+            yield
+        except NotFoundError as exc:
+            try:
+                names = known()
+            except PragmaError:
+                raise exc from None
+            if image in names:
+                raise
+            raise NotFoundError(f"{exc}{_image_hint(image, names)}") from exc
 
     @staticmethod
     def plugins() -> list[PluginInfo]:

@@ -11,10 +11,33 @@ override it (``<vc vcout-format="1">``); see :func:`choose_format`.
 Both formats are rendered from the same :class:`~pragma_core.model.Allocation`
 by :func:`render`. Inside the files nodes are named by
 :attr:`~pragma_core.model.Node.hostname` (the frontend's short name,
-``compute-<i>`` for computes), never by the driver's VM name.
+``compute-<i>`` for computes), never by the driver's VM name. MAC addresses
+are written in lower case whatever the driver returned (see below).
 
-Format 2 (default; newest upstream kvm_rocks)
-=============================================
+Which guest configurators read which format
+===========================================
+
+* **Format 2** -- written by upstream pragma_boot's kvm_rocks (2018). Read by
+  the current Rocks ``rocks reconfigure`` (the "dynip" of Rocks 7 images:
+  ``reconfigure compute=true`` reads only format 2, the frontend side falls
+  back to format 1) and by ``vc-out-parser.py`` of pragmagrid/vc-out-parser
+  (format 2 first, format 1 as a fallback), the configurator of the non-Rocks
+  images. Choose it for any image made since 2017.
+* **Format 1** -- written by the older fork of pragma_boot and by the legacy
+  cloudstack driver. The only format read by the Rocks 6 ``rocks
+  reconfigure`` and by the first ``vc-out-parse.py`` (both hard-code
+  ``eth0``/``eth1`` and MTU 1500); ``vc-out-parser.py`` reads it too, taking
+  ``mtu`` from any interface element that has one (1500 otherwise), hence the
+  ``mtu`` on format 1's extra-network elements.
+
+Every one of them finds a NIC by searching ``ip -o link`` output for the MAC
+as written, case-sensitively, and Linux prints MACs in lower case: so MACs are
+lower-cased before rendering. ``reconfigure`` takes the DNS domain from the
+frontend's ``fqdn`` after its first dot, so a driver should give a dotted
+FQDN (kvm_rocks's ``public_domain``).
+
+Format 2 (default)
+==================
 
 Cluster file (frontend)::
 
@@ -62,8 +85,8 @@ Compute file::
       <key>ssh-rsa AAAAB3NzaFAKEKEY root@rocks-fe</key>
     </vc>
 
-Format 1 (older; read by ``vc-out-parse.py`` and Rocks ``reconfigure``)
-=======================================================================
+Format 1 (older; see above for its readers)
+===========================================
 
 Cluster file (frontend)::
 
@@ -109,13 +132,15 @@ is the compute's hostname; the guest appends ``.local``) and
 ``ip netmask mac`` on each.
 
 Extra networks in format 1 (``add-iface``), which the old format did not
-know: the frontend gets one more ``<NET ip mac netmask/>`` child after
+know: the frontend gets one more ``<NET ip mac mtu netmask/>`` child after
 ``private``; a compute file one more sibling of ``<private>`` inside
 ``<compute>``; in the cluster file, a ``<node>`` whose compute has extra
 networks also gets children ``<private ip mac netmask/>`` then
-``<NET ip mac netmask/>`` (``vc-out-parse.py`` takes a node's children, when
-there are any, as its full interface list, so ``private`` must be among
-them). Without extra networks the files are exactly the classic format.
+``<NET ip mac mtu netmask/>`` (``vc-out-parser.py`` takes a node's children,
+when there are any, as its full interface list, so ``private`` must be among
+them). ``mtu`` is the network's, as in format 2: without it a 9000-byte
+network would be configured at 1500. Without extra networks the files are
+exactly the classic format.
 
 Serialization (both formats; the images' parsers never see a difference)
 -------------------------------------------------------------------------
@@ -148,6 +173,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from .errors import DriverError, FormatError
 from .model import Allocation, Interface, Network, Node
 from .paths import safe_join
@@ -178,6 +205,8 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
 # Characters XML 1.0 cannot carry at all.
 _INVALID_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}\Z")
+# The networks format 1 knew; any other is an extra network (add-iface, ENT).
+_CLASSIC_NETWORKS = ("public", "private")
 
 
 # --------------------------------------------------------------------------- format choice
@@ -219,6 +248,7 @@ def render(allocation: Allocation, *, format: int = 2, hooks: Hooks | None = Non
     for each file with its ``<vc>`` root before serialization.
     """
     fmt = validate_format(format)
+    allocation = _lower_case_macs(allocation)
     _check_allocation(allocation, fmt)
     builder = _Format1(allocation) if fmt == 1 else _Format2(allocation)
     roots = [(allocation.frontend, builder.cluster_file())]
@@ -229,6 +259,16 @@ def render(allocation: Allocation, *, format: int = 2, hooks: Hooks | None = Non
             hooks.vcout_element(root, allocation, node, fmt)
         files[node.name] = serialize(root, what=f"vc-out of node {node.name}")
     return files
+
+
+def _lower_case_macs(allocation: Allocation) -> Allocation:
+    """``allocation`` with every MAC in lower case: guests match them against ``ip link`` output as written."""
+
+    def node(each: Node) -> Node:
+        nics = [attrs.evolve(nic, mac=nic.mac.lower()) if nic.mac else nic for nic in each.interfaces]
+        return attrs.evolve(each, interfaces=nics)
+
+    return attrs.evolve(allocation, frontend=node(allocation.frontend), computes=[node(c) for c in allocation.computes])
 
 
 def _check_allocation(allocation: Allocation, fmt: int) -> None:
@@ -370,12 +410,15 @@ class _Format2(_Common):
 class _Format1(_Common):
     @staticmethod
     def extras(node: Node) -> list[Interface]:
-        return [nic for nic in node.interfaces if nic.network not in ("public", "private")]
+        return [nic for nic in node.interfaces if nic.network not in _CLASSIC_NETWORKS]
 
     def short(self, parent: ET.Element, node: Node, nic: Interface) -> ET.Element:
-        """``<NET ip mac netmask/>``: format 1's interface element."""
+        """``<NET ip mac netmask/>``: format 1's interface element, with ``mtu`` on an extra network."""
         net = self.network(node, nic)
-        return _sub(parent, nic.network, ip=str(nic.ip), mac=nic.mac, netmask=str(net.subnet.netmask))
+        element = _sub(parent, nic.network, ip=str(nic.ip), mac=nic.mac, netmask=str(net.subnet.netmask))
+        if nic.network not in _CLASSIC_NETWORKS:
+            element.set("mtu", str(net.mtu))
+        return element
 
     def cluster_file(self) -> ET.Element:
         alloc = self.allocation

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +19,8 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHBYYWdtYXRlc3RrZXlwcmFnbWF0ZXN0a2V5 
 
 
 def pragma(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("pragma", path=str(Path(sys.executable).parent)) or shutil.which("pragma")
-    command = [exe] if exe else [sys.executable, "-c", "import sys; from pragma_core.cli import main; sys.exit(main())"]
+    script = Path(sys.executable).with_name("pragma")  # this interpreter's (.venv/bin/pragma), never PATH's
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "pragma_core.cli"]
     env = {**os.environ, "PRAGMA_CONF_DIR": ""}
     return subprocess.run([*command, "--conf", str(conf), *args], check=False, capture_output=True, text=True, timeout=60, env=env)
 

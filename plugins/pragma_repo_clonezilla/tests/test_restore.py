@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from conftest import COMPUTE_FILES, FRONTEND_FILES
-from czbuild import check_ext4, make_clonezilla_image, make_ext4, make_iso, make_plain_iso, partition_table, run
+from czbuild import check_ext4, make_clonezilla_image, make_ext4, make_iso, make_plain_iso, partition_table
 from pragma_repo_clonezilla.isofile import BadImageError
 from pragma_repo_clonezilla.restore import restore_iso_to_raw, split_iso_name
 

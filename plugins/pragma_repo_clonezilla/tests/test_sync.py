@@ -16,7 +16,6 @@ from conftest import COMPUTE_FILES, FRONTEND_FILES
 from czbuild import check_ext4
 from pragma_core.config import parse_legacy, site_config_from
 from pragma_core.errors import ConfigError, NotFoundError, RepositoryError
-from pragma_core.vcdb import read_vcdb
 from pragma_repo_clonezilla.repository import ClonezillaRepository
 from pragma_repo_clonezilla.sync import LOCK_NAME
 
@@ -216,10 +215,10 @@ def test_bad_settings_name_the_setting(drive_sim, tmp_path: Path) -> None:
         make_repo(drive_sim, tmp_path / "repo", repository_url="https://example.org/nothing")
 
 
-def test_template_outside_the_cluster_directory_or_unknown_variable_fails_the_cluster(drive_sim, isos, tmp_path: Path) -> None:
+def test_template_outside_the_repository_or_unknown_variable_fails_the_cluster(drive_sim, isos, tmp_path: Path) -> None:
     publish(drive_sim, isos, "demo", compute=False)
-    repo = make_repo(drive_sim, tmp_path / "repo", local_image_url="file://$repository_dir/$imagename.raw")
-    with pytest.raises(RepositoryError, match="outside the cluster directory"):
+    repo = make_repo(drive_sim, tmp_path / "repo", local_image_url="file://$repository_dir/../$imagename.raw")
+    with pytest.raises(RepositoryError, match="outside the repository"):
         repo.sync()
     repo = make_repo(drive_sim, tmp_path / "repo", local_image_url="file://$repository_dir/$cluster/$nope.raw")
     with pytest.raises(RepositoryError, match=r"unknown variable \$nope"):

@@ -6,14 +6,28 @@ keeps its "clusters" in a JSON file (``state_file``, default
 ``<temp_directory>/pragma-fake-driver.json``) under a file lock, so
 separate ``pragma`` processes see the same state, and it writes each node's
 vc-out.xml next to that file so tests can read what a guest would get.
+``add-iface=`` networks (and ``enable-ent=true``: a network ``ent``) get a
+NIC on every node, as kvm_rocks gives them.
 
 **Never use it on a real site: it starts no VM.**
 
 Settings (``fake.conf``, all optional): ``total_cpus`` (64),
 ``cpus_per_node`` (4), ``public_ips`` (``192.0.2.10``-``.29``),
 ``public_network`` (``192.0.2.0/24``), ``private_network``
-(``10.1.0.0/16``), ``dns`` (``8.8.8.8``), ``state_file``, ``fail_deploy``
-(``True`` makes every deploy fail, to exercise rollback).
+(``10.1.0.0/16``), ``dns`` (``8.8.8.8``), ``state_file``, and, to exercise
+failures: ``fail_deploy`` (``True`` makes every deploy fail, to exercise
+rollback), ``fail_rollback`` (``True`` makes every rollback fail, as a
+driver whose engine is unreachable would) and ``deploy_delay`` (seconds
+each node's deploy takes, ``0``; gives signals and faults a window).
+
+Like a real driver, an allocation is a reservation (nodes ``reserved``)
+until deploy starts the nodes (``running``). A cluster none of whose nodes
+runs, and whose allocating process is gone, is *reserved, not running*: a
+:class:`~pragma_core.errors.CapacityError` names it, with the ``pragma
+clean`` that frees it.
+
+It reports node progress (``deploy`` and ``wait_ready`` take ``progress``)
+and cleans by force (``clean(name, force=True)`` removes a running cluster).
 
 A state file that is not what this driver writes (not JSON, a wrong shape,
 an invalid cluster or node name, larger than :data:`MAX_STATE_BYTES`) is a
@@ -27,10 +41,12 @@ import contextlib
 import ipaddress
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 from attrs import frozen
 
 from ..settings import (
@@ -44,6 +60,7 @@ from ..settings import (
 )
 from ..errors import CapacityError, DriverError, NotFoundError
 from ..interfaces import Driver
+from ..events import NodeProgress
 from ..model import (
     Allocation,
     BootRequest,
@@ -54,6 +71,7 @@ from ..model import (
     NodeStatus,
     StagedCluster,
 )
+from ..signals import process_alive
 from ..vcdb import invalid_name, is_valid_name
 
 #: A state file larger than this is refused (a cluster takes a few hundred bytes).
@@ -82,6 +100,42 @@ def _check_state(data: Any) -> dict[str, Any]:
     return data
 
 
+def _with_extra_networks(request: BootRequest, nodes: tuple[Node, ...], serial: int) -> tuple[list[Network], list[Node]]:
+    """The networks of ``add-iface=`` (and ``enable-ent=true``: network ``ent``), with a NIC on each for every node.
+
+    Like kvm_rocks: a network's subnet is the CIDR given, else ``10.<200+k>.0.0/24``
+    for the k-th network; addresses are handed out from the CIDR's host part
+    (when not zero) or from the first host, frontend first.
+    """
+    requested = [(item.network, item.cidr) for item in request.add_ifaces]
+    if request.enable_ent and all(net != "ent" for net, _ in requested):
+        requested.append(("ent", None))
+    networks: list[Network] = []
+    nodes_out = list(nodes)
+    for k, (net, cidr) in enumerate(requested):
+        iface = cidr or ipaddress.IPv4Interface(f"10.{200 + k}.0.0/24")
+        subnet = iface.network
+        first = int(iface.ip) if int(iface.ip) != int(subnet.network_address) else int(subnet.network_address) + 1
+        if first + len(nodes) - 1 >= int(subnet.broadcast_address):
+            raise CapacityError(f"add-iface: subnet {subnet} of network {net!r} has no room for {len(nodes)} nodes")
+        networks.append(Network(name=net, subnet=subnet))
+        for i, node in enumerate(nodes_out):
+            mac = "52:54:01:%02x:%02x:%02x" % (serial & 0xFF, k & 0xFF, i & 0xFF)
+            nic = Interface(network=net, ip=ipaddress.IPv4Address(first + i), mac=mac)
+            nodes_out[i] = attrs.evolve(node, interfaces=(*node.interfaces, nic))
+    return networks, nodes_out
+
+
+def _seconds(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if isinstance(value, bool) or not 0 <= seconds <= 60:
+        raise ValueError(f"must be a number of seconds from 0 to 60, not {value!r}")
+    return seconds
+
+
 @frozen(kw_only=True)
 class FakeConfig:
     """Settings of the fake driver (``fake.conf``)."""
@@ -94,6 +148,8 @@ class FakeConfig:
     dns: tuple[str, ...] = setting(to_ipv4_list, default=("8.8.8.8",))
     state_file: Path | None = setting(to_optional_path, default=None, help="where the clusters are recorded")
     fail_deploy: bool = setting(to_bool, default=False, help="make every deploy fail (exercises rollback)")
+    fail_rollback: bool = setting(to_bool, default=False, help="make every rollback fail (an unreachable engine)")
+    deploy_delay: float = setting(_seconds, default=0.0, help="seconds each node's deploy takes, 0 to 60 (a window for faults)")
 
 
 class FakeDriver(Driver):
@@ -161,14 +217,18 @@ class FakeDriver(Driver):
         per_node = cfg.cpus_per_node
         counts = [min(per_node, request.cpus - i) for i in range(0, request.cpus, per_node)]
         with self._state() as state:
+            self._remove_temporary_states()
             used_cpus = sum(sum(n["cpus"] for n in c["nodes"] if n["role"] == "compute") for c in state["clusters"].values())
             free = cfg.total_cpus - used_cpus
+            idle = _reserved_not_running(state)
             if request.cpus > free:
-                raise CapacityError(f"not enough capacity: requested {request.cpus} CPUs, {free} available")
+                raise CapacityError(
+                    f"not enough capacity: requested {request.cpus} CPUs, {free} available", reserved=idle
+                )
             used_ips = {c["public_ip"] for c in state["clusters"].values()}
             public_ip = next((ip for ip in cfg.public_ips if ip not in used_ips), None)
             if public_ip is None:
-                raise CapacityError(f"no free public IP ({len(cfg.public_ips)} configured, all in use)")
+                raise CapacityError(f"no free public IP ({len(cfg.public_ips)} configured, all in use)", reserved=idle)
             state["serial"] += 1
             serial = state["serial"]
             name = f"vc{serial}"
@@ -207,13 +267,15 @@ class FakeDriver(Driver):
                 )
                 for i, count in enumerate(counts)
             )
+            extra_networks, (frontend, *rest) = _with_extra_networks(request, (frontend, *computes), serial)
+            computes = tuple(rest)
             allocation = Allocation(
                 cluster=name,
                 image=request.image,
                 fqdn=f"{name}.fake.invalid",
                 frontend=frontend,
                 computes=computes,
-                networks=(private, public),
+                networks=(private, public, *extra_networks),
                 dns=cfg.dns,
                 key=request.key,
                 vlan=serial,
@@ -221,15 +283,23 @@ class FakeDriver(Driver):
             state["clusters"][name] = {
                 "public_ip": public_ip,
                 "image": request.image,
+                "owner_pid": os.getpid(),
                 "nodes": [
-                    {"name": n.name, "role": n.role, "cpus": n.cpus, "memory_mib": n.memory_mib, "state": "allocated",
+                    {"name": n.name, "role": n.role, "cpus": n.cpus, "memory_mib": n.memory_mib, "state": "reserved",
                      "private_ip": str(n.interfaces[0].ip)}
                     for n in allocation.nodes
                 ],
             }
         return allocation
 
-    def deploy(self, allocation: Allocation, cluster: StagedCluster, vcout: Mapping[str, bytes]) -> None:
+    def deploy(
+        self,
+        allocation: Allocation,
+        cluster: StagedCluster,
+        vcout: Mapping[str, bytes],
+        *,
+        progress: NodeProgress | None = None,
+    ) -> None:
         for node in allocation.nodes:
             if node.name not in vcout:
                 raise DriverError(f"no vc-out.xml for node {node.name}")
@@ -240,19 +310,30 @@ class FakeDriver(Driver):
         directory.mkdir(parents=True, exist_ok=True)
         for node_name, data in vcout.items():
             (directory / f"{node_name}.xml").write_bytes(data)
+            time.sleep(self.config.deploy_delay)
         if self.config.fail_deploy:
             raise DriverError(f"fake driver: deploy of {allocation.cluster} failed (fail_deploy is set)")
         with self._state() as state:
             entry = state["clusters"].get(allocation.cluster)
             if entry is None:
                 raise DriverError(f"cluster {allocation.cluster} vanished during deploy")
-            for node in entry["nodes"]:
+            for started, node in enumerate(entry["nodes"], 1):
                 node["state"] = "running"
+                if progress is not None:
+                    progress(started, len(entry["nodes"]))
 
     def rollback(self, allocation: Allocation) -> None:
+        if self.config.fail_rollback:
+            raise DriverError(f"fake driver: rollback of {allocation.cluster} failed (fail_rollback is set)")
         with self._state() as state:
             state["clusters"].pop(allocation.cluster, None)
+            self._remove_temporary_states()
         self._remove_vcout(allocation.cluster)
+
+    def _remove_temporary_states(self) -> None:
+        """Remove state files a killed process was writing (the caller holds the state lock: none is being written)."""
+        for path in self.state_file.parent.glob(self.state_file.name + ".tmp*"):
+            path.unlink(missing_ok=True)
 
     def _remove_vcout(self, name: str) -> None:
         directory = self.vcout_dir(name)
@@ -295,24 +376,41 @@ class FakeDriver(Driver):
                 node["state"] = "shutoff"
         return self.list_clusters(name)[0]
 
-    def wait_ready(self, name: str, timeout: float) -> dict[str, str]:
+    def wait_ready(self, name: str, timeout: float, *, progress: NodeProgress | None = None) -> dict[str, str]:
         """A running node is ready at once; any other reports ``timeout: node is <state>`` (no waiting)."""
         with self._state() as state:
             entry = state["clusters"].get(name)
             if entry is None:
                 raise NotFoundError(f"no virtual cluster named {name!r}")
-            return {
+            verdicts = {
                 node["name"]: "ready" if node["state"] == "running" else f"timeout: node is {node['state']}"
                 for node in entry["nodes"]
             }
+        if progress is not None:
+            ready = [v for v in verdicts.values() if v == "ready"]
+            for count in range(len(ready) + 1):
+                progress(count, len(verdicts))
+        return verdicts
 
-    def clean(self, name: str) -> None:
+    def clean(self, name: str, *, force: bool = False) -> None:
         with self._state() as state:
             entry = state["clusters"].get(name)
             if entry is None:
                 raise NotFoundError(f"no virtual cluster named {name!r}")
             running = [n["name"] for n in entry["nodes"] if n["state"] == "running"]
-            if running:
+            if running and not force:
                 raise DriverError(f"cluster {name} is still running ({', '.join(running)}); shut it down first")
             del state["clusters"][name]
+            self._remove_temporary_states()
         self._remove_vcout(name)
+
+
+def _reserved_not_running(state: Mapping[str, Any]) -> list[str]:
+    """Clusters of ``state`` none of whose nodes runs and whose allocating process is gone, sorted."""
+    return sorted(
+        name
+        for name, entry in state["clusters"].items()
+        if not any(node["state"] == "running" for node in entry["nodes"])
+        and not process_alive(entry.get("owner_pid", 0))
+    )
+

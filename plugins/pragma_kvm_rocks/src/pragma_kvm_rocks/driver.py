@@ -13,6 +13,12 @@ libvirt directly. See the plugin README for every ``kvm_rocks.conf`` key.
   vCPUs (``max_parallel`` at a time) and resumed once the frontend runs.
 * ``list_clusters``, ``shutdown``, ``clean`` and ``rollback`` work from the
   domains' metadata and the records, so any later process can run them.
+* A rollback that cannot reach libvirtd leaves the record (and whatever it
+  made): the cluster stays *reserved*. ``list cluster`` shows its nodes
+  ``reserved`` (no domain) or ``unknown`` (host unreachable), and a
+  :class:`~pragma_core.errors.CapacityError` of a later boot names every
+  cluster that holds resources with no node running ("reserved, not
+  running: X; pragma clean X") -- except one whose boot is still running.
 * Each node's serial console is logged by libvirt to
   :meth:`KvmRocksDriver.console_log_path` (``<diskdir>/<node>.console.log``);
   :meth:`KvmRocksDriver.wait_ready` (``pragma boot wait=S``) watches those
@@ -50,6 +56,7 @@ from pragma_core.model import (
     NodeStatus,
     StagedCluster,
 )
+from pragma_core.signals import process_alive
 
 from .disks import DiskBuilder, DiskJob, disk_name, target_format
 from .domainxml import Nic, build_domain_xml
@@ -86,6 +93,12 @@ def cluster_name_for(ip: str, fqdn: str | None) -> str:
     return "vc-" + ip.replace(".", "-")
 
 
+def qualified_name(name: str, domain: str) -> str:
+    """The frontend's FQDN: the reverse-DNS ``name`` when it is dotted, else ``name.domain`` (never dotless)."""
+    name = name.rstrip(".")
+    return name if "." in name else f"{name}.{domain}"
+
+
 def compute_name(cluster: str, index: int, naming: str) -> str:
     """A compute node's domain name: ``<cluster>-compute-<i>`` or legacy ``vm-<cluster>-<i>``."""
     return f"vm-{cluster}-{index}" if naming == "legacy" else f"{cluster}-compute-{index}"
@@ -117,10 +130,24 @@ class KvmRocksDriver(Driver):
     def _pool(self, workers: int | None = None) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(max_workers=workers or self.settings.max_parallel)
 
-    def _inventory(self) -> list[DomainInfo]:
+    def _inventory(self, *, unreachable: set[str] | None = None) -> list[DomainInfo]:
+        """Every domain of every host; with ``unreachable``, a host that cannot be reached is added to it."""
         hosts = self.hosts.names
         with self._pool(len(hosts)) as pool:
-            return [d for found in pool.map(self.hosts.inventory, hosts) for d in found]
+            found = pool.map(lambda h: self._reach(lambda: self.hosts.inventory(h), h, [], unreachable), hosts)
+            return [d for domains in found for d in domains]
+
+    @staticmethod
+    def _reach(read: Callable[[], Any], host: str, empty: Any, unreachable: set[str] | None) -> Any:
+        """``read()``; when ``unreachable`` is given, a failure to reach ``host`` adds it there and gives ``empty``."""
+        if unreachable is None:
+            return read()
+        try:
+            return read()
+        except DriverError as exc:
+            log.warning("%s; its nodes are listed as unknown", exc)
+            unreachable.add(host)
+            return empty
 
     def _map(self, work: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         """``work`` over ``items`` on a pool of threads (one per item, at most 32), results in order."""
@@ -161,7 +188,11 @@ class KvmRocksDriver(Driver):
         try:
             records = list(self.store.all())
             domains = self._inventory()
-            placements = self._place(request.cpus, fe_cpus, records, domains)
+            idle = reserved_not_running(records, domains)
+            try:
+                placements = self._place(request.cpus, fe_cpus, records, domains)
+            except CapacityError as exc:
+                raise CapacityError(str(exc), reserved=idle) from None
             used_ips = {r.public_ip for r in records} | {
                 d.record.public_ip for d in domains if d.record and d.record.public_ip
             }
@@ -173,17 +204,30 @@ class KvmRocksDriver(Driver):
             }
             public_ip = next((str(ip) for ip in cfg.public_ips if str(ip) not in used_ips), None)
             if public_ip is None:
-                raise CapacityError(f"no free public IP: all {len(cfg.public_ips)} in public_ips are in use")
+                raise CapacityError(
+                    f"no free public IP: all {len(cfg.public_ips)} in public_ips are in use"
+                    " (kvm_rocks.conf; each cluster takes one public IP and one VLAN)", reserved=idle
+                )
             vlan = next((v for v in cfg.vlans if v not in used_vlans), None)
             if vlan is None:
-                raise CapacityError(f"no free VLAN: all {len(cfg.vlans)} in vlans are in use")
-            fqdn = reverse_name(public_ip)
-            name = cluster_name_for(public_ip, fqdn)
+                free_ips = sum(str(ip) not in used_ips for ip in cfg.public_ips)
+                raise CapacityError(
+                    f"no free VLAN: all {len(cfg.vlans)} in vlans are in use while {free_ips} of the"
+                    f" {len(cfg.public_ips)} public_ips are free (kvm_rocks.conf; each cluster takes one of each)",
+                    reserved=idle,
+                )
+            reverse = reverse_name(public_ip)
+            name = cluster_name_for(public_ip, reverse)
+            fqdn = qualified_name(reverse or name, cfg.public_domain)
             computes = [compute_name(name, i, cfg.node_naming) for i in range(len(placements))]
             if name in used_names or used_names.intersection(computes):
-                raise DriverError(f"cluster name {name} (from {public_ip}) is already in use by another domain")
+                holders = _holders({name, *computes}, records, domains)
+                raise CapacityError(
+                    f"cluster name {name} (from {public_ip}) is already in use by another domain",
+                    reserved=[c for c in idle if c in holders],
+                )
             allocation = self._build_allocation(
-                request, cluster, name, fqdn or name, public_ip, vlan, placements, computes,
+                request, cluster, name, fqdn, public_ip, vlan, placements, computes,
                 fe_cpus, fe_mem, cn_mem, extras, used_macs,
             )
             self.store.put(self._record(allocation, cluster))
@@ -491,26 +535,38 @@ class KvmRocksDriver(Driver):
 
     # ------------------------------------------------------------------ list / shutdown / clean
 
-    def _cluster_domains(self, name: str | None = None) -> dict[str, list[DomainInfo]]:
+    def _cluster_domains(
+        self, name: str | None = None, *, unreachable: set[str] | None = None
+    ) -> dict[str, list[DomainInfo]]:
         """Domains by cluster: of cluster ``name`` only, or of every cluster.
 
         With an allocation record for ``name``, only its nodes are looked up (a
         call per node, whatever else runs on the hosts); without one, every
-        domain of every host is read for pragma metadata.
+        domain of every host is read for pragma metadata. With ``unreachable``,
+        a host libvirt cannot reach is added to it instead of failing the call.
         """
         record = self.store.get(name) if name is not None else None
         if record is not None:
-            found = self._map(lambda n: self.hosts.domain(n.host, n.name), record.nodes)
+            found = self._map(
+                lambda n: self._reach(lambda: self.hosts.domain(n.host, n.name), n.host, None, unreachable),
+                record.nodes,
+            )
             mine = [d for d in found if d is not None and d.record is not None and d.record.cluster == name]
             return {name: mine} if mine else {}
         out: dict[str, list[DomainInfo]] = {}
-        for dom in self._inventory():
+        for dom in self._inventory(unreachable=unreachable):
             if dom.record and (name is None or dom.record.cluster == name):
                 out.setdefault(dom.record.cluster, []).append(dom)
         return out
 
     def list_clusters(self, name: str | None = None) -> list[ClusterStatus]:
-        domains = self._cluster_domains(name)
+        """Clusters from the domains' metadata and the records; a reservation without domains is ``reserved``.
+
+        A host libvirt cannot reach does not fail the listing: a warning names
+        it and its recorded nodes are listed ``unknown``.
+        """
+        unreachable: set[str] = set()
+        domains = self._cluster_domains(name, unreachable=unreachable)
         records = {r.cluster: r for r in self.store.all() if name is None or r.cluster == name}
         out = []
         for cluster in sorted(set(domains) | set(records)):
@@ -525,7 +581,7 @@ class KvmRocksDriver(Driver):
                     NodeStatus(
                         name=node.name,
                         role="frontend" if node.role == "frontend" else "compute",
-                        state=dom.state if dom else "reserved",
+                        state=dom.state if dom else ("unknown" if node.host in unreachable else "reserved"),
                         host=node.host,
                         cpus=dom.vcpus if dom else node.cpus,
                         memory_mib=dom.memory_mib if dom else node.memory_mib,
@@ -647,6 +703,8 @@ class KvmRocksDriver(Driver):
             for node in nodes:
                 self._remove_disk(str(self.console_log_path(node)))
             self.store.delete(name)
+            for leftover in self.store.directory.glob(f".{name}.json.*.tmp"):  # a record a killed boot was writing
+                leftover.unlink(missing_ok=True)
         return True
 
     # ------------------------------------------------------------------ console logs / readiness
@@ -718,6 +776,26 @@ def _console_verdict(path: Path) -> str | None:
             return "ready"
         return "failed: " + match.group(0).decode("utf-8", "replace").strip()
     return None
+
+
+def reserved_not_running(records: Iterable[ClusterRecord], domains: Iterable[DomainInfo]) -> list[str]:
+    """Clusters that hold resources with no node running, sorted: a rollback that could not finish,
+    a boot killed before it rolled back, a cluster shut down and not cleaned.
+
+    A cluster whose record names a process still alive on this machine is
+    being booted, and is left out.
+    """
+    records, domains = list(records), list(domains)
+    running = {d.record.cluster for d in domains if d.record and d.active}
+    booting = {r.cluster for r in records if process_alive(r.owner_pid)}
+    holders = {r.cluster for r in records} | {d.record.cluster for d in domains if d.record}
+    return sorted(holders - running - booting)
+
+
+def _holders(names: set[str], records: Iterable[ClusterRecord], domains: Iterable[DomainInfo]) -> set[str]:
+    """The clusters whose nodes (or whose own name) use one of ``names``."""
+    out = {r.cluster for r in records if r.cluster in names or any(n.name in names for n in r.nodes)}
+    return out | {d.record.cluster for d in domains if d.record and (d.name in names or d.record.cluster in names)}
 
 
 def _natural(name: str) -> tuple:

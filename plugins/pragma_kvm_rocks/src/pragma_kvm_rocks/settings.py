@@ -197,6 +197,7 @@ class KvmRocksSettings:
     shutdown_timeout: float = setting(to_seconds, default=120.0, help="seconds before a node is powered off")
     node_naming: str = setting(choice("compute", "legacy"), default="compute")
     default_memory_mib: int = setting(to_positive_int, default=2048)
+    public_domain: str = setting(default="localdomain", help="domain of the frontend's name when its public IP has no reverse DNS")
 
     @public_ips.validator
     def _some_ips(self, attribute: attrs.Attribute, value: tuple) -> None:
@@ -217,6 +218,12 @@ class KvmRocksSettings:
     def _cpu_model(self, attribute: attrs.Attribute, value: str) -> None:
         if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+|host-model|host-passthrough", value):
             raise ValueError(f"cpu_model: {value!r} is not a libvirt CPU model name")
+
+    @public_domain.validator
+    def _public_domain(self, attribute: attrs.Attribute, value: str) -> None:
+        label = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+        if not (isinstance(value, str) and re.fullmatch(rf"{label}(\.{label})*", value)):
+            raise ValueError(f"public_domain: {value!r} is not a DNS domain such as example.org")
 
     @frontend_host.validator
     def _frontend_host(self, attribute: attrs.Attribute, value: str | None) -> None:

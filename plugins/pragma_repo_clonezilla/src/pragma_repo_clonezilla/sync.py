@@ -39,7 +39,7 @@ from pragma_core.pluginkit import (
 
 from .drive import DriveClient, DriveFile
 from .isofile import BadImageError, is_iso9660
-from .localxml import Role, local_xml_path, render_local_xml, write_if_changed
+from .localxml import Role, local_xml_location, render_local_xml, write_if_changed
 from .restore import split_iso_name
 from .settings import ClonezillaSettings
 from .target import Target, cziso_restore, deliver, resolve_target, target_mtime
@@ -123,6 +123,8 @@ class Syncer:
         self.client = client
         self.work_dir = settings.work_dir or self.root / ".pragma-work"
         self._restore = restore or self._restore_default
+        #: image path (or ZFS URL) -> the cluster that restores into it in this run (two may not share one)
+        self._claimed: dict[str, str] = {}
 
     def run(self) -> SyncReport:
         from filelock import FileLock, Timeout
@@ -188,12 +190,11 @@ class Syncer:
             iso_path = cluster_dir / iso.name
             imagename, _ = split_iso_name(iso.name)
             target = resolve_target(
-                self.settings.local_image_url,
-                imagename=imagename,
-                repository_dir=self.root,
-                cluster=folder.name,
-                cluster_dir=cluster_dir,
+                self.settings.local_image_url, imagename=imagename, repository_dir=self.root, cluster=folder.name
             )
+            owner = self._claimed.setdefault(str(target.path or target.url), folder.name)
+            if owner != folder.name:
+                raise RepositoryError(f"{target.url} is already the image of {owner}: put $cluster in local_image_url")
             targets[role] = target
             current = target_mtime(target, ssh=self.settings.ssh)
             if current is not None and current >= iso_path.stat().st_mtime:
@@ -209,8 +210,8 @@ class Syncer:
             changed = True
 
         xml_path = cluster_dir / files.xml.name
-        local = local_xml_path(xml_path)
-        data = render_local_xml(xml_path, targets, cluster_dir)
+        local = local_xml_location(xml_path, targets, folder.name)
+        data = render_local_xml(xml_path, targets, local.parent)
         if write_if_changed(local, data):
             log.info("wrote %s", local)
             changed = True

@@ -14,9 +14,13 @@ one of:
     a ZFS volume on host ``nas``, written over ``ssh`` (volume name from the
     URL: legacy bug B34 always used ``<imagename>-vol``).
 
-File targets must lie inside the cluster's directory, because the cluster
-description names its image relative to itself (use
-``$repository_dir/$cluster/$imagename.raw``).
+File targets must lie inside the repository (``repository_dir``, checked
+after normalisation, so ``..`` cannot leave it). The default keeps each image
+beside its cluster's description (``$repository_dir/$cluster/$imagename.raw``);
+the form the original README documents, ``$repository_dir/$imagename.raw``
+(or ``.img``, ``.qcow2``), keeps the images beside the cluster folders in the
+repository root, and the ``-local.xml`` then goes beside the images (see
+:mod:`.localxml`).
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ class Target:
         return f"{self.pool}/{self.volume}"
 
 
-def resolve_target(template: str, *, imagename: str, repository_dir: Path, cluster: str, cluster_dir: Path) -> Target:
+def resolve_target(template: str, *, imagename: str, repository_dir: Path, cluster: str) -> Target:
     """Substitute and check ``local_image_url``; a :class:`ConfigError` (or bad-name error) naming what is wrong."""
     if not _SAFE_IMAGE.fullmatch(imagename):
         raise RepositoryError(f"image name {imagename!r} (from the ISO name) is not a safe file name")
@@ -84,11 +88,11 @@ def resolve_target(template: str, *, imagename: str, repository_dir: Path, clust
             raise ConfigError(
                 f"local_image_url: {url!r} must end in .raw, .img, .vda or .qcow2", key="repository_settings"
             )
-        root = Path(os.path.normpath(os.path.abspath(cluster_dir)))
+        root = Path(os.path.normpath(os.path.abspath(repository_dir)))
         if root not in path.parents:
             raise ConfigError(
-                f"local_image_url: {path} is outside the cluster directory {root}; "
-                "use file://$repository_dir/$cluster/$imagename.raw",
+                f"local_image_url: {path} is outside the repository {root}; "
+                "use file://$repository_dir/$cluster/$imagename.raw or file://$repository_dir/$imagename.raw",
                 key="repository_settings",
             )
         return Target(url=url, kind="file", format=fmt, path=path)
