@@ -112,6 +112,21 @@ def test_several_failures_are_an_instance_of_the_class_they_all_share(errors, ca
     assert not isinstance(info.value, not_caught_as)
 
 
+def test_a_class_whose_constructor_sets_attributes_is_shared_only_when_they_agree() -> None:
+    def full(reserved: tuple[str, ...]):
+        def work(i: int) -> None:
+            raise CapacityError("no CPUs left", reserved=reserved if i else ("vc-1",))
+
+        return work
+
+    with pytest.raises(CapacityError) as same:
+        run_parallel(full(("vc-1",)), range(2), workers=2)
+    assert isinstance(same.value, ParallelError) and same.value.reserved == ("vc-1",)
+    with pytest.raises(DriverError) as different:
+        run_parallel(full(()), range(2), workers=2)
+    assert not isinstance(different.value, CapacityError) and not hasattr(different.value, "reserved")
+
+
 def test_a_failure_that_is_no_pragma_error_makes_a_plain_exception_group() -> None:
     def work(i: int) -> None:
         raise (DriverError("refused") if i else ValueError("a bug"))

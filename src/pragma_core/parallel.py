@@ -13,7 +13,9 @@ in the order of the items, and a failure is never lost behind another:
   every failure. It is an instance of the most specific
   :class:`~pragma_core.errors.PragmaError` class all the failures share, so
   ``except DriverError`` (or ``except CapacityError`` when every failure was
-  one) still catches it;
+  one) still catches it. (A class whose constructor sets attributes --
+  ``ConfigError.path``, ``CapacityError.reserved`` -- counts only when every
+  failure has the same values; the group then has them too);
 * several of which one is not a :class:`~pragma_core.errors.PragmaError`
   (a bug, an OS error nobody turned into a message) are a plain
   :class:`ExceptionGroup`: pragma reports it as an internal error.
@@ -26,7 +28,6 @@ once: items not yet started are not started.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
@@ -59,32 +60,68 @@ class ParallelError(ExceptionGroup, PragmaError):
         return _group(self.message, list(excs))
 
 
-def _shared_class(errors: Sequence[PragmaError]) -> type[PragmaError]:
-    """The most specific :class:`PragmaError` class every error is an instance of, constructed from a message alone.
+def _built_from_a_message(cls: type[PragmaError]) -> bool:
+    """Whether ``cls`` and its bases up to :class:`PragmaError` take the plain ``(message)`` constructor."""
+    return all("__init__" not in vars(c) for c in cls.__mro__ if issubclass(c, PragmaError) and c is not PragmaError)
 
-    A class with its own constructor (``ConfigError(message, path=...)``)
-    is passed over for its nearest base that has none.
+
+_ABSENT = object()
+
+
+def _same_attributes(errors: Sequence[PragmaError]) -> dict[str, object] | None:
+    """The attributes the errors' constructors set, when every error has the same ones; else ``None``."""
+    names = {name for e in errors for name in vars(e) if not name.startswith("_")}
+    shared: dict[str, object] = {}
+    for name in names:
+        values = [vars(e).get(name, _ABSENT) for e in errors]
+        if any(v is _ABSENT or v != values[0] for v in values):
+            return None
+        shared[name] = values[0]
+    return shared
+
+
+def _shared_class(errors: Sequence[PragmaError]) -> tuple[type[PragmaError], dict[str, object]]:
+    """The most specific :class:`PragmaError` class every error is an instance of, and attributes the group needs.
+
+    A class with its own constructor (``ConfigError(message, path=...)``,
+    ``CapacityError(message, reserved=...)``) sets attributes a group would
+    lack: it is shared only when every error carries the same ones (the
+    group then carries them too); otherwise its nearest base that takes a
+    plain message is.
     """
+    attributes = _same_attributes(errors)
     for cls in type(errors[0]).__mro__:
         if not issubclass(cls, PragmaError) or issubclass(cls, BaseExceptionGroup):
             continue  # a group of groups shares their members' class, not the groups'
-        if all(isinstance(e, cls) for e in errors) and (cls is PragmaError or "__init__" not in vars(cls)):
-            return cls
-    return PragmaError
+        if not all(isinstance(e, cls) for e in errors):
+            continue
+        if _built_from_a_message(cls):
+            return cls, {}
+        if attributes is not None:
+            return cls, attributes
+    return PragmaError, {}
 
 
-@functools.cache
+_CLASSES: dict[type[PragmaError], type[ParallelError]] = {PragmaError: ParallelError}
+
+
 def _parallel_class(base: type[PragmaError]) -> type[ParallelError]:
     """:class:`ParallelError` made an instance of ``base`` too (one class per base)."""
-    if base is PragmaError:
-        return ParallelError
-    return type(f"Parallel{base.__name__}", (ParallelError, base), {"__module__": __name__})
+    found = _CLASSES.get(base)
+    if found is None:
+        made = type(f"Parallel{base.__name__}", (ParallelError, base), {"__module__": __name__})
+        found = _CLASSES.setdefault(base, made)  # two threads making one: both get the first
+    return found
 
 
 def _group(message: str, errors: list[Exception]) -> ExceptionGroup[Exception]:
-    if all(isinstance(e, PragmaError) for e in errors):
-        cls = _parallel_class(_shared_class(errors))  # type: ignore[arg-type]
-        return cls(message, errors)
+    failures = [e for e in errors if isinstance(e, PragmaError)]
+    if len(failures) == len(errors):
+        base, attributes = _shared_class(failures)
+        group = _parallel_class(base)(message, errors)
+        for name, value in attributes.items():
+            setattr(group, name, value)
+        return group
     return ExceptionGroup(message, errors)
 
 
