@@ -40,6 +40,7 @@ PENDING = {
         "pragma_core.model.Node",
         "pragma_core.model.NodeStatus",
         "pragma_core.model.StagedCluster",
+        "pragma_core.signals.process_alive",
     },
 }
 

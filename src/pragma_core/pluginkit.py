@@ -44,9 +44,11 @@ Images and catalogues
     repository's ``stage`` is handed).
 Addresses
     :func:`plan_addresses`, :func:`frontend_address`, :func:`parse_cidr`.
-Work in parallel
+Work in parallel, processes
     :func:`run_parallel` (every item runs, every failure is reported:
-    :class:`ParallelError` is an :class:`ExceptionGroup`).
+    :class:`ParallelError` is an :class:`ExceptionGroup`);
+    :func:`process_alive` (is the process that made a reservation still
+    running).
 
 Names load on first use, like :mod:`pragma_core`'s, so importing this
 module costs nothing until a name is used.
@@ -133,6 +135,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Stager": ("pragma_core.staging", "Stager"),
     **{name: ("pragma_core.addressing", name) for name in ("AddressPlan", "frontend_address", "parse_cidr", "plan_addresses")},
     **{name: ("pragma_core.parallel", name) for name in ("ParallelError", "run_parallel")},
+    "process_alive": ("pragma_core.signals", "process_alive"),
 }
 
 if TYPE_CHECKING:  # what type checkers see; at run time names load on first use
@@ -205,6 +208,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time names load on first use
     from .settings import to_positive_seconds as to_positive_seconds
     from .settings import to_seconds as to_seconds
     from .settings import to_str_list as to_str_list
+    from .signals import process_alive as process_alive
     from .staging import Stager as Stager
     from .vcdb import invalid_name as invalid_name
     from .vcdb import is_valid_name as is_valid_name
