@@ -46,7 +46,7 @@ _EXPORTS = {
     "StageRecorder": "pragma_core.testing.contract",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 - one list of names: _EXPORTS
 
 
 def __getattr__(name: str) -> Any:

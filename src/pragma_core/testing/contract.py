@@ -272,7 +272,8 @@ class DeployThenFail(Driver):
     """Wraps a driver: ``deploy`` does all of its work, then fails, so core must roll back a running cluster.
 
     ``deployed`` is the allocation it deployed. Every other method is the
-    wrapped driver's own.
+    wrapped driver's own; keyword options core passes (``progress``,
+    ``force``) go through to it as they came.
     """
 
     def __init__(self, inner: Driver) -> None:
@@ -284,8 +285,8 @@ class DeployThenFail(Driver):
     def allocate(self, request: BootRequest, cluster: StagedCluster) -> Allocation:
         return self.inner.allocate(request, cluster)
 
-    def deploy(self, allocation: Allocation, cluster: StagedCluster, vcout: Mapping[str, bytes]) -> None:
-        self.inner.deploy(allocation, cluster, vcout)
+    def deploy(self, allocation: Allocation, cluster: StagedCluster, vcout: Mapping[str, bytes], **options: Any) -> None:
+        self.inner.deploy(allocation, cluster, vcout, **options)
         self.deployed = allocation
         raise InjectedFailure(f"cluster {allocation.cluster} deployed, then failed by the conformance kit")
 
@@ -298,8 +299,8 @@ class DeployThenFail(Driver):
     def shutdown(self, name: str) -> ClusterStatus:
         return self.inner.shutdown(name)
 
-    def clean(self, name: str) -> None:
-        self.inner.clean(name)
+    def clean(self, name: str, **options: Any) -> None:
+        self.inner.clean(name, **options)
 
 
 # --------------------------------------------------------------------------- registration and settings
