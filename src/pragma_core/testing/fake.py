@@ -157,6 +157,7 @@ class FakeDriver(Driver[FakeConfig, None]):
 
     name = "fake"
     config_class = FakeConfig
+    supports_wait = True
 
     def __init__(self, config: FakeConfig | None, *, site: Any) -> None:
         super().__init__(config or FakeConfig(), site=site)

@@ -19,8 +19,8 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from attrs import frozen
-from pragma_core.errors import DriverError
-from pragma_core.model import Allocation, BootRequest, ClusterDescription, Interface, Network, Node, ResolvedCluster, Role
+
+from pragma_core import Allocation, BootRequest, ClusterDescription, DriverError, Interface, Network, Node, ResolvedCluster, Role
 
 from .naming import TAG_CLUSTER, TAG_ROLE, cluster_lock, compute_name, free_name, template_name
 from .state import CloudStackState

@@ -12,8 +12,7 @@ import base64
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from pragma_core.errors import DriverError, NotFoundError
-from pragma_core.model import Allocation
+from pragma_core import Allocation, DriverError, NotFoundError
 
 from .state import CloudStackState
 

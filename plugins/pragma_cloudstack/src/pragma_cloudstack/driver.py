@@ -36,13 +36,11 @@ call to them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pragma_core.errors import ConfigError
-from pragma_core.interfaces import Driver
-from pragma_core.model import Allocation, BootRequest, ClusterStatus, ResolvedCluster
+from pragma_core import Allocation, BootRequest, ClusterStatus, ConfigError, Driver, ResolvedCluster
+from pragma_core.pluginkit import run_parallel
 
 from . import listing
 from .allocate import Allocator
@@ -54,8 +52,8 @@ from .state import CloudStackState
 from .teardown import Teardown
 
 if TYPE_CHECKING:
-    from pragma_core.config import SiteConfig
-    from pragma_core.interfaces import Repository
+    from pragma_core import Repository
+    from pragma_core.pluginkit import SiteConfig
 
     from .client import CloudStackClient
 
@@ -114,26 +112,16 @@ class CloudStackDriver(Driver[CloudStackSettings, CloudStackState]):
             self._client.close()
             self._client = None
 
-    def _parallel(self, func: Callable[[T], R], items: Iterable[T]) -> list[R]:
-        """``func`` over ``items`` with ``max_parallel`` threads; waits for all, then raises the first error."""
-        items = list(items)
-        if len(items) <= 1 or self.config.max_parallel == 1:
-            results: list[R] = []
-            first: BaseException | None = None
-            for item in items:
-                try:
-                    results.append(func(item))
-                except Exception as exc:  # noqa: BLE001 - finish the others, re-raise the first
-                    first = first or exc
-            if first is not None:
-                raise first
-            return results
-        with ThreadPoolExecutor(max_workers=min(self.config.max_parallel, len(items))) as pool:
-            futures = [pool.submit(func, item) for item in items]
-        errors = [f.exception() for f in futures if f.exception() is not None]
-        if errors:
-            raise errors[0]  # type: ignore[misc]
-        return [f.result() for f in futures]
+    def _parallel(
+        self, func: Callable[[T], R], items: Iterable[T], *, label: Callable[[T], str] | None = None, what: str = "calls"
+    ) -> list[R]:
+        """``func`` over ``items`` with ``max_parallel`` threads; waits for all, then raises every failure.
+
+        One failure is raised as it is, several as one
+        :class:`~pragma_core.pluginkit.ParallelError` naming each (still a
+        :class:`DriverError` when they all are).
+        """
+        return run_parallel(func, items, workers=self.config.max_parallel, label=label, what=what)
 
     # ------------------------------------------------------------------ Driver
 

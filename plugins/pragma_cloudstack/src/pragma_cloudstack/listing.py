@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pragma_core.model import ClusterStatus, NodeStatus, Role
+from pragma_core import ClusterStatus, NodeStatus, Role
 
 from .naming import TAG_CLUSTER, TAG_ROLE, ordered, tag
 

@@ -13,8 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pragma_core.errors import CapacityError, ConfigError, DriverError
-from pragma_core.model import NodeTemplate
+from pragma_core import CapacityError, ConfigError, DriverError, NodeTemplate
 
 from .config import settings_file
 from .naming import TAG_CLUSTER, names_of, tag

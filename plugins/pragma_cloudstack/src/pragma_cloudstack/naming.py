@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from filelock import FileLock
-    from pragma_core.config import SiteConfig
+
+    from pragma_core.pluginkit import SiteConfig
 
     from .config import CloudStackSettings
 

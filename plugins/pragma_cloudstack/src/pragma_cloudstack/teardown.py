@@ -16,8 +16,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from pragma_core.errors import DriverError, NotFoundError
-from pragma_core.model import Allocation, ClusterStatus
+from pragma_core import Allocation, ClusterStatus, DriverError, NotFoundError
 
 from .listing import list_clusters
 from .naming import TAG_CLUSTER, ordered, tag

@@ -18,8 +18,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from pragma_core.errors import StagingError
-from pragma_core.processors import gzip_library
+from pragma_core import StagingError
+from pragma_core.pluginkit import gzip_library
 
 from .isofile import BadImageError
 
