@@ -17,15 +17,23 @@ def opened(monkeypatch) -> list[str]:
     """Replace libvirt.open with one that records the URIs it opens (a new object each time)."""
     uris: list[str] = []
 
+    class FakeConnection:
+        def isAlive(self) -> int:  # noqa: N802 - libvirt's name
+            return 1
+
+        def setKeepAlive(self, interval: int, count: int) -> int:  # noqa: N802
+            return 0
+
     class FakeLibvirt(SimpleNamespace):
         libvirtError = Exception
 
         @staticmethod
         def open(uri: str) -> object:
             uris.append(uri)
-            return object()
+            return FakeConnection()
 
     monkeypatch.setattr(hosts_module, "import_libvirt", lambda: FakeLibvirt)
+    monkeypatch.setattr(hosts_module, "ensure_event_loop", lambda _libvirt: None)
     return uris
 
 
