@@ -43,12 +43,14 @@ from pragma_core.model import Allocation, BootRequest, ClusterStatus, StagedClus
 from pragma_core.events import NodeProgress
 
 from . import deploy as deploying
+from . import orphans as orphans_module
 from . import teardown
 from .allocation import KvmRocksState, Memory, bridges_for, build_allocation, cluster_record
 from .claims import MAX_ATTEMPTS, ClaimSet, Claims, pause
 from .console import wait_for_verdicts
 from .deploy import Made
 from .hosts import DomainInfo, Hosts, _is_local
+from .orphans import Orphan
 from .parallel import settle
 from .policy import Sizes, compute_name, cluster_name_for, extra_networks, plan_cluster, qualified_name
 from .records import ClusterRecord, NodeRecord, RecordStore
@@ -301,12 +303,12 @@ class KvmRocksDriver(Driver):
         """Send every domain an ACPI power-off; wait up to ``timeout`` s. The domains still running."""
         return teardown.ask_shutdown(self.hosts, running, timeout)
 
-    def _remove(self, name: str, *, force: bool, allocation: str | None = None) -> bool:
-        """Remove cluster ``name``: nodes, disks, record, claim. Returns whether anything existed."""
+    def clean(self, name: str, *, force: bool = False) -> None:
+        """Remove cluster ``name`` on every host; ``force``: running nodes are powered off at once first."""
         with self._locked():
             found = self._target(name)
             if found is None:
-                return False
+                raise NotFoundError(f"no cluster named {name}")
             target, domains_found = found
             running = [d.name for d in domains_found if d.active]
             if running and not force:
@@ -314,21 +316,43 @@ class KvmRocksDriver(Driver):
                     f"cluster {name} still has running node(s): {', '.join(sorted(running))};"
                     f" run 'pragma shutdown {name}' first"
                 )
-            made = self._made.pop(allocation, None) if allocation else None
-            teardown.remove(target, hosts=self.hosts, storage=self.storage, store=self.store, claims=self.claims,
-                            allocation=allocation, made=made)
-        return True
-
-    def clean(self, name: str, *, force: bool = False) -> None:
-        """Remove cluster ``name`` on every host; ``force``: running nodes are powered off at once first."""
-        if not self._remove(name, force=force):
-            raise NotFoundError(f"no cluster named {name}")
+            teardown.remove(target, hosts=self.hosts, storage=self.storage, store=self.store, claims=self.claims)
         log.info("cluster %s removed", name)
 
     def rollback(self, allocation: Allocation) -> None:
-        state = allocation.state
-        ident = state.allocation_id if isinstance(state, KvmRocksState) else None
-        self._remove(allocation.cluster, force=True, allocation=ident)
+        """Remove what ``allocation`` made, and only that: its domains, its disks, its record and claim."""
+        state = self._state(allocation)
+        ident = state.allocation_id
+        with self._locked():
+            record = self.store.get(allocation.cluster)
+            claims = self.claims.read()
+            claim = next((c for c in claims.live() if c.allocation == ident), None)
+            mine = record if record is not None and record.allocation == ident else None
+            known = mine or claim
+            nodes = known.nodes if known is not None else tuple(
+                NodeRecord(cluster=allocation.cluster, name=n.name, hostname=n.hostname, role=n.role, host=n.host,
+                           cpus=n.cpus, memory_mib=n.memory_mib, allocation=ident) for n in allocation.nodes)
+            target = teardown.Target(name=allocation.cluster, nodes=tuple(nodes), record=mine, claim=claim)
+            teardown.remove(target, hosts=self.hosts, storage=self.storage, store=self.store, claims=self.claims,
+                            allocation=ident, made=self._made.pop(ident, None))
+
+    # ------------------------------------------------------------------ orphans
+
+    def orphans(self) -> list[Orphan]:
+        """What crashed runs left on any host that belongs to no live cluster (:mod:`.orphans`)."""
+        view = self.view()
+        return orphans_module.find(view, self.storage, hosts_with_pools=[h for h in self.settings.all_hosts
+                                                                          if h not in view.unreachable])
+
+    def remove_orphans(self) -> tuple[list[Orphan], list[str]]:
+        """Find the orphans and remove them: what was found, and one line per failure."""
+        with self._locked():
+            view = self.view()
+            found = orphans_module.find(view, self.storage, hosts_with_pools=[h for h in self.settings.all_hosts
+                                                                               if h not in view.unreachable])
+            failures = orphans_module.remove(found, hosts=self.hosts, claims=self.claims, store=self.store,
+                                             storage=self.storage, view=view)
+        return found, failures
 
     # ------------------------------------------------------------------ console logs / readiness
 

@@ -63,6 +63,15 @@ class HostPool:
         self._pool = pool
         return pool
 
+    def exists(self) -> bool:
+        """Whether the host has the pool (nothing is made)."""
+        libvirt = import_libvirt()
+        conn = self.hosts.conn(self.host)
+        try:
+            return self._lookup(conn) is not None
+        except libvirt.libvirtError as exc:
+            raise self._error(exc, f"looking up storage pool {self.name}") from None
+
     def _lookup(self, conn: Any) -> Any:
         libvirt = import_libvirt()
         try:

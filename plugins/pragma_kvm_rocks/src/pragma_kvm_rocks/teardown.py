@@ -106,7 +106,7 @@ def remove(target: Target, *, hosts: Hosts, storage: Storage, store: RecordStore
         raise DriverError(f"cluster {target.name}: {failure_text(errors)}; the nodes on"
                           f" {', '.join(sorted(failed))} stay reserved: 'pragma clean {target.name}' once"
                           " their host answers")
-    _forget(target, store, claims)
+    _forget(target, store, claims, rollback=allocation is not None)
 
 
 def _by_host(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
@@ -147,9 +147,13 @@ def _narrow(target: Target, left: Sequence[NodeRecord], store: RecordStore, clai
             log.warning("cluster %s: cannot narrow its %s: %s", target.name, where, exc)
 
 
-def _forget(target: Target, store: RecordStore, claims: Claims) -> None:
-    """Delete the record, then withdraw the claim(s): the last step, once nothing else is left."""
-    store.delete(target.name)
+def _forget(target: Target, store: RecordStore, claims: Claims, *, rollback: bool) -> None:
+    """Delete the record, then withdraw the claim(s): the last step, once nothing else is left.
+
+    A rollback deletes only its own record (``target.record`` is set only then).
+    """
+    if target.record is not None or not rollback:
+        store.delete(target.name)
     for leftover in store.directory.glob(f".{target.name}.json.*.tmp"):  # a record a killed boot was writing
         leftover.unlink(missing_ok=True)
     ids = {r.allocation for r in (target.record, target.claim) if r is not None and r.allocation}
