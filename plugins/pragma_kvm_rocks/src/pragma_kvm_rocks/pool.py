@@ -135,9 +135,8 @@ class HostPool:
     def upload(self, volume: Any, source: Path) -> None:
         """Send ``source`` into ``volume`` (from offset 0) as a sparse stream: holes are not sent."""
         libvirt = import_libvirt()
-        conn = self.hosts.conn(self.host)
         size = source.stat().st_size
-        stream = conn.newStream(0)
+        stream = volume.connect().newStream(0)  # a stream must be of the volume's own connection
         fd = os.open(source, os.O_RDONLY)
         try:
             volume.upload(stream, 0, size, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
@@ -158,7 +157,7 @@ class HostPool:
         volume = self.volume(name)
         if volume is None:
             return None
-        stream = self.hosts.conn(self.host).newStream(0)
+        stream = volume.connect().newStream(0)
         chunks: list[bytes] = []
         try:
             volume.download(stream, 0, limit, 0)
