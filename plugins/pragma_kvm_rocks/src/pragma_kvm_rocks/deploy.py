@@ -6,7 +6,7 @@
 3. every domain is defined on its own host, with the node's record as
    metadata (its allocation id included), in parallel;
 4. the frontend starts first: the computes' QEMUs are launched alongside it
-   with paused vCPUs (``max_parallel`` at a time) and resumed once it runs,
+   with paused vCPUs (``max_parallel`` at a time on each host) and resumed once it runs,
    so launching a QEMU -- the slow part of a start -- overlaps while no
    compute runs before the frontend (hosts that cannot start a domain paused
    start computes after it).
@@ -88,11 +88,21 @@ def deploy(cfg: KvmRocksSettings, hosts: Hosts, storage: Storage, allocation: Al
     storage.build(disks, staged, made.disks)
     log.info("cluster %s: %d disk(s) ready in %.2f s", allocation.cluster, len(disks), time.monotonic() - started)
     mark = time.monotonic()
+    workers = per_host_workers(cfg.max_parallel, nodes)
     _parallel(lambda node: define_node(cfg, hosts, storage, allocation, cluster, node, staged, made), nodes,
-              cfg.max_parallel, "defining nodes")
+              workers, "defining nodes")
     log.debug("cluster %s: domains defined in %.2f s", allocation.cluster, time.monotonic() - mark)
-    start_cluster(hosts, allocation, cfg.max_parallel, progress=progress)
+    start_cluster(hosts, allocation, workers, progress=progress)
     log.info("cluster %s: %d node(s) started in %.2f s", allocation.cluster, len(nodes), time.monotonic() - started)
+
+
+def per_host_workers(max_parallel: int, nodes: Sequence[Node]) -> int:
+    """Threads for defines and starts: ``max_parallel`` for each host the nodes use (at most 32).
+
+    Hosts start their domains independently, so a cluster over three hosts
+    starts three times as many at once; placement interleaves the hosts.
+    """
+    return max(1, min(max_parallel * len({n.host for n in nodes}), 32))
 
 
 def define_node(cfg: KvmRocksSettings, hosts: Hosts, storage: Storage, allocation: Allocation,
