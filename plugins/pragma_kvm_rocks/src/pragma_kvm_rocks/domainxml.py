@@ -15,7 +15,7 @@ virtlogd.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import defusedxml.ElementTree as SafeET
@@ -52,15 +52,16 @@ def build_domain_xml(
     record: NodeRecord,
     cluster_dir: Path,
     cpu_model: str | None = None,
-    console_log: Path | None = None,
+    console_log: Path | str | None = None,
+    boot_paths: Mapping[str, str] | None = None,
 ) -> str:
-    """The ``<domain>`` XML for one node."""
-    try:
-        root = SafeET.fromstring(template)
-    except ET.ParseError as exc:
-        raise FormatError(f"domain XML of the cluster description is invalid: {exc}") from None
-    if root.tag != "domain":
-        raise FormatError(f"expected a <domain> element, found <{root.tag}>")
+    """The ``<domain>`` XML for one node.
+
+    ``boot_paths`` maps ``kernel``, ``initrd``, ``dtb`` to where the node's
+    host finds them (a copy in diskdir, a volume of the host's pool); by
+    default, the file in the cluster directory itself.
+    """
+    root = _parse(template)
     root.set("type", domain_type)
     for tag in ("uuid", "currentMemory", "cpu", "metadata"):
         for child in root.findall(tag):
@@ -76,15 +77,11 @@ def build_domain_xml(
     if os_el is None:
         os_el = ET.SubElement(root, "os")
         ET.SubElement(os_el, "type", {"arch": "x86_64"}).text = "hvm"
-    for tag in ("kernel", "initrd", "dtb"):
+    found = boot_files(template, cluster_dir)
+    for tag, path in found.items():
         element = os_el.find(tag)
-        if element is not None and (element.text or "").strip():
-            path = safe_join(cluster_dir, element.text.strip(), what=f"<os><{tag}>")
-            try:
-                stat_inside(cluster_dir, path)  # libvirt hands it to qemu as root: a regular file really inside
-            except OSError as exc:
-                raise FormatError(f"<os><{tag}> {path}: {exc.strerror or exc}") from None
-            element.text = str(path)
+        assert element is not None
+        element.text = (boot_paths or {}).get(tag, str(path))
 
     if domain_type == "kvm" and cpu_model:
         if cpu_model in ("host-model", "host-passthrough"):
@@ -144,6 +141,32 @@ def build_domain_xml(
     metadata.append(record.to_element())
     root.insert(list(root).index(root.find("name")) + 1, metadata)  # type: ignore[arg-type]
     return ET.tostring(root, encoding="unicode")
+
+
+def _parse(template: str) -> ET.Element:
+    try:
+        root = SafeET.fromstring(template)
+    except ET.ParseError as exc:
+        raise FormatError(f"domain XML of the cluster description is invalid: {exc}") from None
+    if root.tag != "domain":
+        raise FormatError(f"expected a <domain> element, found <{root.tag}>")
+    return root
+
+
+def boot_files(template: str, cluster_dir: Path) -> dict[str, Path]:
+    """The template's ``<os>`` kernel, initrd and dtb, each a regular file really inside ``cluster_dir``."""
+    os_el = _parse(template).find("os")
+    out: dict[str, Path] = {}
+    for tag in ("kernel", "initrd", "dtb"):
+        element = os_el.find(tag) if os_el is not None else None
+        if element is not None and (element.text or "").strip():
+            path = safe_join(cluster_dir, element.text.strip(), what=f"<os><{tag}>")
+            try:
+                stat_inside(cluster_dir, path)  # libvirt hands it to qemu as root: a regular file really inside
+            except OSError as exc:
+                raise FormatError(f"<os><{tag}> {path}: {exc.strerror or exc}") from None
+            out[tag] = path
+    return out
 
 
 def _text(root: ET.Element, tag: str, value: str, *, first: bool = False) -> ET.Element:
