@@ -37,25 +37,23 @@ from typing import Any, ClassVar
 
 from filelock import FileLock, Timeout
 
-from pragma_core.errors import CapacityError, DriverError, NotFoundError
-from pragma_core.interfaces import Driver
-from pragma_core.model import Allocation, BootRequest, ClusterStatus, StagedCluster
-from pragma_core.events import NodeProgress
+from pragma_core import Allocation, BootRequest, CapacityError, ClusterStatus, Driver, DriverError, NotFoundError, StagedCluster
+from pragma_core.pluginkit import NodeProgress
 
 from . import deploy as deploying
 from . import orphans as orphans_module
 from . import teardown
 from .allocation import KvmRocksState, Memory, bridges_for, build_allocation, cluster_record
-from .claims import MAX_ATTEMPTS, ClaimSet, Claims, pause
+from .claims import MAX_ATTEMPTS, Claims, ClaimSet, pause
 from .console import wait_for_verdicts
 from .deploy import Made
 from .hosts import DomainInfo, Hosts, _is_local
 from .orphans import Orphan
 from .parallel import settle
-from .policy import Sizes, compute_name, cluster_name_for, extra_networks, plan_cluster, qualified_name
+from .policy import Sizes, cluster_name_for, compute_name, extra_networks, plan_cluster, qualified_name
 from .records import ClusterRecord, NodeRecord, RecordStore
 from .settings import KvmRocksSettings, is_ovs
-from .storage import storage_for, staged_name
+from .storage import staged_name, storage_for
 from .view import SiteView, cluster_statuses, read_view
 
 __all__ = ["KvmRocksDriver", "cluster_name_for", "compute_name", "qualified_name", "reverse_name"]
