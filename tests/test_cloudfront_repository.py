@@ -179,7 +179,12 @@ class TestCloudFrontRepositoryContract(RepositoryContract):
     def repository_harness(self, tmp_path, signed_remote, key_file):
         server, _, clusters = signed_remote
         repo = make_repo(tmp_path, server.base_url + "/", key_file)
-        return RepositoryHarness(repository=repo, names=[c.name for c in clusters], stager=Stager(progress=False))
+        return RepositoryHarness(
+            repository=repo,
+            names=[c.name for c in clusters],
+            stager=Stager(progress=False),
+            required_settings=("keypair_id", "private_key_file"),
+        )
 
 
 @pytest.mark.parametrize(("algorithm", "method"), [("sha1", "SHA-1"), ("sha256", "SHA-256")])

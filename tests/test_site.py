@@ -207,6 +207,7 @@ def test_boot_with_wait_on_a_driver_that_cannot_wait_refuses_before_booting(conf
     from pragma_core.testing.fake import FakeDriver
 
     monkeypatch.setattr(FakeDriver, "wait_ready", Driver.wait_ready)
+    monkeypatch.setattr(FakeDriver, "supports_wait", False)
     with Site.open(conf.etc) as site:
         with pytest.raises(NotSupportedError, match="cannot wait"):
             site.boot("demo", 4, key=KEY, wait=10)

@@ -479,7 +479,7 @@ def url_problem(url: str) -> str | None:
     if any(ch.isspace() or not ch.isprintable() for ch in url):
         return "must not contain spaces or control characters"
     try:
-        urlsplit(url).port  # parsing the port is the check
+        _ = urlsplit(url).port  # parsing the port is the check
     except ValueError as exc:
         return "has an invalid port" if "Port" in str(exc) else f"is not a valid URL ({exc})"
     return None
@@ -708,11 +708,12 @@ class _Where:
             return self._at(self.within, f"{key}: {message}" if key else message)
         return self._at(key, message)
 
-    def missing(self, key: str) -> ConfigError:
-        """A :class:`ConfigError` about a required setting that is not there."""
+    def missing(self, *keys: str) -> ConfigError:
+        """One :class:`ConfigError` naming every required setting that is not there."""
         if self.within:
-            return self._at(self.within, f'missing "{key}"')
-        return ConfigError(f"missing setting {key}", path=self.source.path if self.source else None)
+            return self._at(self.within, "missing " + ", ".join(f'"{key}"' for key in keys))
+        noun = "setting" if len(keys) == 1 else "settings"
+        return ConfigError(f"missing {noun} {', '.join(keys)}", path=self.source.path if self.source else None)
 
 
 def build_settings(
@@ -745,6 +746,9 @@ def build_settings(
     declared = tuple(_declared_secret_values(cls, data))
     for secret in declared:
         register_secret(secret, name=f"{source.path if source else within} {cls.__name__}")
+    absent = _missing_fields(cls, data, given)
+    if absent:
+        raise where.missing(*absent)
     kwargs: dict[str, Any] = {}
     keys: dict[str, str] = {}
     known: set[str] = set()
@@ -759,8 +763,6 @@ def build_settings(
             continue
         key = next((n for n in names if n in data), None)
         if key is None:
-            if fld.default is attrs.NOTHING:
-                raise where.missing(fld.name)
             continue
         _convert_or_blame(fld, data[key], where, key, declared)
         kwargs[arg] = data[key]
@@ -777,6 +779,18 @@ def build_settings(
             if fld.metadata.get("secret") and (fld.alias or fld.name) in kwargs:
                 problem = _hide(problem, kwargs[fld.alias or fld.name])
         raise where.error(keys.get(name, name) if name else None, hide_secret_values(problem, declared)) from None
+
+
+def _missing_fields(cls: type, data: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
+    """The fields of ``cls`` without a default that neither ``data`` (by name or alias) nor ``given`` holds."""
+    return [
+        fld.name
+        for fld in attrs.fields(cls)  # type: ignore[arg-type]
+        if fld.init
+        and fld.default is attrs.NOTHING
+        and fld.name not in given
+        and not any(n in data for n in (fld.name, *fld.metadata.get("aliases", ())))
+    ]
 
 
 def _convert_or_blame(fld: attrs.Attribute, value: Any, where: _Where, key: str, declared: tuple[str, ...] = ()) -> None:

@@ -7,7 +7,7 @@ fields are made with :func:`setting`; core builds it with
 ``<file> line <n>: <key>: <problem>``::
 
     from attrs import frozen
-    from pragma_core.settings import setting, to_positive_int, to_seconds, to_ipv4_list, choice
+    from pragma_core.pluginkit import setting, to_positive_int, to_seconds, to_ipv4_list, choice
 
     @frozen(kw_only=True)
     class MyConfig:

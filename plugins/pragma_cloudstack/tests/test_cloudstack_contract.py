@@ -22,6 +22,8 @@ class TestCloudStackDriverContract(DriverContract):
         write_conf(etc, sim, service_offering="Small Instance")
         driver = make_driver(etc)
         cluster = make_cluster(tmp_path / "repo" / "demo", name="demo", size=4096)
-        yield DriverHarness(driver=driver, cluster=cluster, max_cpus=MAX_CPUS)
+        yield DriverHarness(
+            driver=driver, cluster=cluster, max_cpus=MAX_CPUS, required_settings=("baseurl", "apikey", "secretkey")
+        )
         driver.close()
         sim.stop()

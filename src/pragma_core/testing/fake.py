@@ -152,11 +152,12 @@ class FakeConfig:
     deploy_delay: float = setting(_seconds, default=0.0, help="seconds each node's deploy takes, 0 to 60 (a window for faults)")
 
 
-class FakeDriver(Driver):
+class FakeDriver(Driver[FakeConfig, None]):
     """A test double that records clusters in a JSON file instead of starting VMs."""
 
     name = "fake"
     config_class = FakeConfig
+    supports_wait = True
 
     def __init__(self, config: FakeConfig | None, *, site: Any) -> None:
         super().__init__(config or FakeConfig(), site=site)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pragma_core import CapacityError, DriverError
-from pragma_core.http import (
+from pragma_core.pluginkit import (
     Auth,
     HttpClient,
     Outgoing,
@@ -64,7 +64,7 @@ def redact(text: str) -> str:
     The one masking of :func:`pragma_core.redaction.redact`: by pattern, and
     by value for the keys and every signature made (all registered).
     """
-    from pragma_core.redaction import redact as redact_secrets
+    from pragma_core.pluginkit import redact as redact_secrets
 
     return redact_secrets(text)
 
@@ -75,7 +75,7 @@ def _install_log_redaction() -> None:
     Every log record of the process is masked by :mod:`pragma_core.redaction`;
     this only makes sure its record factory is in place.
     """
-    from pragma_core.redaction import install
+    from pragma_core.pluginkit import install_log_redaction as install
 
     install()
 

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from attrs import frozen
-from pragma_core.config import register_secret_fields, warn_if_readable_by_others
-from pragma_core.settings import (
+
+from pragma_core.pluginkit import (
     choice,
     optional,
+    register_secret_fields,
     setting,
     to_bool,
     to_ipv4_list,
@@ -24,6 +25,7 @@ from pragma_core.settings import (
     to_nonempty_str,
     to_positive_int,
     to_positive_seconds,
+    warn_if_readable_by_others,
 )
 
 #: Values CloudStack accepts for ``templatefilter``.

@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from urllib.parse import quote_plus
 
-from pragma_core.redaction import register_secret
+from pragma_core.pluginkit import register_secret
 
 #: ``SimpleDateFormat("yyyy-MM-dd'T'HH:mm:ssZ")`` as a ``strftime`` pattern (always UTC).
 EXPIRES_FORMAT = "%Y-%m-%dT%H:%M:%S+0000"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from attrs import field, frozen
 
-from pragma_core.addressing import plan_addresses
-from pragma_core.model import Allocation, BootRequest, Interface, Network, Node, StagedCluster
+from pragma_core import Allocation, BootRequest, Interface, Network, Node, StagedCluster
+from pragma_core.pluginkit import plan_addresses
 
 from .disks import disk_name
 from .policy import ExtraNetwork, Plan

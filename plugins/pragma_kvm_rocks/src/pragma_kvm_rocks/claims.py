@@ -42,7 +42,7 @@ from collections.abc import Iterable, Sequence
 
 from attrs import field, frozen
 
-from pragma_core.errors import DriverError
+from pragma_core import DriverError
 
 from .hosts import DomainInfo, Hosts, HostUnavailable, import_libvirt
 from .parallel import settle

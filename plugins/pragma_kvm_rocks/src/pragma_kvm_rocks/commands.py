@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pragma_core import hookimpl
-from pragma_core.errors import DriverError
-from pragma_core.printable import printable
+from pragma_core import DriverError, hookimpl
+from pragma_core.pluginkit import printable
 
 _COLUMNS = ("KIND", "HOST", "NAME", "CLUSTER", "REASON")
 

@@ -14,9 +14,8 @@ import re
 import time
 from collections.abc import Callable, Sequence
 
-from pragma_core.http import poll
-from pragma_core.events import NodeProgress
-from pragma_core.model import NodeStatus
+from pragma_core import NodeStatus
+from pragma_core.pluginkit import NodeProgress, poll
 
 from .parallel import settle
 

@@ -26,9 +26,8 @@ from pathlib import Path
 
 from attrs import define, field
 
-from pragma_core.errors import DriverError
-from pragma_core.events import NodeProgress
-from pragma_core.model import Allocation, Node, StagedCluster, StagedImage
+from pragma_core import Allocation, DriverError, Node, StagedCluster, StagedImage
+from pragma_core.pluginkit import NodeProgress
 
 from . import domains
 from .allocation import KvmRocksState, node_record

@@ -28,13 +28,12 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from attrs import frozen
 
-from pragma_core.errors import DriverError, StagingError
-from pragma_core.imagecheck import CheckedImage, check_image
+from pragma_core import DriverError, StagingError
+from pragma_core.pluginkit import CheckedImage, check_image, run_parallel
 
 from . import e2fs, guestfish, qcow2
 from .sparse import sparse_copy
@@ -154,10 +153,13 @@ class DiskBuilder:
                         if plan.method == "e2fs":
                             assert plan.location is not None and plan.plan is not None
                             plan.delta = e2fs.OverlayDelta(plan.base, plan.location, plan.plan, Path(tmp))
-                with ThreadPoolExecutor(max_workers=self.max_parallel) as pool:
-                    futures = [pool.submit(self._one, job, plans[job.base], made) for job in jobs]
-                    for future in futures:
-                        future.result()
+                run_parallel(
+                    lambda job: self._one(job, plans[job.base], made),
+                    jobs,
+                    workers=self.max_parallel,
+                    label=lambda job: job.node,
+                    what="node disks",
+                )
                 late = [
                     guestfish.GuestDisk(
                         path=job.target, format=target_format(self.mode, job.base_format), vcout=job.vcout

@@ -21,8 +21,8 @@ from pathlib import Path
 import defusedxml.ElementTree as SafeET
 from attrs import frozen
 
-from pragma_core.errors import FormatError
-from pragma_core.paths import safe_join, stat_inside
+from pragma_core import FormatError
+from pragma_core.pluginkit import safe_join, stat_inside
 
 from .records import NAMESPACE, PREFIX, NodeRecord
 from .settings import bridge_name, is_ovs

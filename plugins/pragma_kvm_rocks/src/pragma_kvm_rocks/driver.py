@@ -37,10 +37,8 @@ from typing import Any, ClassVar
 
 from filelock import FileLock, Timeout
 
-from pragma_core.errors import CapacityError, DriverError, NotFoundError
-from pragma_core.interfaces import Driver
-from pragma_core.model import Allocation, BootRequest, ClusterStatus, StagedCluster
-from pragma_core.events import NodeProgress
+from pragma_core import Allocation, BootRequest, CapacityError, ClusterStatus, Driver, DriverError, NotFoundError, StagedCluster
+from pragma_core.pluginkit import NodeProgress
 
 from . import deploy as deploying
 from . import orphans as orphans_module
@@ -52,10 +50,10 @@ from .deploy import Made
 from .hosts import DomainInfo, Hosts, _is_local
 from .orphans import Orphan
 from .parallel import settle
-from .policy import Sizes, compute_name, cluster_name_for, extra_networks, plan_cluster, qualified_name
+from .policy import Sizes, cluster_name_for, compute_name, extra_networks, plan_cluster, qualified_name
 from .records import ClusterRecord, NodeRecord, RecordStore
 from .settings import KvmRocksSettings, is_ovs
-from .storage import storage_for, staged_name
+from .storage import staged_name, storage_for
 from .view import SiteView, cluster_statuses, read_view
 
 __all__ = ["KvmRocksDriver", "cluster_name_for", "compute_name", "qualified_name", "reverse_name"]

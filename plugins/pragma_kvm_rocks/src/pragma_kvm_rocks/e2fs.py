@@ -46,7 +46,7 @@ from pathlib import Path, PurePosixPath
 
 from attrs import frozen
 
-from pragma_core.errors import DriverError
+from pragma_core import DriverError
 
 from .qcow2 import CLUSTER_SIZE
 from .sparse import data_extents, sparse_copy

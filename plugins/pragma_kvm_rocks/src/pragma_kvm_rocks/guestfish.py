@@ -45,7 +45,7 @@ from typing import Self
 
 from attrs import frozen
 
-from pragma_core.errors import DriverError
+from pragma_core import DriverError
 
 from .e2fs import LEGACY_NETWORK_FILES, VCOUT_PATH
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import defusedxml.ElementTree as SafeET
 from attrs import field, frozen
 
-from pragma_core.errors import DriverError
+from pragma_core import DriverError
 
 from .records import DAMAGED, NAMESPACE, ClusterRecord, NodeRecord, parse_record
 

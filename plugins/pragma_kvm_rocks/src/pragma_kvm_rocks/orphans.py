@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from attrs import frozen
 
-from pragma_core.errors import DriverError
+from pragma_core import DriverError
 
 from . import domains as domain_calls
 from .claims import Claims, claim_name

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 
 from attrs import frozen
 
-from pragma_core.errors import CapacityError
+from pragma_core import CapacityError
 
 
 @frozen(kw_only=True)

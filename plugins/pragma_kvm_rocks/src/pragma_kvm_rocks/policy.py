@@ -31,8 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 import attrs
 from attrs import field, frozen
 
-from pragma_core.errors import CapacityError, DriverError
-from pragma_core.model import BootRequest
+from pragma_core import BootRequest, CapacityError, DriverError
 
 from .placement import HostCapacity, Placement, free_capacity, place, spread
 from .settings import KvmRocksSettings

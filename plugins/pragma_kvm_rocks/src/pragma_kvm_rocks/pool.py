@@ -19,7 +19,7 @@ from typing import Any
 
 import defusedxml.ElementTree as SafeET
 
-from pragma_core.errors import DriverError
+from pragma_core import DriverError
 
 from .hosts import Hosts, import_libvirt
 

@@ -25,8 +25,8 @@ import struct
 from collections.abc import Mapping
 from pathlib import Path
 
-from pragma_core.errors import StagingError
-from pragma_core.imagecheck import read_qcow2_header
+from pragma_core import StagingError
+from pragma_core.pluginkit import read_qcow2_header
 
 CLUSTER_BITS = 16
 CLUSTER_SIZE = 1 << CLUSTER_BITS

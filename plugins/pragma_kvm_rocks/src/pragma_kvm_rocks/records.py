@@ -29,8 +29,8 @@ from typing import Any
 import defusedxml.ElementTree as SafeET
 from attrs import field, frozen
 
-from pragma_core.errors import DriverError
-from pragma_core.vcdb import invalid_name, is_valid_name
+from pragma_core import DriverError
+from pragma_core.pluginkit import invalid_name, is_valid_name
 
 #: XML namespace of pragma's domain metadata.
 NAMESPACE = "https://pragma-grid.github.io/pragma/1"

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 from attrs import frozen
 
-from pragma_core.settings import (
+from pragma_core.pluginkit import (
     choice,
     int_between,
     number_between,

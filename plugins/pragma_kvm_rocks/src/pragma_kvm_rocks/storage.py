@@ -35,9 +35,8 @@ from pathlib import Path
 
 from attrs import frozen
 
-from pragma_core.errors import DriverError, StagingError
-from pragma_core.http import poll
-from pragma_core.imagecheck import check_image
+from pragma_core import DriverError, StagingError
+from pragma_core.pluginkit import check_image, poll
 
 from .disks import DiskBuilder, DiskJob, disk_name
 from .hosts import Hosts

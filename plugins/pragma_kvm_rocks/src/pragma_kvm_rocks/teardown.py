@@ -24,8 +24,8 @@ from pathlib import Path
 import attrs
 from attrs import frozen
 
-from pragma_core.errors import DriverError
-from pragma_core.http import poll
+from pragma_core import DriverError
+from pragma_core.pluginkit import poll
 
 from . import domains
 from .claims import Claims

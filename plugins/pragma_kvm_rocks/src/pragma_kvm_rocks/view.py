@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from attrs import evolve, field, frozen
 
-from pragma_core.model import ClusterStatus, NodeStatus
-from pragma_core.signals import process_alive
+from pragma_core import ClusterStatus, NodeStatus
+from pragma_core.pluginkit import process_alive
 
 from .claims import ClaimSet, claim_name
 from .hosts import DomainInfo, Hosts

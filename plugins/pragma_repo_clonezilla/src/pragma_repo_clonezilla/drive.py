@@ -42,7 +42,7 @@ from urllib.parse import urljoin, urlsplit
 
 from attrs import frozen
 from pragma_core import RepositoryError
-from pragma_core.http import (
+from pragma_core.pluginkit import (
     DEFAULT_DEADLINE,
     DEFAULT_IMAGE_DEADLINE,
     Deadline,

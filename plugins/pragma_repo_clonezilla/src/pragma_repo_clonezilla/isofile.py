@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pragma_core.errors import RepositoryError
+from pragma_core import RepositoryError
 
 #: ISO 9660 volume descriptors start at sector 16; each holds "CD001" at byte 1.
 _MAGIC_OFFSET = 16 * 2048 + 1

@@ -25,9 +25,12 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Literal
 
-from pragma_core.clusterxml import MAX_DESCRIPTION_BYTES, replace_disk_source
-from pragma_core.errors import ConfigError, FormatError, RepositoryError
-from pragma_core.paths import open_inside
+from pragma_core import ConfigError, FormatError, RepositoryError
+from pragma_core.pluginkit import (
+    MAX_DESCRIPTION_BYTES,
+    open_inside,
+    replace_disk_source,
+)
 
 from .target import Target
 

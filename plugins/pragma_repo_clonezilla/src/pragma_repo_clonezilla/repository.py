@@ -19,17 +19,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pragma_core.clusterxml import parse_cluster_xml
-from pragma_core.errors import NotFoundError, RepositoryError
-from pragma_core.interfaces import Repository
-from pragma_core.model import ClusterDescription, StagedCluster
-from pragma_core.vcdb import read_vcdb
+from pragma_core import (
+    ClusterDescription,
+    NotFoundError,
+    Repository,
+    RepositoryError,
+    StagedCluster,
+)
+from pragma_core.pluginkit import parse_cluster_xml, read_vcdb
 
 from .settings import ClonezillaSettings, folder_id
 
 if TYPE_CHECKING:
-    from pragma_core.config import RepositorySettings, SiteConfig
-    from pragma_core.staging import Stager
+    from pragma_core.pluginkit import RepositorySettings, SiteConfig, Stager
 
     from .drive import DriveClient
     from .sync import SyncReport

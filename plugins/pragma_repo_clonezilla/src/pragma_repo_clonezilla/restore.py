@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from pragma_core.errors import RepositoryError
+from pragma_core import RepositoryError
 
 from .czimage import PARTIMAG, ClonezillaImage, PartitionImage, read_image
 from .decompress import JoinedPieces, iter_chunks, open_decompressed

@@ -14,12 +14,14 @@ from urllib.parse import urlsplit
 
 from attrs import frozen
 
-from pragma_core.config import ConfigFile, RepositorySettings, register_secret_fields
-from pragma_core.errors import ConfigError
-from pragma_core.settings import (
+from pragma_core import ConfigError
+from pragma_core.pluginkit import (
     MAX_INT,
+    ConfigFile,
+    RepositorySettings,
     choice,
     optional,
+    register_secret_fields,
     setting,
     to_non_negative_int,
     to_optional_path,

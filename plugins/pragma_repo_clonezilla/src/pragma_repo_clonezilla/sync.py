@@ -28,10 +28,14 @@ from pathlib import Path
 
 from attrs import define, field
 
-from pragma_core.clusterxml import parse_cluster_xml
-from pragma_core.errors import PragmaError, RepositoryError
-from pragma_core.paths import safe_join
-from pragma_core.vcdb import is_valid_name, read_vcdb, write_vcdb
+from pragma_core import PragmaError, RepositoryError
+from pragma_core.pluginkit import (
+    is_valid_name,
+    parse_cluster_xml,
+    read_vcdb,
+    safe_join,
+    write_vcdb,
+)
 
 from .drive import DriveClient, DriveFile
 from .isofile import BadImageError, is_iso9660

@@ -36,7 +36,7 @@ from typing import Literal
 
 from attrs import frozen
 
-from pragma_core.errors import ConfigError, RepositoryError
+from pragma_core import ConfigError, RepositoryError
 
 from .restore import ToolError, restore_iso_to_raw
 
