@@ -19,13 +19,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from attrs import define, field
 
-from pragma_core import Allocation, DriverError, Node, StagedCluster
+from pragma_core import Allocation, DriverError, Node, StagedCluster, StagedImage
 from pragma_core.pluginkit import NodeProgress
 
 from . import domains
@@ -49,7 +50,7 @@ class Made:
     lock: threading.Lock = field(factory=threading.Lock)
 
 
-def _image(cluster: StagedCluster, node: Node):  # noqa: ANN202 - StagedImage | None
+def _image(cluster: StagedCluster, node: Node) -> StagedImage | None:
     return cluster.frontend if node.role == "frontend" else cluster.compute
 
 
@@ -178,7 +179,7 @@ class _Counter:
             self.progress(done, self.total)
 
 
-def _parallel(work, items, workers: int, what: str) -> None:  # noqa: ANN001
+def _parallel(work: Callable[[Any], object], items: Sequence[Any], workers: int, what: str) -> None:
     """:func:`~.parallel.run_all`, every failure in one :class:`DriverError`."""
     try:
         run_all(work, items, workers=workers, what=what)

@@ -44,7 +44,7 @@ from . import deploy as deploying
 from . import orphans as orphans_module
 from . import teardown
 from .allocation import KvmRocksState, Memory, bridges_for, build_allocation, cluster_record
-from .claims import MAX_ATTEMPTS, Claims, ClaimSet, pause
+from .claims import MAX_ATTEMPTS, Claims, pause
 from .console import wait_for_verdicts
 from .deploy import Made
 from .hosts import DomainInfo, Hosts, _is_local
@@ -215,12 +215,11 @@ class KvmRocksDriver(Driver):
 
     # ------------------------------------------------------------------ list
 
-    def _reservation(self, name: str) -> tuple[ClusterRecord | None, ClusterRecord | None, ClaimSet | None]:
+    def _reservation(self, name: str) -> tuple[ClusterRecord | None, ClusterRecord | None]:
         """Cluster ``name``'s local record and live claim (``None`` each when there is none)."""
         record = self.store.get(name)
-        claims = self.claims.read()
-        claim = next((c for c in claims.live() if c.cluster == name), None)
-        return record, claim, claims
+        claim = next((c for c in self.claims.read().live() if c.cluster == name), None)
+        return record, claim
 
     def _domains_of(self, name: str, nodes: Sequence[NodeRecord], unreachable: set[str]) -> list[DomainInfo]:
         """The domains of ``nodes`` (looked up by name on their hosts); hosts that fail go to ``unreachable``."""
@@ -256,7 +255,7 @@ class KvmRocksDriver(Driver):
         """
         unreachable: set[str] = set()
         if name is not None:
-            record, claim, _claims = self._reservation(name)
+            record, claim = self._reservation(name)
             known = record or claim
             if known is not None:
                 found = self._domains_of(name, known.nodes, unreachable)
@@ -268,7 +267,7 @@ class KvmRocksDriver(Driver):
 
     def _target(self, name: str) -> tuple[teardown.Target, list[DomainInfo]] | None:
         """Cluster ``name``'s nodes and reservations, and the domains found; ``None`` when there is no such cluster."""
-        record, claim, _claims = self._reservation(name)
+        record, claim = self._reservation(name)
         unreachable: set[str] = set()
         known = record or claim
         if known is not None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from attrs import frozen
 
@@ -142,7 +142,7 @@ def _pool_files(pool: HostPool, live: Liveness) -> list[Orphan]:
     return judge_files(pool.host, pool.names(), live, base_key=lambda name: f"{pool.host}/{name}")
 
 
-def judge_files(host: str, names: Iterable[str], live: Liveness, *, base_key) -> list[Orphan]:  # noqa: ANN001
+def judge_files(host: str, names: Iterable[str], live: Liveness, *, base_key: Callable[[str], str]) -> list[Orphan]:
     """The orphans among the file (or volume) ``names`` of one diskdir."""
     names = list(names)
     present = set(names)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 
 from pragma_core import ClusterStatus, NodeStatus
 from pragma_core.pluginkit import process_alive
@@ -47,8 +47,6 @@ class SiteView:
 
     def with_claims(self, claims: ClaimSet) -> SiteView:
         """The view with a fresher read of the claims (after a claim lost to another head's)."""
-        from attrs import evolve
-
         return evolve(self, claims=claims)
 
     def usage(self) -> Usage:
