@@ -35,10 +35,6 @@ class TestKvmRocksContract(DriverContract):
             driver=driver, cluster=cluster, max_cpus=15, key=KEY, required_settings=("public_ips", "vlans"), wait_timeout=0.5
         )
 
-    @pytest.mark.xfail(strict=True, reason="KvmRocksDriver implements wait_ready but does not set supports_wait = True yet")
-    def test_supports_wait_matches_whether_wait_ready_is_implemented(self, harness: DriverHarness) -> None:
-        super().test_supports_wait_matches_whether_wait_ready_is_implemented(harness)
-
 
 def request(cpus: int, **kw) -> BootRequest:
     return BootRequest(image="demo", cpus=cpus, key=KEY, memory=kw.pop("memory", MemorySpec()), **kw)

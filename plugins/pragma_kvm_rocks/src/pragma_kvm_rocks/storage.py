@@ -36,11 +36,10 @@ from pathlib import Path
 from attrs import frozen
 
 from pragma_core import DriverError, StagingError
-from pragma_core.pluginkit import check_image, poll
+from pragma_core.pluginkit import check_image, poll, run_parallel
 
 from .disks import DiskBuilder, DiskJob, disk_name
 from .hosts import Hosts
-from .parallel import failure_text, run_all
 from .pool import HostPool, VolumeExists
 from .settings import KvmRocksSettings
 from .sparse import sparse_copy
@@ -249,10 +248,8 @@ class PoolStorage(Storage):
         pairs = [(host, item) for host, files in needs.items() for item in dict.fromkeys(files)]
         for _host, item in pairs:
             check_copyable(item)
-        try:
-            paths = run_all(lambda pair: self._upload_once(*pair), pairs, what="staging")
-        except ExceptionGroup as group:
-            raise DriverError(failure_text(group)) from None
+        paths = run_parallel(lambda pair: self._upload_once(*pair), pairs, workers=len(pairs),
+                             label=lambda pair: f"{pair[1].path.name} to {pair[0]}", what="uploads")
         return {(host, item.path): path for (host, item), path in zip(pairs, paths)}
 
     def _upload_once(self, host: str, item: StagedFile) -> str:
@@ -308,10 +305,7 @@ class PoolStorage(Storage):
             if self.pool(host).volume(name) is not None:
                 raise DriverError(f"node disk {name} already exists on {host}")
 
-        try:
-            run_all(check, nodes, what="checking node disks")
-        except ExceptionGroup as group:
-            raise DriverError(failure_text(group)) from None
+        run_parallel(check, nodes, workers=len(nodes), what="node disk checks")
 
     def build(self, disks: Sequence[NodeDisk], staged: Mapping[tuple[str, Path], str], made: list[tuple[str, str]]) -> None:
         work = self.cfg.state_dir / "upload"
@@ -327,10 +321,8 @@ class PoolStorage(Storage):
                 made.append((disk.host, job.target.name))
                 pool.upload(volume, job.target)
 
-            try:
-                run_all(send, list(zip(disks, jobs)), workers=self.cfg.max_parallel, what="uploading node disks")
-            except ExceptionGroup as group:
-                raise DriverError(failure_text(group)) from None
+            run_parallel(send, list(zip(disks, jobs)), workers=self.cfg.max_parallel * len({d.host for d in disks}),
+                         label=lambda pair: pair[0].node, what="node disk uploads")
 
     def prepare_console(self, host: str, node: str) -> None:
         """Create the console log's volume, so it is in the pool (virtlogd writes the file, libvirt reads it)."""
