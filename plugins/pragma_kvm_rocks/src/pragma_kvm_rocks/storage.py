@@ -24,6 +24,7 @@ uses and ``pragma remove orphans`` deletes them.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import logging
 import os
@@ -89,7 +90,7 @@ class NodeDisk:
     vcout: bytes | None = None
 
 
-class Storage:
+class Storage(abc.ABC):
     """What both layouts share; :func:`storage_for` picks one."""
 
     mode = "shared"
@@ -123,27 +124,33 @@ class Storage:
             for d in disks
         ]
 
-    # overridden
+    @abc.abstractmethod
     def stage(self, needs: Mapping[str, Iterable[StagedFile]]) -> dict[tuple[str, Path], str]:
-        raise NotImplementedError
+        """Make each host's files reachable there; ``(host, head path)`` -> the path on that host."""
 
+    @abc.abstractmethod
     def check_free(self, nodes: Sequence[tuple[str, str]]) -> None:
-        raise NotImplementedError
+        """Raise when a disk of one of the ``(host, node)`` pairs already exists."""
 
+    @abc.abstractmethod
     def build(self, disks: Sequence[NodeDisk], staged: Mapping[tuple[str, Path], str], made: list[tuple[str, str]]) -> None:
-        raise NotImplementedError
+        """Make the node disks on their hosts; each one made is added to ``made`` as ``(host, file)``."""
 
     def prepare_console(self, host: str, node: str) -> None:
         """Make what the console log needs before the domain starts (nothing here)."""
+        return None
 
+    @abc.abstractmethod
     def read_console(self, host: str, node: str) -> bytes | None:
-        raise NotImplementedError
+        """The start of ``node``'s console log (``None`` when there is none)."""
 
+    @abc.abstractmethod
     def remove_node(self, host: str, node: str, disk: str = "") -> None:
-        raise NotImplementedError
+        """Delete ``node``'s disk (``disk``, else its usual name) and console log on ``host``."""
 
+    @abc.abstractmethod
     def remove_file(self, host: str, name: str) -> None:
-        raise NotImplementedError
+        """Delete one file (or volume) of diskdir on ``host``."""
 
 
 def check_copyable(item: StagedFile) -> None:
