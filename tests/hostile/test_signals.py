@@ -330,8 +330,14 @@ def test_a_second_signal_during_the_rollback_is_ignored_and_the_rollback_finishe
         rolled_back.append(allocation.cluster)
 
     driver.rollback = slow_rollback  # type: ignore[method-assign]
+    deploy = driver.deploy
+
+    def deploy_then_signalled(*args, **kwargs) -> None:  # the first signal lands during deploy, whatever the load
+        os.kill(os.getpid(), signal.SIGTERM)
+        deploy(*args, **kwargs)
+
+    driver.deploy = deploy_then_signalled  # type: ignore[method-assign]
     with pytest.raises(Interrupted, match="by SIGTERM") as caught, interruptible() as guard:
-        send_later(signal.SIGTERM, 0.1)
         pipe.boot(BootRequest(image="demo", cpus=2, key=KEY))
     assert rolled_back == ["vc1"] and driver.list_clusters() == []
     assert caught.value.exit_code == 143

@@ -36,6 +36,7 @@ class TestKvmRocksContract(DriverContract):
         )
 
 
+
 def request(cpus: int, **kw) -> BootRequest:
     return BootRequest(image="demo", cpus=cpus, key=KEY, memory=kw.pop("memory", MemorySpec()), **kw)
 
