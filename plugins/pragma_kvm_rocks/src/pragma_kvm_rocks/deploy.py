@@ -20,21 +20,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from attrs import define, field
 
 from pragma_core import Allocation, DriverError, Node, StagedCluster, StagedImage
-from pragma_core.pluginkit import NodeProgress
+from pragma_core.pluginkit import NodeProgress, run_parallel
 
 from . import domains
 from .allocation import KvmRocksState, node_record
 from .disks import target_format
 from .domainxml import Nic, boot_files, build_domain_xml
 from .hosts import Hosts
-from .parallel import failure_text, run_all
+from .parallel import failure_text
 from .settings import KvmRocksSettings
 from .storage import NodeDisk, StagedFile, Storage
 
@@ -90,7 +89,7 @@ def deploy(cfg: KvmRocksSettings, hosts: Hosts, storage: Storage, allocation: Al
     mark = time.monotonic()
     workers = per_host_workers(cfg.max_parallel, nodes)
     _parallel(lambda node: define_node(cfg, hosts, storage, allocation, cluster, node, staged, made), nodes,
-              workers, "defining nodes")
+              workers, "node definitions")
     log.debug("cluster %s: domains defined in %.2f s", allocation.cluster, time.monotonic() - mark)
     start_cluster(hosts, allocation, workers, progress=progress)
     log.info("cluster %s: %d node(s) started in %.2f s", allocation.cluster, len(nodes), time.monotonic() - started)
@@ -154,12 +153,15 @@ def start_cluster(hosts: Hosts, allocation: Allocation, workers: int, *, progres
             counter.step()
         log.debug("cluster %s: frontend started in %.2f s", allocation.cluster, time.monotonic() - mark)
     errors = [f.exception() for f in (frontend, *launched) if f.exception() is not None]
+    if len(errors) == 1:
+        raise errors[0]  # type: ignore[misc]
     if errors:
-        raise DriverError(failure_text(ExceptionGroup("starting nodes", errors)))  # type: ignore[arg-type]
+        raise DriverError(f"{len(errors)} of {len(allocation.nodes)} nodes failed to start: "
+                          + failure_text(ExceptionGroup("starting nodes", errors)))  # type: ignore[arg-type]
     paused = [node for node, f in zip(allocation.computes, launched) if f.result()]
     later = [node for node, f in zip(allocation.computes, launched) if not f.result()]
-    _parallel(lambda n: counter.step(domains.resume(hosts, n.host, n.name)), paused, workers, "resuming nodes")
-    _parallel(lambda n: counter.step(domains.start(hosts, n.host, n.name)), later, workers, "starting nodes")
+    _parallel(lambda n: counter.step(domains.resume(hosts, n.host, n.name)), paused, workers, "resumes")
+    _parallel(lambda n: counter.step(domains.start(hosts, n.host, n.name)), later, workers, "starts")
     log.debug("cluster %s: computes running %.2f s after the frontend's start began (%d launched paused)",
               allocation.cluster, time.monotonic() - mark, len(paused))
 
@@ -179,9 +181,6 @@ class _Counter:
             self.progress(done, self.total)
 
 
-def _parallel(work: Callable[[Any], object], items: Sequence[Any], workers: int, what: str) -> None:
-    """:func:`~.parallel.run_all`, every failure in one :class:`DriverError`."""
-    try:
-        run_all(work, items, workers=workers, what=what)
-    except ExceptionGroup as group:
-        raise DriverError(failure_text(group)) from None
+def _parallel(work: Callable[[Node], object], items: Sequence[Node], workers: int, what: str) -> None:
+    """Core's :func:`~pragma_core.pluginkit.run_parallel` over nodes: every failure raised, named by node."""
+    run_parallel(work, items, workers=workers, label=lambda node: node.name, what=what)

@@ -74,11 +74,10 @@ def reverse_name(ip: str, *, timeout: float = _DNS_TIMEOUT) -> str | None:
             return None
 
 
-class KvmRocksDriver(Driver):
+class KvmRocksDriver(Driver[KvmRocksSettings, KvmRocksState]):
     """Virtual clusters as libvirt domains (KVM or QEMU) on the site's hosts."""
 
     name: ClassVar[str] = "kvm_rocks"
-    config_class: ClassVar[type | None] = KvmRocksSettings
     supports_wait: ClassVar[bool] = True
 
     def __init__(self, config: KvmRocksSettings, *, site: Any = None, hosts: Hosts | None = None) -> None:
@@ -198,20 +197,13 @@ class KvmRocksDriver(Driver):
 
     def deploy(self, allocation: Allocation, cluster: StagedCluster, vcout: Mapping[str, bytes], *,
                progress: NodeProgress | None = None) -> None:
-        state = self._state(allocation)
+        state = self.state_of(allocation)
         record = self.store.get(allocation.cluster)
         if record is None or (record.allocation and record.allocation != state.allocation_id):
             raise DriverError(f"cluster {allocation.cluster} is not allocated (no record of it in"
                               f" {self.settings.state_dir})")
         made = self._made.setdefault(state.allocation_id, Made())
         deploying.deploy(self.settings, self.hosts, self.storage, allocation, cluster, vcout, made, progress=progress)
-
-    @staticmethod
-    def _state(allocation: Allocation) -> KvmRocksState:
-        state = allocation.state
-        if not isinstance(state, KvmRocksState):
-            raise DriverError(f"cluster {allocation.cluster}: not an allocation of the kvm_rocks driver")
-        return state
 
     # ------------------------------------------------------------------ list
 
@@ -318,7 +310,7 @@ class KvmRocksDriver(Driver):
 
     def rollback(self, allocation: Allocation) -> None:
         """Remove what ``allocation`` made, and only that: its domains, its disks, its record and claim."""
-        state = self._state(allocation)
+        state = self.state_of(allocation)
         ident = state.allocation_id
         with self._locked():
             record = self.store.get(allocation.cluster)

@@ -1,11 +1,11 @@
-"""Run work on many items at once and report every failure, not only the first.
+"""Parallel work that must not stop at the first failure.
 
-:func:`run_all` is the one parallel loop of the driver: across hosts (a host
-that fails does not stop the others) and across nodes. Every failure is kept:
-it raises an :class:`ExceptionGroup` of all of them, and :func:`failure_text`
-turns one into the single line a :class:`~pragma_core.errors.DriverError`
-carries. (Core is getting a helper for plugins with the same contract; this
-module is then a re-export of it.)
+Work whose every failure must be raised (starts, uploads, checks) uses
+core's :func:`pragma_core.pluginkit.run_parallel`. :func:`settle` is for the
+work where a failure is an answer, not an error: reading every host (one
+that does not answer is skipped and named), removing a cluster host by host
+(what stays is kept reserved): it hands back each result or exception, in
+order, and :func:`failure_text` puts several failures in one line.
 """
 
 from __future__ import annotations
@@ -42,16 +42,6 @@ def _attempt(work: Callable[[T], R], item: T) -> R | BaseException:
         return work(item)
     except Exception as exc:  # noqa: BLE001 - handed back to the caller, who reports every one
         return exc
-
-
-def run_all(work: Callable[[T], R], items: Iterable[T], *, workers: int | None = None,
-            what: str = "parallel work") -> list[R]:
-    """``work`` over ``items`` in parallel; the results in order, or an ExceptionGroup of every failure."""
-    outcomes = settle(work, items, workers=workers)
-    errors = [o for o in outcomes if isinstance(o, BaseException)]
-    if errors:
-        raise ExceptionGroup(what, errors)  # type: ignore[type-var]
-    return outcomes  # type: ignore[return-value]
 
 
 def failures(group: BaseException) -> list[BaseException]:

@@ -24,6 +24,7 @@ uses and ``pragma remove orphans`` deletes them.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import logging
 import os
@@ -36,11 +37,10 @@ from pathlib import Path
 from attrs import frozen
 
 from pragma_core import DriverError, StagingError
-from pragma_core.pluginkit import check_image, poll
+from pragma_core.pluginkit import check_image, poll, run_parallel
 
 from .disks import DiskBuilder, DiskJob, disk_name
 from .hosts import Hosts
-from .parallel import failure_text, run_all
 from .pool import HostPool, VolumeExists
 from .settings import KvmRocksSettings
 from .sparse import sparse_copy
@@ -90,7 +90,7 @@ class NodeDisk:
     vcout: bytes | None = None
 
 
-class Storage:
+class Storage(abc.ABC):
     """What both layouts share; :func:`storage_for` picks one."""
 
     mode = "shared"
@@ -124,27 +124,33 @@ class Storage:
             for d in disks
         ]
 
-    # overridden
+    @abc.abstractmethod
     def stage(self, needs: Mapping[str, Iterable[StagedFile]]) -> dict[tuple[str, Path], str]:
-        raise NotImplementedError
+        """Make each host's files reachable there; ``(host, head path)`` -> the path on that host."""
 
+    @abc.abstractmethod
     def check_free(self, nodes: Sequence[tuple[str, str]]) -> None:
-        raise NotImplementedError
+        """Raise when a disk of one of the ``(host, node)`` pairs already exists."""
 
+    @abc.abstractmethod
     def build(self, disks: Sequence[NodeDisk], staged: Mapping[tuple[str, Path], str], made: list[tuple[str, str]]) -> None:
-        raise NotImplementedError
+        """Make the node disks on their hosts; each one made is added to ``made`` as ``(host, file)``."""
 
     def prepare_console(self, host: str, node: str) -> None:
         """Make what the console log needs before the domain starts (nothing here)."""
+        return None
 
+    @abc.abstractmethod
     def read_console(self, host: str, node: str) -> bytes | None:
-        raise NotImplementedError
+        """The start of ``node``'s console log (``None`` when there is none)."""
 
+    @abc.abstractmethod
     def remove_node(self, host: str, node: str, disk: str = "") -> None:
-        raise NotImplementedError
+        """Delete ``node``'s disk (``disk``, else its usual name) and console log on ``host``."""
 
+    @abc.abstractmethod
     def remove_file(self, host: str, name: str) -> None:
-        raise NotImplementedError
+        """Delete one file (or volume) of diskdir on ``host``."""
 
 
 def check_copyable(item: StagedFile) -> None:
@@ -249,10 +255,8 @@ class PoolStorage(Storage):
         pairs = [(host, item) for host, files in needs.items() for item in dict.fromkeys(files)]
         for _host, item in pairs:
             check_copyable(item)
-        try:
-            paths = run_all(lambda pair: self._upload_once(*pair), pairs, what="staging")
-        except ExceptionGroup as group:
-            raise DriverError(failure_text(group)) from None
+        paths = run_parallel(lambda pair: self._upload_once(*pair), pairs, workers=len(pairs),
+                             label=lambda pair: f"{pair[1].path.name} to {pair[0]}", what="uploads")
         return {(host, item.path): path for (host, item), path in zip(pairs, paths)}
 
     def _upload_once(self, host: str, item: StagedFile) -> str:
@@ -308,10 +312,7 @@ class PoolStorage(Storage):
             if self.pool(host).volume(name) is not None:
                 raise DriverError(f"node disk {name} already exists on {host}")
 
-        try:
-            run_all(check, nodes, what="checking node disks")
-        except ExceptionGroup as group:
-            raise DriverError(failure_text(group)) from None
+        run_parallel(check, nodes, workers=len(nodes), what="node disk checks")
 
     def build(self, disks: Sequence[NodeDisk], staged: Mapping[tuple[str, Path], str], made: list[tuple[str, str]]) -> None:
         work = self.cfg.state_dir / "upload"
@@ -327,10 +328,8 @@ class PoolStorage(Storage):
                 made.append((disk.host, job.target.name))
                 pool.upload(volume, job.target)
 
-            try:
-                run_all(send, list(zip(disks, jobs)), workers=self.cfg.max_parallel, what="uploading node disks")
-            except ExceptionGroup as group:
-                raise DriverError(failure_text(group)) from None
+            run_parallel(send, list(zip(disks, jobs)), workers=self.cfg.max_parallel * len({d.host for d in disks}),
+                         label=lambda pair: pair[0].node, what="node disk uploads")
 
     def prepare_console(self, host: str, node: str) -> None:
         """Create the console log's volume, so it is in the pool (virtlogd writes the file, libvirt reads it)."""
