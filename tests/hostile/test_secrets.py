@@ -32,7 +32,7 @@ from pragma_core.config import build_settings, read_config_file
 from pragma_core.errors import ConfigError, PragmaError
 from pragma_core.redaction import MIN_SECRET_LENGTH, redact, register_secret
 from pragma_core.testing import make_cluster, make_site
-from pragma_core.testing.secrets import assert_no_secret, leaked_forms, secret_forms
+from pragma_core.testing.secrets import assert_no_secret, leaked_forms, restored_root_logging, secret_forms
 
 #: Secrets of the shapes sites use: a base64 API key, a password with every awkward character, a non-ASCII one.
 #: Each test makes its own (:func:`new_secret`): one registered by an earlier test must not make a later one pass.
@@ -52,14 +52,8 @@ def new_secret(shape: str) -> str:
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
     """Put the root logger's handlers and level back as they were (the command adds its log file)."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in root.handlers[:]:
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
+    with restored_root_logging():
+        yield
 
 
 @dataclass

@@ -22,7 +22,7 @@ from cloudstack_testkit import FAST, standard_simulator, write_conf
 
 from pragma_core import cli
 from pragma_core.testing import make_cluster, make_site
-from pragma_core.testing.secrets import assert_no_secret, leaked_forms
+from pragma_core.testing.secrets import assert_no_secret, leaked_forms, restored_root_logging
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHBYYWdtYXRlc3RrZXlwcmFnbWF0ZXN0a2V5 secrets@pragma\n"
 
@@ -44,15 +44,9 @@ def keyed_sim() -> Iterator[CloudStackSimulator]:
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
-    """The command adds its log file to the root logger; take it away again."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in root.handlers[:]:
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
+    """Put the root logger's handlers and level back as they were (the command adds its log file)."""
+    with restored_root_logging():
+        yield
 
 
 def _pragma(etc: Path, *args: str, caplog: pytest.LogCaptureFixture) -> tuple[int, str]:

@@ -17,12 +17,28 @@ Plugin authors use it to check that their own sinks mask what they register.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+import logging
 import re
+from collections.abc import Iterator
 from urllib.parse import quote, quote_plus
 
-__all__ = ["assert_no_secret", "leaked_forms", "secret_forms"]
+__all__ = ["assert_no_secret", "leaked_forms", "restored_root_logging", "secret_forms"]
+
+
+@contextlib.contextmanager
+def restored_root_logging() -> Iterator[None]:
+    """Put the root logger's handlers and level back as they were (a command adds its log file)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
 
 
 def _lower_hex(encoded: str) -> str:
