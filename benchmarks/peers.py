@@ -16,8 +16,22 @@ Linux bridge. The base has no OS: guests sit in the BIOS.
   the bridge as *active*, i.e. its operstate is ``up``: an empty bridge stays
   ``unknown``/inactive and kcli answers "Invalid network". :func:`create_bridge`
   therefore plugs one end of a veth pair into the bridge.
-- The bare floor: per VM, ``qemu-img create -b BASE`` overlay, ``defineXML``,
-  ``create()`` in a thread pool sharing one connection.
+- The tight floor (:func:`tight_boot`, :func:`tight_teardown`): what a
+  careful libvirt-python script does at best -- per VM a qcow2 overlay
+  written in this process (:func:`pragma_kvm_rocks.qcow2.write_overlay`),
+  ``defineXML`` and a start with the vCPUs paused, 8 threads over several
+  connections (libvirtd serves at most 5 calls of one connection at once,
+  ``max_client_requests``), then every VM resumed; teardown the same way
+  (destroy, undefine, files removed). It also measures the CPU time one
+  QEMU launch costs (QEMU while paused, libvirtd during the launches).
+- The loose floor (:func:`bare_boot`, :func:`bare_teardown`), kept as an
+  extra row: per VM a ``qemu-img create -b BASE`` process, ``defineXML``,
+  ``create()`` (running at once) in a thread pool sharing one connection.
+
+The base every tool boots (:func:`make_ext4_base`) is a raw disk with an MBR
+and one ext4 partition holding ``/etc`` and ``/root``, so pragma's vc-out
+injection does its real work (the e2fsprogs fast path); the guests still have
+no OS and sit in their BIOS.
 
 Every timed function returns a :class:`Run` (seconds, ok, failure) and never
 raises for a failed or lost VM, so a benchmark can count failures per tool.
@@ -37,7 +51,7 @@ import subprocess
 import sys
 import time
 import venv as venv_module
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +87,8 @@ class Run:
     failure: str = ""
     #: Degradations that did not lose a VM (e.g. kcli's pool-refresh warnings).
     notes: tuple[str, ...] = ()
+    #: Named measurements of the run besides ``seconds`` (pragma's stage times, CPU per QEMU launch...).
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,6 +183,62 @@ def kcli_version(kcli: Path) -> str:
 # --------------------------------------------------------------------------- shared fixtures
 
 
+#: Files of the base's root filesystem: the ones vc-out injection moves aside or writes next to.
+GUEST_FILES = {
+    "etc/hostname": b"bench\n",
+    "etc/fstab": b"/dev/vda1 / ext4 defaults 0 1\n",
+    "etc/udev/rules.d/70-persistent-net.rules": b"# eth0 of the machine the image was made on\n",
+    "etc/sysconfig/network-scripts/ifcfg-eth0": b"DEVICE=eth0\nBOOTPROTO=dhcp\nONBOOT=yes\n",
+    "root/.profile": b"# root\n",
+}
+#: Where the root partition starts in the base disk (sector 2048).
+PART_OFFSET = 1 << 20
+
+
+def make_ext4_base(path: Path, size: int = GIB, data_mib: int = 16) -> Path:
+    """A raw disk of ``size`` bytes: an MBR and one ext4 partition at 1 MiB holding :data:`GUEST_FILES`.
+
+    ``data_mib`` MiB of pseudo-random data go into ``/data.bin``, so the base
+    is not only metadata. Built without root: ``mkfs.ext4 -d`` into a file,
+    ``sfdisk`` on the disk file, the filesystem's data extents copied in.
+    """
+    from pragma_kvm_rocks.sparse import data_extents
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = path.parent / f".{path.name}.tree"
+    fs = path.parent / f".{path.name}.fs"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        for name, data in GUEST_FILES.items():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            (work / name).write_bytes(data)
+        (work / "data.bin").write_bytes(os.urandom(data_mib << 20))
+        with open(path, "wb") as fh:
+            fh.truncate(size)
+        _run(["sfdisk", "-q", path], input=f"label: dos\nstart={PART_OFFSET // 512}, type=83\n")
+        with open(fs, "wb") as fh:
+            fh.truncate(size - PART_OFFSET)
+        _run(["mkfs.ext4", "-q", "-F", "-L", "bench-root", "-E", "root_owner=0:0", "-d", work, fs])
+        with open(fs, "rb") as src, open(path, "r+b") as dst:
+            for start, end in data_extents(src.fileno()):
+                src.seek(start)
+                dst.seek(PART_OFFSET + start)
+                while start < end:
+                    chunk = src.read(min(end - start, 8 << 20))
+                    dst.write(chunk)
+                    start += len(chunk)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        fs.unlink(missing_ok=True)
+    return path
+
+
+def qcow2_copy(source: Path, target: Path, source_format: str = "raw") -> Path:
+    """``target``: the disk ``source`` converted to a standalone qcow2 (same guest bytes)."""
+    _run(["qemu-img", "convert", "-q", "-f", source_format, "-O", "qcow2", source, target])
+    return target
+
+
 def make_base_image(path: Path, size: int = GIB, data_mib: int = 16) -> Path:
     """A qcow2 base of ``size`` bytes with ``data_mib`` MiB of data written at its start."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -247,7 +319,7 @@ def setup_kcli(workdir: Path, kcli: Path, base: Path, *, prefix: str, bridge: st
         d.mkdir(parents=True, exist_ok=True)
     for d in (workdir, pooldir):
         d.chmod(0o755)
-    pool, image = f"{prefix}-pool", f"{prefix}-base.qcow2"
+    pool, image = f"{prefix}-pool", f"{prefix}-base{base.suffix}"
     target = pooldir / image
     if not target.exists():
         try:
@@ -425,8 +497,8 @@ def _parallel(items: Sequence[str], threads: int, work: Callable[[str], None]) -
 
 
 def bare_boot(uri: str, base: Path, names: Sequence[str], diskdir: Path, bridge: str, threads: int = 4,
-              kind: str | None = None) -> Run:
-    """Time overlay + defineXML + create() per VM over ``threads`` threads sharing one connection."""
+              kind: str | None = None, base_format: str = "qcow2") -> Run:
+    """The loose floor: ``qemu-img create`` overlay + defineXML + create() per VM, ``threads`` sharing one connection."""
     kind = kind or virt_type()
     diskdir.mkdir(parents=True, exist_ok=True)
     diskdir.chmod(0o755)
@@ -434,7 +506,7 @@ def bare_boot(uri: str, base: Path, names: Sequence[str], diskdir: Path, bridge:
     try:
         def boot(name: str) -> None:
             disk = diskdir / f"{name}.qcow2"
-            _run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", disk])
+            _run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", base_format, disk])
             conn.defineXML(bare_domain_xml(name, disk, bridge, kind)).create()
 
         start = time.perf_counter()
@@ -477,6 +549,230 @@ def bare_check(uri: str, names: Sequence[str], diskdir: Path) -> Check:
         conn.close()
     left += [f"file {n}.qcow2" for n in names if (diskdir / f"{n}.qcow2").exists()]
     return Check(running=running, leftovers=tuple(left))
+
+
+# --------------------------------------------------------------------------- the tight floor
+
+#: Threads of the tight floor, and how many of them share one libvirt connection
+#: (libvirtd serves at most 5 calls of one client connection at once).
+TIGHT_THREADS = 8
+PER_CONNECTION = 4
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) process ``pid`` has used; 0.0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _pid_file(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def libvirtd_pid() -> int | None:
+    """The pid of the ``qemu:///system`` daemon (``/run/libvirtd.pid``), if readable."""
+    return _pid_file(Path("/run/libvirtd.pid"))
+
+
+def qemu_pid(name: str) -> int | None:
+    """The pid of domain ``name``'s QEMU, from libvirt's pid file."""
+    return _pid_file(Path("/run/libvirt/qemu") / f"{name}.pid")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FloorVM:
+    """One VM of the tight floor: name, domain XML (pragma's shape) and overlay path."""
+
+    name: str
+    xml: str
+    disk: Path
+    console_log: Path | None = None
+
+
+def _connections(uri: str, threads: int) -> list[libvirt.virConnect]:
+    return [connect(uri) for _ in range(max(1, -(-threads // PER_CONNECTION)))]
+
+
+def _indexed(vms: Sequence[FloorVM], threads: int, work: Callable[[int, FloorVM], None]) -> list[str]:
+    """``work(index, vm)`` for every VM over ``threads`` threads; the failures as ``name: error``."""
+    failures: list[str] = []
+
+    def guarded(item: tuple[int, FloorVM]) -> None:
+        try:
+            work(*item)
+        except Exception as exc:  # noqa: BLE001 - reported, counted by the benchmark
+            failures.append(f"{item[1].name}: {exc}")
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(guarded, list(enumerate(vms))))
+    return failures
+
+
+def tight_boot(uri: str, base: Path, base_format: str, vms: Sequence[FloorVM], *,
+               threads: int = TIGHT_THREADS) -> Run:
+    """The tight floor's boot: in-process overlay, defineXML, start paused (``threads`` threads over
+    several connections), then resume every VM.
+
+    The connections are opened inside the timed section (pragma opens its own
+    too). Between the paused starts and the resumes the QEMU processes' CPU
+    time is read -- a paused QEMU has spent only its launch -- and so is
+    libvirtd's since the timed section began; that reading (a few ms) is
+    left out of ``seconds``. ``metrics``: ``qemu_cpu`` and ``libvirtd_cpu``
+    per launch, ``start`` (seconds until every VM was launched paused).
+    """
+    import libvirt
+    from pragma_kvm_rocks.qcow2 import write_overlay
+
+    virtual_size = base.stat().st_size if base_format == "raw" else \
+        int(json.loads(_run(["qemu-img", "info", "--output=json", base]).stdout)["virtual-size"])
+    for vm in vms:
+        vm.disk.parent.mkdir(parents=True, exist_ok=True)
+    daemon = libvirtd_pid()
+    daemon_before = process_cpu(daemon) if daemon else 0.0
+    domains: dict[str, libvirt.virDomain] = {}
+    start = time.perf_counter()
+    conns = _connections(uri, threads)
+    try:
+        def launch(index: int, vm: FloorVM) -> None:
+            write_overlay(vm.disk, backing_file=base, backing_format=base_format, virtual_size=virtual_size)
+            dom = conns[index % len(conns)].defineXML(vm.xml)
+            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+            domains[vm.name] = dom
+
+        failures = _indexed(vms, threads, launch)
+        probe = time.perf_counter()
+        launched = probe - start
+        pids = [qemu_pid(vm.name) for vm in vms if vm.name in domains]
+        qemu_cpu = [process_cpu(pid) for pid in pids if pid]
+        daemon_cpu = (process_cpu(daemon) - daemon_before) if daemon else 0.0
+        probe = time.perf_counter() - probe
+        failures += _indexed([vm for vm in vms if vm.name in domains], threads,
+                             lambda _i, vm: domains[vm.name].resume())
+        seconds = time.perf_counter() - start - probe
+    finally:
+        for conn in conns:
+            conn.close()
+    check = tight_check(uri, vms)
+    if check.running < len(vms):
+        failures.insert(0, f"{len(vms) - check.running} of {len(vms)} VMs not running")
+    metrics = {"start": launched}
+    if qemu_cpu:
+        metrics["qemu_cpu"] = sum(qemu_cpu) / len(qemu_cpu)
+        metrics["libvirtd_cpu"] = daemon_cpu / len(qemu_cpu)
+    return Run(tool="floor", action="boot", seconds=seconds, ok=not failures, failure="; ".join(failures),
+               metrics=metrics)
+
+
+def tight_teardown(uri: str, vms: Sequence[FloorVM], *, threads: int = TIGHT_THREADS) -> Run:
+    """The tight floor's teardown: destroy + undefine + files removed, ``threads`` threads over several connections."""
+    start = time.perf_counter()
+    conns = _connections(uri, threads)
+    try:
+        def down(index: int, vm: FloorVM) -> None:
+            remove_domain(conns[index % len(conns)], vm.name)
+            vm.disk.unlink(missing_ok=True)
+            if vm.console_log is not None:
+                vm.console_log.unlink(missing_ok=True)
+
+        failures = _indexed(vms, threads, down)
+        seconds = time.perf_counter() - start
+    finally:
+        for conn in conns:
+            conn.close()
+    left = tight_check(uri, vms).leftovers
+    if left:
+        failures.append("left behind: " + ", ".join(left))
+    return Run(tool="floor", action="teardown", seconds=seconds, ok=not failures, failure="; ".join(failures))
+
+
+def tight_check(uri: str, vms: Sequence[FloorVM]) -> Check:
+    """Running floor VMs; leftovers = defined domains, overlays and console logs."""
+    conn = connect(uri)
+    try:
+        names = [vm.name for vm in vms]
+        running = domains_running(conn, names)
+        left = [f"domain {n}" for n in domains_defined(conn, names)]
+    finally:
+        conn.close()
+    for vm in vms:
+        left += [f"file {p.name}" for p in (vm.disk, vm.console_log) if p is not None and p.exists()]
+    return Check(running=running, leftovers=tuple(left))
+
+
+def reset_tight(uri: str, vms: Sequence[FloorVM]) -> None:
+    """Remove whatever a failed floor round left (untimed)."""
+    conn = connect(uri)
+    try:
+        for vm in vms:
+            remove_domain(conn, vm.name)
+    finally:
+        conn.close()
+    for vm in vms:
+        for path in (vm.disk, vm.console_log):
+            if path is not None:
+                path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- machine load
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadSample:
+    """The machine's load at one moment: load averages, CPU counters, the busiest processes over a second."""
+
+    loadavg: tuple[float, float, float]
+    busy: float  # CPU-seconds spent (all cores, not idle/iowait) since boot
+    total: float  # CPU-seconds elapsed (all cores) since boot
+    top: tuple[tuple[str, float], ...]  # (command, share of one CPU) over the sampling second
+
+
+def _cpu_counters() -> tuple[float, float]:
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields) - idle) / _TICK, sum(fields) / _TICK
+
+
+def _all_process_cpu() -> dict[int, tuple[str, float]]:
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                raw = (entry / "stat").read_text()
+            except OSError:
+                continue
+            comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+            fields = raw.rsplit(")", 1)[1].split()
+            found[int(entry.name)] = (comm, (int(fields[11]) + int(fields[12])) / _TICK)
+    return found
+
+
+def load_sample(window: float = 1.0, top: int = 6) -> LoadSample:
+    """Load averages now, and the processes that used the most CPU during the next ``window`` seconds."""
+    loadavg = tuple(float(v) for v in Path("/proc/loadavg").read_text().split()[:3])
+    before = _all_process_cpu()
+    busy, total = _cpu_counters()
+    time.sleep(window)
+    after = _all_process_cpu()
+    used: dict[str, float] = {}
+    for pid, (comm, cpu) in after.items():
+        delta = cpu - before.get(pid, (comm, 0.0))[1] if pid in before else 0.0
+        if delta > 0:
+            used[comm] = used.get(comm, 0.0) + delta / window
+    ranked = tuple(sorted(used.items(), key=lambda item: -item[1])[:top])
+    return LoadSample(loadavg=loadavg, busy=busy, total=total, top=ranked)  # type: ignore[arg-type]
+
+
+def describe_load(sample: LoadSample) -> str:
+    """One line: load averages and the busiest processes (share of one CPU)."""
+    top = ", ".join(f"{comm} {share:.0%}" for comm, share in sample.top) or "nothing"
+    return f"load average {sample.loadavg[0]:.2f} {sample.loadavg[1]:.2f} {sample.loadavg[2]:.2f}; busiest: {top}"
 
 
 # --------------------------------------------------------------------------- smoke run

@@ -20,13 +20,15 @@ def test_bare_pragma_lists_every_command(site: Site) -> None:
         assert words in result.out
 
 
-def test_help_filters_commands_by_words(site: Site) -> None:
+def test_help_filters_commands_by_words(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRAGMA_PLUGINS_ALLOW", "none-of-the-installed")  # built-in commands only
     result = site.run("help", "list")
     assert result.code == 0
     assert result.out.splitlines() == ["list cluster [vc-name]", "list help [subdir=string]", "list repository"]
 
 
-def test_list_help_subdir_and_wrapping(site: Site) -> None:
+def test_list_help_subdir_and_wrapping(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRAGMA_PLUGINS_ALLOW", "none-of-the-installed")  # built-in commands only
     result = site.run("list", "help", "subdir=list")
     assert [line.split()[1] for line in result.out.splitlines()] == ["cluster", "help", "repository"]
     boot = site.run("list", "help")

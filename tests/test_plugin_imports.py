@@ -25,24 +25,7 @@ ALLOWED = {"pragma_core": frozenset(pragma_core.__all__), "pragma_core.pluginkit
 
 #: Imports of a module another change is rewriting at the moment; each must still be there
 #: (a stale entry fails too), and goes once that module imports only what is declared.
-PENDING = {
-    "pragma_kvm_rocks/driver.py": {
-        "pragma_core.addressing.plan_addresses",
-        "pragma_core.errors.CapacityError",
-        "pragma_core.errors.DriverError",
-        "pragma_core.errors.NotFoundError",
-        "pragma_core.interfaces.Driver",
-        "pragma_core.model.Allocation",
-        "pragma_core.model.BootRequest",
-        "pragma_core.model.ClusterStatus",
-        "pragma_core.model.Interface",
-        "pragma_core.model.Network",
-        "pragma_core.model.Node",
-        "pragma_core.model.NodeStatus",
-        "pragma_core.model.StagedCluster",
-        "pragma_core.signals.process_alive",
-    },
-}
+PENDING: dict[str, set[str]] = {}
 
 
 def plugin_files() -> list[Path]:

@@ -33,6 +33,7 @@ _EXPORTS = {
     "ClusterDescription": "pragma_core.model",
     "ClusterStatus": "pragma_core.model",
     "ClusterReadiness": "pragma_core.model",
+    "Role": "pragma_core.model",
     "NodeReadiness": "pragma_core.model",
     "Readiness": "pragma_core.model",
     "DiskImage": "pragma_core.model",
@@ -44,6 +45,7 @@ _EXPORTS = {
     "NodeStatus": "pragma_core.model",
     "NodeTemplate": "pragma_core.model",
     "Part": "pragma_core.model",
+    "ResolvedCluster": "pragma_core.model",
     "StagedCluster": "pragma_core.model",
     "StagedImage": "pragma_core.model",
     "PragmaError": "pragma_core.errors",
@@ -66,7 +68,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time names load on first use
     from .hooks import Hooks as Hooks
     from .hookspecs import hookimpl as hookimpl, hookspec as hookspec
     from .interfaces import Driver as Driver, Repository as Repository
-    from .model import Allocation as Allocation, BootRequest as BootRequest, Checksum as Checksum, ClusterDescription as ClusterDescription, ClusterReadiness as ClusterReadiness, ClusterStatus as ClusterStatus, DiskImage as DiskImage, Interface as Interface, InterfaceRequest as InterfaceRequest, MemorySpec as MemorySpec, Network as Network, Node as Node, NodeReadiness as NodeReadiness, NodeStatus as NodeStatus, NodeTemplate as NodeTemplate, Part as Part, Readiness as Readiness, StagedCluster as StagedCluster, StagedImage as StagedImage
+    from .model import Allocation as Allocation, BootRequest as BootRequest, Checksum as Checksum, ClusterDescription as ClusterDescription, ClusterReadiness as ClusterReadiness, ClusterStatus as ClusterStatus, DiskImage as DiskImage, Interface as Interface, InterfaceRequest as InterfaceRequest, MemorySpec as MemorySpec, Network as Network, Node as Node, NodeReadiness as NodeReadiness, NodeStatus as NodeStatus, NodeTemplate as NodeTemplate, Part as Part, Readiness as Readiness, ResolvedCluster as ResolvedCluster, Role as Role, StagedCluster as StagedCluster, StagedImage as StagedImage
     from .site import Booted as Booted, Site as Site
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

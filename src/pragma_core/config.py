@@ -479,7 +479,7 @@ def url_problem(url: str) -> str | None:
     if any(ch.isspace() or not ch.isprintable() for ch in url):
         return "must not contain spaces or control characters"
     try:
-        urlsplit(url).port  # parsing the port is the check
+        _ = urlsplit(url).port  # parsing the port is the check
     except ValueError as exc:
         return "has an invalid port" if "Port" in str(exc) else f"is not a valid URL ({exc})"
     return None

@@ -10,7 +10,8 @@ Overview::
     ClusterDescription          what a repository says a cluster is (cluster XML)
       NodeTemplate x2           frontend and compute: libvirt domain + one disk
         DiskImage               where the disk comes from (parts, processor, checksums)
-    StagedCluster               the same, with ready local disk files (StagedImage)
+    ResolvedCluster             a description resolved for a driver that needs no local files
+      StagedCluster             the same, with ready local disk files (StagedImage)
     BootRequest                 what the user asked for (cpus, memory, key, add-iface)
     Allocation                  what the driver reserved: nodes, NICs, networks, DNS, key
       Node / Interface / Network
@@ -21,10 +22,10 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 from attrs import field, frozen
@@ -39,8 +40,12 @@ def _frozen_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
     return MappingProxyType(dict(value or {}))
 
 
-def _tuple(value: object) -> tuple:
-    return tuple(value or ())  # type: ignore[arg-type]
+def _tuple(value: Iterable[Any] | None) -> tuple[Any, ...]:
+    return tuple(value or ())
+
+
+def _lower(value: str) -> str:
+    return str.lower(value)  # like str.lower itself: a TypeError for anything but a str
 
 
 @frozen(kw_only=True)
@@ -48,7 +53,7 @@ class Checksum:
     """An expected digest: ``algorithm`` is ``sha256`` or ``md5``, ``hexdigest`` lower case."""
 
     algorithm: str = field(validator=attrs.validators.in_(CHECKSUM_ALGORITHMS))
-    hexdigest: str = field(converter=str.lower)
+    hexdigest: str = field(converter=_lower)
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hexdigest}"
@@ -134,16 +139,28 @@ class StagedImage:
 
 
 @frozen(kw_only=True)
-class StagedCluster:
-    """A cluster description whose images are ready on local disk."""
+class ResolvedCluster:
+    """A cluster description the repository resolved, its disk images not staged.
+
+    What a driver whose images live in its engine (``uses_local_images =
+    False``, e.g. CloudStack templates) is handed: it boots from the
+    description alone. :class:`StagedCluster` is the same with local images.
+    """
 
     description: ClusterDescription
-    frontend: StagedImage
-    compute: StagedImage
 
     @property
     def name(self) -> str:
+        """The image's name in the repository (``vc-name``)."""
         return self.description.name
+
+
+@frozen(kw_only=True)
+class StagedCluster(ResolvedCluster):
+    """A cluster description whose images are ready on local disk."""
+
+    frontend: StagedImage
+    compute: StagedImage
 
 
 @frozen(kw_only=True)
@@ -242,9 +259,12 @@ class Allocation:
     ``cluster`` is the cluster's name (what ``list``, ``shutdown`` and
     ``clean`` take), usually the frontend's short name; ``fqdn`` the frontend's
     fully qualified name. ``networks`` lists each network any node has a NIC
-    on. ``state`` is the driver's own bookkeeping between :meth:`allocate`,
-    :meth:`deploy` and :meth:`rollback`: a typed object the driver defines
-    (a frozen attrs class is best) and only the driver reads; core carries it
+    on. ``state`` is the driver's own bookkeeping between
+    :meth:`~pragma_core.Driver.allocate`, :meth:`~pragma_core.Driver.deploy`
+    and :meth:`~pragma_core.Driver.rollback` (engine ids, reserved
+    resources): an instance of the driver's ``state_class`` (a frozen attrs
+    class is best) that only the driver reads, through
+    :meth:`Driver.state_of <pragma_core.Driver.state_of>`; core carries it
     untouched. ``extra`` is the older string-only form of the same, kept for
     drivers written against pragma 0.1.
     """
@@ -331,8 +351,8 @@ class NodeReadiness:
         return self.state is Readiness.READY
 
 
-def _readiness_tuple(value: object) -> tuple[NodeReadiness, ...]:
-    return tuple(value or ())  # type: ignore[call-overload]
+def _readiness_tuple(value: Iterable[NodeReadiness] | None) -> tuple[NodeReadiness, ...]:
+    return tuple(value or ())
 
 
 @frozen(kw_only=True)

@@ -21,13 +21,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from attrs import frozen
 
 from .errors import PragmaError
 from .events import ProgressReporter, StageEvent, guarded, progress_keyword
-from .model import Allocation, BootRequest, StagedCluster
+from .model import Allocation, BootRequest, ResolvedCluster, StagedCluster
 from .signals import checkpoint, deferred, note
 
 if TYPE_CHECKING:
@@ -41,10 +41,14 @@ log = logging.getLogger(__name__)
 
 @frozen(kw_only=True)
 class BootResult:
-    """What a successful boot made: the allocation, the staged images, the vc-out files."""
+    """What a successful boot made: the allocation, the staged images, the vc-out files.
+
+    ``cluster`` is a :class:`~pragma_core.model.StagedCluster`, or only the
+    resolved description when the driver uses no local images.
+    """
 
     allocation: Allocation
-    cluster: StagedCluster
+    cluster: ResolvedCluster
     vcout: dict[str, bytes]
     vcout_format: int
 
@@ -56,8 +60,8 @@ class Pipeline:
         self,
         *,
         site: SiteConfig,
-        driver: Driver | None,
-        repository: Repository | None,
+        driver: Driver[Any, Any] | None,
+        repository: Repository[Any] | None,
         hooks: Hooks,
         stager: Stager | None = None,
         progress: ProgressReporter | None = None,
@@ -110,12 +114,12 @@ class Pipeline:
         self.announce(StageEvent(stage=name, status="done", cluster=image, allocation=allocation, duration=seconds))
         log.info("stage %s done in %.2f s", name, seconds)
 
-    def _require_driver(self) -> Driver:
+    def _require_driver(self) -> Driver[Any, Any]:
         if self.driver is None:
             raise PragmaError("no driver configured (site_ve_driver)")
         return self.driver
 
-    def _require_repository(self) -> Repository:
+    def _require_repository(self) -> Repository[Any]:
         if self.repository is None:
             raise PragmaError("no repository configured (repository_settings)")
         return self.repository
@@ -125,11 +129,16 @@ class Pipeline:
         self.hooks.validate_request(request, self.site)
         return self.hooks.adjust_request(request, self.site)
 
+    def resolve(self, image: str) -> ResolvedCluster:
+        """Resolve one cluster image's description, staging nothing."""
+        repository = self._require_repository()
+        with self.stage("resolve", image):
+            return ResolvedCluster(description=repository.describe(image))
+
     def stage_images(self, image: str) -> StagedCluster:
         """Resolve and stage one cluster image without booting it."""
         repository = self._require_repository()
-        with self.stage("resolve", image):
-            description = repository.describe(image)
+        description = self.resolve(image).description
         with self.stage("stage", image):
             return repository.stage(description, self.stager)
 
@@ -139,19 +148,20 @@ class Pipeline:
 
         driver = self._require_driver()
         request = self.prepare(request)
-        staged = self.stage_images(request.image)
+        # A driver whose images live in its engine gets the description alone (it declares ResolvedCluster).
+        staged = self.stage_images(request.image) if driver.uses_local_images else self.resolve(request.image)
         fmt = choose_format(self.site.vcout_format, staged.description.vcout_format)
         allocation: Allocation | None = None
         booted = False
         try:
             with deferred():  # a signal now is raised below, where the rollback can undo the reservation
                 with self.stage("allocate", request.image):
-                    allocation = driver.allocate(request, staged)
+                    allocation = driver.allocate(request, cast(StagedCluster, staged))
             with self.stage("render", request.image, allocation.cluster):
                 files = render(allocation, format=fmt, hooks=self.hooks)
             with self.stage("deploy", request.image, allocation.cluster):
                 counts = progress_keyword(self.progress, driver.deploy, "deploy", request.image, allocation.cluster)
-                driver.deploy(allocation, staged, files, **counts)
+                driver.deploy(allocation, cast(StagedCluster, staged), files, **counts)
             with deferred():  # from here an interruption leaves the cluster and says so
                 note(f"cluster {allocation.cluster} was booted before it and keeps running")
                 booted = True

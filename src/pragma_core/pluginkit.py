@@ -133,6 +133,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     **{name: ("pragma_core.clusterxml", name) for name in ("MAX_DESCRIPTION_BYTES", "parse_cluster_xml", "replace_disk_source")},
     **{name: ("pragma_core.vcdb", name) for name in ("invalid_name", "is_valid_name", "read_vcdb", "write_vcdb")},
     "Stager": ("pragma_core.staging", "Stager"),
+    "gzip_library": ("pragma_core.processors", "gzip_library"),
+    "printable": ("pragma_core.printable", "printable"),
+    "NodeProgress": ("pragma_core.events", "NodeProgress"),
     **{name: ("pragma_core.addressing", name) for name in ("AddressPlan", "frontend_address", "parse_cidr", "plan_addresses")},
     **{name: ("pragma_core.parallel", name) for name in ("ParallelError", "run_parallel")},
     "process_alive": ("pragma_core.signals", "process_alive"),
@@ -208,6 +211,9 @@ if TYPE_CHECKING:  # what type checkers see; at run time names load on first use
     from .settings import to_positive_seconds as to_positive_seconds
     from .settings import to_seconds as to_seconds
     from .settings import to_str_list as to_str_list
+    from .events import NodeProgress as NodeProgress
+    from .printable import printable as printable
+    from .processors import gzip_library as gzip_library
     from .signals import process_alive as process_alive
     from .staging import Stager as Stager
     from .vcdb import invalid_name as invalid_name

@@ -37,9 +37,14 @@ optionally ``flush()``, ``eof``, ``unused_data``, ``unconsumed_tail`` or
 the end of one stream starts a new one (multi-member gzip, multi-stream xz).
 A factory that is ``None`` or returns ``None`` means a plain join.
 
-gzip is decoded by the fastest library installed: zlib-ng
-(``pip install pragma-core[fast]``), then python-isal, then the standard
-library's :mod:`zlib`.  ``PRAGMA_GZIP_LIBRARY=zlib-ng|isal|zlib`` forces one.
+gzip is decoded by the fastest library that imports: zlib-ng, then
+python-isal (both are dependencies of pragma-core, so a plain ``pip install
+pragma-core`` has them), then the standard library's :mod:`zlib`, the
+fallback for a platform without their wheels.
+``PRAGMA_GZIP_LIBRARY=zlib-ng|isal|zlib`` forces one.  :func:`gzip_library`
+is the one place this choice is made: the streaming stager uses its
+decompressor factory, a plugin that needs a file object (Clonezilla's
+partition images) its :meth:`GzipLibrary.open`.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ import importlib
 import logging
 import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from attrs import frozen
 
@@ -66,11 +71,11 @@ OUTPUT_CHUNK = 1 << 20
 #: Input fed at once to a decompressor that cannot bound its output.
 _SMALL_INPUT = 64 << 10
 
-#: gzip libraries, fastest first: (name, module, how to make a gzip decompressor).
+#: gzip libraries, fastest first: (name, decompressor module, gzip file module, its reader class).
 _GZIP_LIBRARIES = (
-    ("zlib-ng", "zlib_ng.zlib_ng"),
-    ("isal", "isal.isal_zlib"),
-    ("zlib", "zlib"),
+    ("zlib-ng", "zlib_ng.zlib_ng", "zlib_ng.gzip_ng", "GzipNGFile"),
+    ("isal", "isal.isal_zlib", "isal.igzip", "IGzipFile"),
+    ("zlib", "zlib", "gzip", "GzipFile"),
 )
 
 #: The gzip library environment override.
@@ -88,10 +93,23 @@ DecompressorFactory = Callable[[], Any]
 
 @frozen
 class GzipLibrary:
-    """The gzip implementation in use: ``name`` and a decompressor ``factory``."""
+    """The gzip implementation in use: ``name`` and a decompressor ``factory``.
+
+    ``error`` is the class the library raises on corrupt deflate data (each
+    library has its own: ``zlib.error``, ``zlib_ng.error``, ``IsalError``);
+    ``reader`` names its :class:`gzip.GzipFile` counterpart as
+    ``(module, class)``, imported only by :meth:`open`.
+    """
 
     name: str
     factory: DecompressorFactory
+    error: type[Exception] = Exception
+    reader: tuple[str, str] = ("gzip", "GzipFile")
+
+    def open(self, fileobj: IO[bytes]) -> IO[bytes]:
+        """A binary reader of the gzip stream ``fileobj`` (all its members), decoded by this library."""
+        module = importlib.import_module(self.reader[0])
+        return getattr(module, self.reader[1])(fileobj=fileobj, mode="rb")  # type: ignore[no-any-return]
 
 
 def gzip_library(prefer: str | None = None) -> GzipLibrary:
@@ -102,12 +120,12 @@ def gzip_library(prefer: str | None = None) -> GzipLibrary:
     hiding the optional modules.
     """
     wanted = prefer or os.environ.get(GZIP_LIBRARY_ENV) or None
-    names = [name for name, _ in _GZIP_LIBRARIES]
+    names = [entry[0] for entry in _GZIP_LIBRARIES]
     if wanted is not None and wanted not in names:
         raise StagingError(
             f"{GZIP_LIBRARY_ENV}={wanted!r}: unknown gzip library (known: {', '.join(names)})"
         )
-    for name, module_name in _GZIP_LIBRARIES:
+    for name, module_name, reader_module, reader_class in _GZIP_LIBRARIES:
         if wanted is not None and name != wanted:
             continue
         try:
@@ -124,7 +142,7 @@ def gzip_library(prefer: str | None = None) -> GzipLibrary:
             return decompressobj(wbits=31)  # 16 + MAX_WBITS: gzip header and trailer
 
         factory.__qualname__ = f"gzip[{name}]"
-        return GzipLibrary(name, factory)
+        return GzipLibrary(name, factory, error=module.error, reader=(reader_module, reader_class))
     raise AssertionError("zlib is part of the standard library")  # pragma: no cover
 
 

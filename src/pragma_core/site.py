@@ -34,13 +34,13 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from attrs import frozen
 
 from .errors import NotFoundError, NotSupportedError, PragmaError, UsageError
 from .events import WAIT, ProgressReporter, StageEvent, guarded, progress_keyword
-from .model import ClusterReadiness, ClusterStatus, InterfaceRequest, MemorySpec, StagedCluster
+from .model import ClusterReadiness, ClusterStatus, InterfaceRequest, MemorySpec, ResolvedCluster, StagedCluster
 
 if TYPE_CHECKING:
     from .config import SiteConfig
@@ -77,10 +77,15 @@ log = logging.getLogger(__name__)
 
 @frozen(kw_only=True)
 class Booted:
-    """What :meth:`Site.boot` made: the allocation, the staged images, and readiness when waited for."""
+    """What :meth:`Site.boot` made: the allocation, the staged images, and readiness when waited for.
+
+    ``staged`` is a :class:`~pragma_core.model.StagedCluster`, or only the
+    resolved description when the driver's images live in its engine
+    (``Driver.uses_local_images`` is ``False``).
+    """
 
     allocation: Allocation
-    staged: StagedCluster
+    staged: ResolvedCluster
     vcout_format: int
     readiness: ClusterReadiness | None = None
 
@@ -99,8 +104,8 @@ class Site:
         self.config = config
         self._hooks = hooks
         self._progress = guarded(progress) if progress is not None else None
-        self._driver: Driver | None = None
-        self._repository: Repository | None = None
+        self._driver: Driver[Any, Any] | None = None
+        self._repository: Repository[Any] | None = None
 
     @classmethod
     def open(cls, conf_dir: str | os.PathLike[str] | None = None, *, progress: ProgressReporter | None = None) -> Site:
@@ -151,7 +156,7 @@ class Site:
         return self._hooks
 
     @property
-    def driver(self) -> Driver:
+    def driver(self) -> Driver[Any, Any]:
         """The site's driver (``site_ve_driver``), built with its validated settings."""
         if self._driver is None:
             from .plugins import make_driver
@@ -160,7 +165,7 @@ class Site:
         return self._driver
 
     @property
-    def repository(self) -> Repository:
+    def repository(self) -> Repository[Any]:
         """The site's repository (``repository_settings``)."""
         if self._repository is None:
             from .plugins import make_repository

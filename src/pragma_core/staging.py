@@ -94,7 +94,7 @@ from .model import (
     StagedImage,
 )
 from .paths import UnsafeFileError, open_inside, open_lane, safe_join, stat_inside
-from .processors import OUTPUT_CHUNK, Processor, ProcessorRegistry
+from .processors import OUTPUT_CHUNK, Processor, ProcessorRegistry, StreamDecoder
 
 __all__ = [
     "PartOpener",
@@ -222,22 +222,8 @@ def read_sidecar(path: Path, *, root: Path | None = None) -> Checksum | None:
             raise StagingError(
                 f"{sidecar}: cannot read checksum file: {exc.strerror}"
             ) from None
-        length = hashlib.new(algorithm).digest_size * 2
-        entries: list[tuple[str, str, int]] = []
-        for number, line in enumerate(text.splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            digest, _, name = line.partition(" ")
-            name = name.strip().lstrip("*")
-            if len(digest) != length or any(
-                c not in "0123456789abcdefABCDEF" for c in digest
-            ):
-                raise StagingError(
-                    f"{sidecar} line {number}: not a {algorithm} checksum line"
-                )
-            entries.append((digest.lower(), name, number))
-        for digest, name, _ in entries:
+        entries = _sidecar_entries(sidecar, text, algorithm)
+        for digest, name in entries:
             if name and os.path.basename(name) == path.name:
                 return Checksum(algorithm=algorithm, hexdigest=digest)
         if len(entries) == 1:
@@ -246,6 +232,26 @@ def read_sidecar(path: Path, *, root: Path | None = None) -> Checksum | None:
             raise StagingError(f"{sidecar}: empty checksum file")
         raise StagingError(f"{sidecar}: no checksum line for {path.name}")
     return None
+
+
+def _sidecar_entries(sidecar: Path, text: str, algorithm: str) -> list[tuple[str, str]]:
+    """The ``(hexdigest, name)`` lines of a checksum file (blank and ``#`` lines skipped); an error naming a bad line."""
+    length = hashlib.new(algorithm).digest_size * 2
+    entries: list[tuple[str, str]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        digest, _, name = line.partition(" ")
+        name = name.strip().lstrip("*")
+        if len(digest) != length or any(
+            c not in "0123456789abcdefABCDEF" for c in digest
+        ):
+            raise StagingError(
+                f"{sidecar} line {number}: not a {algorithm} checksum line"
+            )
+        entries.append((digest.lower(), name))
+    return entries
 
 
 class _Digests:
@@ -471,6 +477,44 @@ def _write_error(path: Path, exc: OSError) -> StagingError:
     return StagingError(f"{path}: cannot write image: {exc.strerror}{hint}")
 
 
+class _Output:
+    """The temporary file an image is streamed into: its descriptor, permission bits and sparse writer."""
+
+    def __init__(self) -> None:
+        self.fd = -1
+        self.mode = 0
+        self.writer: _SparseWriter | None = None
+
+    def narrow_mode(self, source: os.stat_result | None) -> None:
+        """Make the image no more readable than ``source`` (a part's stat; ``None``: not a local file)."""
+        if source is not None and self.mode & ~_mode_of(source):
+            self.mode &= _mode_of(source)
+            os.fchmod(self.fd, self.mode)
+
+    def close(self) -> None:
+        """Wait for the writer's syscalls, then close the descriptor; idempotent."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _copy(stream: BinaryIO, digests: _Digests, decoder: StreamDecoder, writer: _SparseWriter, bar: Any) -> int:
+    """Read ``stream`` to its end through ``decoder`` into ``writer``, digesting the input; the bytes read."""
+    read = 0
+    while chunk := stream.read(INPUT_CHUNK):
+        read += len(chunk)
+        if digests:
+            digests.update(chunk)
+        writer.write_all(decoder.feed(chunk))
+        if bar is not None:
+            bar.update(len(chunk))
+            bar.set_postfix_str(f"out {_size(writer.pos)}", refresh=False)
+    return read
+
+
 # --------------------------------------------------------------------------
 # image formats
 
@@ -654,17 +698,22 @@ class Stager:
                 )
             image = self.stage_image(description, front_disk, opener=opener, reserved=reserved)
             return StagedCluster(description=description, frontend=image, compute=image)
+        return self._stage_both(description, opener, reserved)
+
+    def _stage_both(
+        self, description: ClusterDescription, opener: PartOpener | None, reserved: Reserved | None
+    ) -> StagedCluster:
+        """Stage the frontend's and the compute nodes' different images at once."""
+        disks = (description.frontend.disk, description.compute_template.disk)
         # Plan both first: a description whose two images collide fails before either is written.
-        for disk in (front_disk, compute_disk):
+        for disk in disks:
             self._plan(description, disk, opener, reserved)
         with concurrent.futures.ThreadPoolExecutor(
             2, thread_name_prefix="pragma-stage"
         ) as pool:
-            front = pool.submit(
-                self.stage_image, description, front_disk, opener=opener, reserved=reserved, _position=0
-            )
-            compute = pool.submit(
-                self.stage_image, description, compute_disk, opener=opener, reserved=reserved, _position=1
+            front, compute = (
+                pool.submit(self.stage_image, description, disk, opener=opener, reserved=reserved, _position=position)
+                for position, disk in enumerate(disks)
             )
             # Both run to the end (a finished one stays cached); the frontend's error comes first.
             concurrent.futures.wait([front, compute])
@@ -759,23 +808,7 @@ class Stager:
     ) -> _Plan:
         processor = self.processors.get(disk.processor, source=description.path)
         output = self._output(description, disk)
-        parts = tuple(disk.parts)
-        paths = self._part_paths(description, disk)
-        if processor.in_place:
-            if all(path == output for path in paths):
-                parts, paths = (), ()  # no parts, or the image itself: used in place
-                if not output.exists() and opener is not None:
-                    # A raw image a remote repository holds: fetch it as its own single part.
-                    parts, paths = (Part(name=disk.source, checksum=None),), (output,)
-        elif not parts:
-            raise StagingError(
-                f"{description.path}: image {disk.source}: processor {processor.name!r} needs <part> files and "
-                "none are listed"
-            )
-        if output in paths and not (processor.in_place and not disk.parts):
-            raise StagingError(
-                f"{description.path}: image {disk.source} is also listed as one of its own parts"
-            )
+        parts, paths = self._streamed_parts(description, disk, processor, output, opener)
         guarded = self._guarded(description, disk, reserved, own_parts=True)
         plan = _Plan(
             description=description,
@@ -795,6 +828,34 @@ class Stager:
                     f"{description.path}: image {disk.source}: staging it would write {path}, which is {what}"
                 )
         return plan
+
+    def _streamed_parts(
+        self,
+        description: ClusterDescription,
+        disk: DiskImage,
+        processor: Processor,
+        output: Path,
+        opener: PartOpener | None,
+    ) -> tuple[tuple[Part, ...], tuple[Path, ...]]:
+        """The parts to stream into ``output`` and where each is locally; none when the image is used in place."""
+        parts = tuple(disk.parts)
+        paths = self._part_paths(description, disk)
+        if processor.in_place:
+            if all(path == output for path in paths):
+                parts, paths = (), ()  # no parts, or the image itself: used in place
+                if not output.exists() and opener is not None:
+                    # A raw image a remote repository holds: fetch it as its own single part.
+                    parts, paths = (Part(name=disk.source, checksum=None),), (output,)
+        elif not parts:
+            raise StagingError(
+                f"{description.path}: image {disk.source}: processor {processor.name!r} needs <part> files and "
+                "none are listed"
+            )
+        if output in paths and not (processor.in_place and not disk.parts):
+            raise StagingError(
+                f"{description.path}: image {disk.source} is also listed as one of its own parts"
+            )
+        return parts, paths
 
     def _guarded(
         self,
@@ -917,7 +978,14 @@ class Stager:
         verified = set(stamp.get("verified", []))
         if any(str(c) not in verified for c in expected_image):
             return False
-        recorded = stamp.get("parts", [])
+        return self._parts_unchanged(plan, stamp.get("parts", []))
+
+    def _parts_unchanged(self, plan: _Plan, recorded: Any) -> bool:
+        """Whether the stamp's part records (``recorded``) still describe the plan's parts, verified as expected.
+
+        A part streamed through a repository's opener, or deleted since, is
+        taken as recorded; a local one must keep its size and modification time.
+        """
         names = [p.name for p in plan.parts] if not plan.in_place else []
         if not isinstance(recorded, list) or [
             entry.get("name") if isinstance(entry, dict) else None for entry in recorded
@@ -1021,7 +1089,44 @@ class Stager:
         return open_inside(plan.root, plan.part_paths[index])
 
     def _stream(self, plan: _Plan, lane: int, opener: PartOpener | None, *, position: int) -> int:
-        """Write the image from its parts; returns the bytes read."""
+        """Write the image from its parts into a temporary file, verify it, publish it; returns the bytes read.
+
+        Whatever fails, the temporary files are removed and the cache is left as it was.
+        """
+        sizes = self._part_sizes(plan)
+        expected_parts = [
+            self._expected_part(plan, p, path)
+            for p, path in zip(plan.parts, plan.part_paths, strict=True)
+        ]
+        temp = _temp_name(plan.temp_prefix)
+        leftovers: list[str] = [temp]  # removed on the way out unless published
+        bar = self._progress_bar(plan, sizes, position)
+        out = _Output()
+        try:
+            out.fd = _create(lane, temp, _OUTPUT_MODE)
+            out.mode = _mode_of(os.fstat(out.fd))
+            out.writer = _SparseWriter(out.fd, plan.output, _Digests(self._expected_image(plan)))
+            decoder = plan.processor.decoder(label=str(plan.part_paths[0]))
+            streamed = [
+                self._stream_part(plan, index, opener, expected_parts[index], out, decoder, bar)
+                for index in range(len(plan.parts))
+            ]
+            out.writer.write_all(decoder.finish())
+            self._finish(plan, lane, out, [record for _, record in streamed], temp, leftovers)
+            return sum(read for read, _ in streamed)
+        except OSError as exc:
+            raise StagingError(
+                f"{plan.output}: cannot stage image: {exc.strerror or exc}"
+            ) from None
+        finally:
+            if bar is not None:
+                bar.close()
+            out.close()  # the writer's background syscalls end before the descriptor is closed
+            for name in leftovers:
+                _unlink_quietly(lane, name)
+
+    def _part_sizes(self, plan: _Plan) -> list[int | None]:
+        """Each part's size, for the progress bar: a local part's own (checked against the description)."""
         sizes: list[int | None] = []
         for part, path in zip(plan.parts, plan.part_paths, strict=True):
             size = part.size
@@ -1033,114 +1138,71 @@ class Stager:
                     )
                 size = st.st_size
             sizes.append(size)
-        expected_parts = [
-            self._expected_part(plan, p, path)
-            for p, path in zip(plan.parts, plan.part_paths, strict=True)
-        ]
-        temp = _temp_name(plan.temp_prefix)
-        leftovers: list[str] = [temp]  # removed on the way out unless published
-        bar = self._progress_bar(plan, sizes, position)
-        fd = -1
-        writer: _SparseWriter | None = None
+        return sizes
+
+    def _stream_part(
+        self,
+        plan: _Plan,
+        index: int,
+        opener: PartOpener | None,
+        expected: list[Checksum],
+        out: _Output,
+        decoder: StreamDecoder,
+        bar: Any,
+    ) -> tuple[int, dict[str, Any]]:
+        """Feed part ``index`` through ``decoder`` into the image; the bytes read and the part's stamp record."""
+        part, path = plan.parts[index], plan.part_paths[index]
+        assert out.writer is not None
+        decoder.label = str(path)
+        digests = _Digests(expected)
         try:
-            fd = _create(lane, temp, _OUTPUT_MODE)
-            mode = _mode_of(os.fstat(fd))
-            writer = _SparseWriter(
-                fd, plan.output, _Digests(self._expected_image(plan))
-            )
-            decoder = plan.processor.decoder(label=str(plan.part_paths[0]))
-            bytes_in = 0
-            part_records = []
-            for index, (part, path) in enumerate(
-                zip(plan.parts, plan.part_paths, strict=True)
-            ):
-                decoder.label = str(path)
-                digests = _Digests(expected_parts[index])
-                read = 0
-                try:
-                    with (
-                        opener(part)
-                        if opener is not None
-                        else self._open_local(plan, index)
-                    ) as stream:
-                        info = (
-                            _local_stat(stream, path)
-                            if opener is not None and not plan.local
-                            else (os.fstat(stream.fileno()) if plan.local else None)
-                        )
-                        if info is not None and mode & ~_mode_of(info):
-                            # never more readable than a source: narrow before its bytes are written
-                            mode &= _mode_of(info)
-                            os.fchmod(fd, mode)
-                        while chunk := stream.read(INPUT_CHUNK):
-                            read += len(chunk)
-                            if digests:
-                                digests.update(chunk)
-                            writer.write_all(decoder.feed(chunk))
-                            if bar is not None:
-                                bar.update(len(chunk))
-                                bar.set_postfix_str(
-                                    f"out {_size(writer.pos)}", refresh=False
-                                )
-                except FileNotFoundError:
-                    raise StagingError(
-                        f"{path}: part not found (listed in {plan.description.path})"
-                    ) from None
-                except OSError as exc:
-                    raise StagingError(
-                        f"{path}: cannot read part: {exc.strerror}"
-                    ) from None
-                if part.size is not None and read != part.size:
-                    raise StagingError(
-                        f"{path}: read {read} bytes, the description says {part.size}"
-                    )
-                verified = digests.verify(path)
-                if plan.processor.member_per_part:
-                    writer.write_all(decoder.drain())
-                    if not decoder.at_stream_end:
-                        raise StagingError(
-                            f"{path}: truncated {plan.processor.name} data (the part ends inside a compressed stream)"
-                        )
-                bytes_in += read
-                part_records.append(
-                    {
-                        "name": part.name,
-                        "size": info.st_size if info is not None else read,
-                        "mtime_ns": info.st_mtime_ns if info is not None else None,
-                        "verified": verified,
-                    }
+            with opener(part) if opener is not None else self._open_local(plan, index) as stream:
+                info = (
+                    _local_stat(stream, path)
+                    if opener is not None and not plan.local
+                    else (os.fstat(stream.fileno()) if plan.local else None)
                 )
-            writer.write_all(decoder.finish())
-            if writer.pos == 0:
-                raise StagingError(f"{plan.output}: the parts make an empty image (0 bytes)")
-            # From here the image's fsync runs in the background.
-            image = writer.finish()
-            verified_image = writer.digests.verify(plan.output)
-            # The stamp is written and synced while the image is; it is
-            # renamed into place only after the image is durable and in place.
-            stamp_temp = self._prepare_stamp(plan, lane, image, part_records, verified_image)
-            leftovers.append(stamp_temp)
-            writer.wait_durable()
-            writer.close()
-            writer = None
-            os.close(fd)
-            fd = -1
-            self._publish(plan, lane, temp, stamp_temp)
-            leftovers.clear()
-            return bytes_in
+                out.narrow_mode(info)  # never more readable than a source: before its bytes are written
+                read = _copy(stream, digests, decoder, out.writer, bar)
+        except FileNotFoundError:
+            raise StagingError(f"{path}: part not found (listed in {plan.description.path})") from None
         except OSError as exc:
-            raise StagingError(
-                f"{plan.output}: cannot stage image: {exc.strerror or exc}"
-            ) from None
-        finally:
-            if bar is not None:
-                bar.close()
-            if writer is not None:
-                writer.close()  # its background syscalls end before the descriptor is closed
-            if fd >= 0:
-                os.close(fd)
-            for name in leftovers:
-                _unlink_quietly(lane, name)
+            raise StagingError(f"{path}: cannot read part: {exc.strerror}") from None
+        if part.size is not None and read != part.size:
+            raise StagingError(f"{path}: read {read} bytes, the description says {part.size}")
+        verified = digests.verify(path)
+        if plan.processor.member_per_part:
+            out.writer.write_all(decoder.drain())
+            if not decoder.at_stream_end:
+                raise StagingError(
+                    f"{path}: truncated {plan.processor.name} data (the part ends inside a compressed stream)"
+                )
+        return read, {
+            "name": part.name,
+            "size": info.st_size if info is not None else read,
+            "mtime_ns": info.st_mtime_ns if info is not None else None,
+            "verified": verified,
+        }
+
+    def _finish(
+        self, plan: _Plan, lane: int, out: _Output, part_records: list[dict[str, Any]], temp: str, leftovers: list[str]
+    ) -> None:
+        """Check and sync the written image, write its stamp meanwhile, then publish both (``leftovers`` emptied)."""
+        writer = out.writer
+        assert writer is not None
+        if writer.pos == 0:
+            raise StagingError(f"{plan.output}: the parts make an empty image (0 bytes)")
+        # From here the image's fsync runs in the background.
+        image = writer.finish()
+        verified_image = writer.digests.verify(plan.output)
+        # The stamp is written and synced while the image is; it is
+        # renamed into place only after the image is durable and in place.
+        stamp_temp = self._prepare_stamp(plan, lane, image, part_records, verified_image)
+        leftovers.append(stamp_temp)
+        writer.wait_durable()
+        out.close()
+        self._publish(plan, lane, temp, stamp_temp)
+        leftovers.clear()
 
     def _publish(self, plan: _Plan, lane: int, temp: str, stamp_temp: str) -> None:
         """Rename the durable image into place, then its stamp; the image is ready only with both.

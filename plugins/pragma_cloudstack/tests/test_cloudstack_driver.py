@@ -11,10 +11,11 @@ import pytest
 from cloudstack_simulator import CloudStackSimulator
 from cloudstack_testkit import make_driver, write_conf
 from pragma_core.errors import CapacityError, ConfigError, DriverError, NotFoundError
-from pragma_core.model import BootRequest, MemorySpec, StagedCluster
+from pragma_core.model import BootRequest, MemorySpec, ResolvedCluster, StagedCluster
 from pragma_core.testing import boot, make_site
 
 from pragma_cloudstack.driver import CloudStackDriver, template_name
+from pragma_cloudstack.state import CloudStackState
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHBYYWdtYXRlc3RrZXlwcmFnbWF0ZXN0a2V5 test@pragma"
 
@@ -280,11 +281,60 @@ def test_failed_deploy_is_rolled_back_and_rollback_twice_is_safe(sim: CloudStack
     assert leftovers(sim) == ([], [])
 
 
-def test_rollback_of_a_half_made_allocation_still_finds_the_vms_by_tag(sim: CloudStackSimulator, driver: CloudStackDriver, cluster: StagedCluster) -> None:
+@pytest.mark.parametrize("state", [None, CloudStackState()], ids=["no-state", "no-ids"])
+def test_rollback_of_a_half_made_allocation_still_finds_the_vms_by_tag(
+    sim: CloudStackSimulator, driver: CloudStackDriver, cluster: StagedCluster, state: CloudStackState | None
+) -> None:
     allocation = driver.allocate(request(2), cluster)
-    partial = attrs.evolve(allocation, extra={})
+    partial = attrs.evolve(allocation, state=state)
     driver.rollback(partial)
     assert leftovers(sim) == ([], [])
+
+
+def test_allocation_state_holds_the_ids_cloudstack_gave(sim: CloudStackSimulator, driver: CloudStackDriver, cluster: StagedCluster) -> None:
+    allocation = driver.allocate(request(2), cluster)
+    state = driver.state_of(allocation)
+    assert isinstance(state, CloudStackState) and allocation.extra == {}
+    assert dict(state.vm_ids) == {vm["name"]: vm["id"] for vm in sim.vms.values()}
+    (network,) = sim.networks_named("vc-1")
+    assert state.network_id == network["id"]
+    driver.rollback(allocation)
+    assert leftovers(sim) == ([], [])
+
+
+@attrs.frozen
+class OtherDriversState:
+    vm_ids: tuple[str, ...] = ()
+
+
+@pytest.mark.parametrize("step", ["deploy", "rollback"])
+def test_an_allocation_made_by_another_driver_is_refused_naming_the_cluster(
+    sim: CloudStackSimulator, driver: CloudStackDriver, cluster: StagedCluster, step: str
+) -> None:
+    allocation = driver.allocate(request(1), cluster)
+    foreign = attrs.evolve(allocation, state=OtherDriversState())
+    with pytest.raises(DriverError, match=r"^the allocation of cluster vc-1 carries a OtherDriversState, not the CloudStackState of driver 'cloudstack': another driver made it$"):
+        if step == "deploy":
+            from pragma_core.vcout import render
+
+            driver.deploy(foreign, cluster, render(foreign))
+        else:
+            driver.rollback(foreign)
+    assert {vm["state"] for vm in sim.vms.values()} == {"Stopped"}  # nothing was started or removed
+    driver.rollback(allocation)
+    assert leftovers(sim) == ([], [])
+
+
+def test_allocate_and_deploy_need_only_the_description_not_local_images(
+    sim: CloudStackSimulator, driver: CloudStackDriver, cluster: StagedCluster
+) -> None:
+    assert CloudStackDriver.uses_local_images is False
+    resolved = ResolvedCluster(description=cluster.description)
+    for role in ("frontend", "compute"):
+        (cluster.description.directory / f"demo-{role}.img").unlink()
+    allocation, _ = boot(driver, resolved, request(2))  # type: ignore[arg-type]
+    assert {vm["state"] for vm in sim.vms.values()} == {"Running"}
+    assert len(allocation.computes) == 2
 
 
 def test_list_repository_gives_ready_template_names(sim: CloudStackSimulator, driver: CloudStackDriver) -> None:

@@ -80,3 +80,23 @@ def test_clean_of_a_running_cluster_is_one_error_line(tmp_path: Path, sim: Cloud
         "Error: cluster vc-1 still has running nodes: vc-1 (Running), vc-1-compute-0 (Running); run 'pragma shutdown vc-1' first"
     )
     assert sim.secret_key not in refused.stderr + refused.stdout
+
+
+def test_boot_needs_no_local_image_files_the_templates_are_in_cloudstack(tmp_path: Path, sim: CloudStackSimulator) -> None:
+    repo = tmp_path / "repo"
+    make_cluster(repo / "demo", name="demo", size=4096)
+    images = sorted((repo / "demo").glob("*.img"))
+    assert len(images) == 2
+    for image in images:
+        image.unlink()  # the repository holds only the description: nothing to stage
+    (repo / "vcdb.txt").write_text("demo,demo/demo.xml\n")
+    etc = make_site(tmp_path / "site", driver="cloudstack", repository=repo)
+    write_conf(etc, sim, service_offering="Small Instance")
+    key = tmp_path / "id.pub"
+    key.write_text(KEY)
+
+    booted = pragma(etc, "boot", "demo", "1", f"key={key}")
+    assert booted.returncode == 0, booted.stderr
+    assert "Cluster vc-1 booted" in booted.stdout
+    assert sorted(vm["name"] for vm in sim.vms.values()) == ["vc-1", "vc-1-compute-0"]
+    assert sorted(p.name for p in (repo / "demo").iterdir()) == ["demo.xml"]  # nothing staged, no stamp, no lock

@@ -77,6 +77,23 @@ class LabHost:
         while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
             time.sleep(0.02)
 
+    def kill_all(self) -> None:
+        """Fault injection: the host dies -- every process of its namespace (daemons, QEMUs) is killed.
+
+        ``lab.up`` starts its daemons again; its domains' definitions survive (a host's disk does).
+        """
+        for _ in range(50):
+            pids = [pid for group in self.pids().values() for pid in group]
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name}: processes survive SIGKILL: {self.pids()}")
+
     def links(self, master: str | None = None) -> list[dict[str, Any]]:
         """``ip -j link`` inside the host (only the ports of bridge ``master`` when given)."""
         argv = ["ip", "-n", self.netns, "-j", "link", "show", *(("master", master) if master else ())]

@@ -39,9 +39,6 @@ class TestKvmRocksContract(DriverContract):
         # worker thread wipes that thread's libvirt error between a failed call and its libvirtError.
         driver.hosts.close()
 
-    @pytest.mark.xfail(strict=True, reason="KvmRocksDriver implements wait_ready but does not set supports_wait = True yet")
-    def test_supports_wait_matches_whether_wait_ready_is_implemented(self, harness: DriverHarness) -> None:
-        super().test_supports_wait_matches_whether_wait_ready_is_implemented(harness)
 
 
 def request(cpus: int, **kw) -> BootRequest:

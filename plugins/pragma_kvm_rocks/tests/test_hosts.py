@@ -17,15 +17,23 @@ def opened(monkeypatch) -> list[str]:
     """Replace libvirt.open with one that records the URIs it opens (a new object each time)."""
     uris: list[str] = []
 
+    class FakeConnection:
+        def isAlive(self) -> int:  # noqa: N802 - libvirt's name
+            return 1
+
+        def setKeepAlive(self, interval: int, count: int) -> int:  # noqa: N802
+            return 0
+
     class FakeLibvirt(SimpleNamespace):
         libvirtError = Exception
 
         @staticmethod
         def open(uri: str) -> object:
             uris.append(uri)
-            return object()
+            return FakeConnection()
 
     monkeypatch.setattr(hosts_module, "import_libvirt", lambda: FakeLibvirt)
+    monkeypatch.setattr(hosts_module, "ensure_event_loop", lambda _libvirt: None)
     return uris
 
 
@@ -67,3 +75,43 @@ def test_a_test_driver_host_keeps_one_connection_because_each_open_is_a_new_worl
     conns = _connections_of_threads(hosts, "h1", 8)
     assert len({id(c) for c in conns}) == 1
     assert opened == ["test:///tmp/h1.xml"]
+
+
+def test_a_host_that_never_answers_the_open_fails_in_bounded_time_and_is_remembered(monkeypatch) -> None:
+    import time
+
+    from pragma_kvm_rocks.hosts import HostUnavailable
+
+    release = threading.Event()
+    opens: list[str] = []
+
+    class Hanging(SimpleNamespace):
+        libvirtError = Exception
+
+        @staticmethod
+        def open(uri: str) -> object:
+            opens.append(uri)
+            release.wait(30)  # a daemon that accepted the connection and never answers
+            raise Exception("late")
+
+    monkeypatch.setattr(hosts_module, "import_libvirt", lambda: Hanging)
+    hosts = Hosts({"h1": "qemu+tcp://h1/system"}, connect_timeout=0.3, keepalive_interval=0, retry_after=60)
+    try:
+        started = time.monotonic()
+        with pytest.raises(HostUnavailable, match=r"cannot connect to libvirt on h1 .*no answer within 0.3 s"):
+            hosts.conn("h1")
+        assert time.monotonic() - started < 10  # detects a hang, not a benchmark
+        with pytest.raises(HostUnavailable, match="no answer within 0.3 s"):
+            hosts.conn("h1")  # remembered: no second wait
+        assert len(opens) == 1
+        assert list(hosts.unavailable()) == ["h1"]
+    finally:
+        release.set()
+
+
+def test_a_lost_connection_is_opened_again(opened, monkeypatch) -> None:
+    hosts = Hosts({"h1": "qemu+tcp://h1/system"}, keepalive_interval=0)
+    first = hosts.conn("h1")
+    monkeypatch.setattr(first, "isAlive", lambda: 0)  # keepalive closed it
+    assert hosts.conn("h1") is not first
+    assert len(opened) == 2

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pragma_core.repositories.local")
 
 
-class LocalRepository(Repository):
+class LocalRepository(Repository[Any]):
     """Cluster images listed in ``<repository_dir>/<vcdb_filename>``."""
 
     name = "local"

@@ -152,7 +152,7 @@ class FakeConfig:
     deploy_delay: float = setting(_seconds, default=0.0, help="seconds each node's deploy takes, 0 to 60 (a window for faults)")
 
 
-class FakeDriver(Driver):
+class FakeDriver(Driver[FakeConfig, None]):
     """A test double that records clusters in a JSON file instead of starting VMs."""
 
     name = "fake"

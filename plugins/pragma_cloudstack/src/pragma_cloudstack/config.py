@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from attrs import frozen
+
 from pragma_core.pluginkit import (
     choice,
     optional,

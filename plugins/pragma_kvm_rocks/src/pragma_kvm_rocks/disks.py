@@ -55,6 +55,8 @@ class DiskJob:
     target: Path
     vcout: bytes | None = None
     root: Path | None = None
+    #: The backing file name an overlay records: where the base is on the node's host (default ``base``).
+    backing_name: str | None = None
 
 
 def check_base(base: Path, fmt: str, *, root: Path | None = None, mode: str = "overlay") -> CheckedImage:
@@ -121,10 +123,12 @@ class _BasePlan:
 class DiskBuilder:
     """Makes node disks: ``mode`` is ``overlay`` or ``copy``; ``injection`` auto/e2fs/guestfish/none."""
 
-    def __init__(self, *, mode: str, injection: str = "auto", max_parallel: int = 4) -> None:
+    def __init__(self, *, mode: str, injection: str = "auto", max_parallel: int = 4, guestfish: bool = True) -> None:
         self.mode = mode
         self.injection = injection
         self.max_parallel = max_parallel
+        #: Whether guestfish may edit the disks here (not when overlays name a base only their host has).
+        self.guestfish = guestfish
 
     def build(self, jobs: Sequence[DiskJob]) -> None:
         """Make every disk; on failure remove the ones made and re-raise."""
@@ -136,6 +140,11 @@ class DiskBuilder:
             if job.base not in plans:
                 any_vcout = any(j.vcout is not None for j in jobs if j.base == job.base)
                 plans[job.base] = _BasePlan(checked[job.base], self.injection, any_vcout)
+                if plans[job.base].method == "guestfish" and not self.guestfish:
+                    raise DriverError(
+                        f"cannot inject vc-out into disks of {job.base}: with disk_storage = pool only the e2fs"
+                        " path works (a raw base image with an ext2/3/4 root); or set vcout_injection = none"
+                    )
         made: list[Path] = []
         try:
             with tempfile.TemporaryDirectory(prefix="pragma-disks-") as tmp:
@@ -176,7 +185,7 @@ class DiskBuilder:
             made.append(job.target)
             qcow2.write_overlay(
                 job.target,
-                backing_file=job.base,
+                backing_file=Path(job.backing_name) if job.backing_name else job.base,
                 backing_format=job.base_format,
                 virtual_size=plan.virtual_size,
                 data=data,

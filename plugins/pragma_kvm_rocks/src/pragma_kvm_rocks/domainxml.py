@@ -15,7 +15,7 @@ virtlogd.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import defusedxml.ElementTree as SafeET
@@ -52,15 +52,44 @@ def build_domain_xml(
     record: NodeRecord,
     cluster_dir: Path,
     cpu_model: str | None = None,
-    console_log: Path | None = None,
+    console_log: Path | str | None = None,
+    boot_paths: Mapping[str, str] | None = None,
 ) -> str:
-    """The ``<domain>`` XML for one node."""
-    try:
-        root = SafeET.fromstring(template)
-    except ET.ParseError as exc:
-        raise FormatError(f"domain XML of the cluster description is invalid: {exc}") from None
-    if root.tag != "domain":
-        raise FormatError(f"expected a <domain> element, found <{root.tag}>")
+    """The ``<domain>`` XML for one node.
+
+    ``boot_paths`` maps ``kernel``, ``initrd``, ``dtb`` to where the node's
+    host finds them (a copy in diskdir, a volume of the host's pool); by
+    default, the file in the cluster directory itself.
+    """
+    root = _parse(template)
+    _identity(root, name=name, domain_type=domain_type, vcpus=vcpus, memory_mib=memory_mib)
+    _boot(root, boot_files(template, cluster_dir), boot_paths or {})
+    if domain_type == "kvm" and cpu_model:
+        _cpu(root, cpu_model)
+    devices = root.find("devices")
+    if devices is None:
+        devices = ET.SubElement(root, "devices")
+    for emulator in devices.findall("emulator"):
+        devices.remove(emulator)  # the template's path is of the machine it was made on
+    target = _remove_disks(devices)
+    model = _remove_nics(devices)
+    disk_el = ET.Element("disk", {"type": "file", "device": "disk"})
+    ET.SubElement(disk_el, "driver", {"name": "qemu", "type": disk_format, "discard": "unmap"})
+    ET.SubElement(disk_el, "source", {"file": str(disk)})
+    ET.SubElement(disk_el, "target", target)
+    devices.insert(0, disk_el)
+    for position, nic in enumerate(nics, start=1):
+        devices.insert(position, _interface(nic, model))
+    if console_log is not None:
+        _log_console(devices, str(console_log))
+    metadata = ET.Element("metadata")
+    metadata.append(record.to_element())
+    root.insert(list(root).index(root.find("name")) + 1, metadata)  # type: ignore[arg-type]
+    return ET.tostring(root, encoding="unicode")
+
+
+def _identity(root: ET.Element, *, name: str, domain_type: str, vcpus: int, memory_mib: int) -> None:
+    """Set what belongs to the node (type, name, vCPUs, memory); drop the template's uuid, cpu, metadata."""
     root.set("type", domain_type)
     for tag in ("uuid", "currentMemory", "cpu", "metadata"):
         for child in root.findall(tag):
@@ -72,32 +101,29 @@ def build_domain_xml(
     memory.attrib.clear()
     memory.set("unit", "MiB")
 
+
+def _boot(root: ET.Element, found: Mapping[str, Path], boot_paths: Mapping[str, str]) -> None:
+    """Point ``<os>``'s kernel, initrd and dtb at where the host has them (default: the checked file)."""
     os_el = root.find("os")
     if os_el is None:
         os_el = ET.SubElement(root, "os")
         ET.SubElement(os_el, "type", {"arch": "x86_64"}).text = "hvm"
-    for tag in ("kernel", "initrd", "dtb"):
+    for tag, path in found.items():
         element = os_el.find(tag)
-        if element is not None and (element.text or "").strip():
-            path = safe_join(cluster_dir, element.text.strip(), what=f"<os><{tag}>")
-            try:
-                stat_inside(cluster_dir, path)  # libvirt hands it to qemu as root: a regular file really inside
-            except OSError as exc:
-                raise FormatError(f"<os><{tag}> {path}: {exc.strerror or exc}") from None
-            element.text = str(path)
+        assert element is not None
+        element.text = boot_paths.get(tag, str(path))
 
-    if domain_type == "kvm" and cpu_model:
-        if cpu_model in ("host-model", "host-passthrough"):
-            ET.SubElement(root, "cpu", {"mode": cpu_model})
-        else:
-            cpu = ET.SubElement(root, "cpu", {"mode": "custom", "match": "exact", "check": "none"})
-            ET.SubElement(cpu, "model", {"fallback": "forbid"}).text = cpu_model
 
-    devices = root.find("devices")
-    if devices is None:
-        devices = ET.SubElement(root, "devices")
-    for emulator in devices.findall("emulator"):
-        devices.remove(emulator)  # the template's path is of the machine it was made on
+def _cpu(root: ET.Element, cpu_model: str) -> None:
+    if cpu_model in ("host-model", "host-passthrough"):
+        ET.SubElement(root, "cpu", {"mode": cpu_model})
+    else:
+        cpu = ET.SubElement(root, "cpu", {"mode": "custom", "match": "exact", "check": "none"})
+        ET.SubElement(cpu, "model", {"fallback": "forbid"}).text = cpu_model
+
+
+def _remove_disks(devices: ET.Element) -> dict[str, str]:
+    """Remove the template's disks; the target (dev, bus) of its disk, ``vda``/virtio by default."""
     target = {"dev": "vda", "bus": "virtio"}
     for old in devices.findall("disk"):
         if old.get("device", "disk") == "disk":
@@ -105,45 +131,68 @@ def build_domain_xml(
             if tgt is not None and tgt.get("dev"):
                 target = {"dev": tgt.get("dev", "vda"), "bus": tgt.get("bus", "virtio")}
             devices.remove(old)
+    return target
+
+
+def _remove_nics(devices: ET.Element) -> str:
+    """Remove the template's NICs; their model (virtio by default)."""
     model = "virtio"
     for old in devices.findall("interface"):
         m = old.find("model")
         if m is not None and m.get("type"):
             model = m.get("type", model)
         devices.remove(old)
+    return model
 
-    disk_el = ET.Element("disk", {"type": "file", "device": "disk"})
-    ET.SubElement(disk_el, "driver", {"name": "qemu", "type": disk_format, "discard": "unmap"})
-    ET.SubElement(disk_el, "source", {"file": str(disk)})
-    ET.SubElement(disk_el, "target", target)
-    devices.insert(0, disk_el)
-    position = 1
-    for nic in nics:
-        iface = ET.Element("interface", {"type": "bridge"})
-        ET.SubElement(iface, "mac", {"address": nic.mac})
-        ET.SubElement(iface, "source", {"bridge": bridge_name(nic.bridge, nic.vlan)})
-        if is_ovs(nic.bridge):
-            ET.SubElement(iface, "virtualport", {"type": "openvswitch"})
-            if nic.vlan is not None and "{vlan}" not in nic.bridge:
-                vlan = ET.SubElement(iface, "vlan")
-                ET.SubElement(vlan, "tag", {"id": str(nic.vlan)})
-        ET.SubElement(iface, "model", {"type": model})
-        devices.insert(position, iface)
-        position += 1
 
-    if console_log is not None:
-        serial = devices.find("serial")
-        if serial is None:
-            serial = ET.SubElement(devices, "serial", {"type": "pty"})
-            ET.SubElement(serial, "target", {"port": "0"})
-        for old in serial.findall("log"):
-            serial.remove(old)
-        serial.insert(0, ET.Element("log", {"file": str(console_log), "append": "off"}))
+def _interface(nic: Nic, model: str) -> ET.Element:
+    iface = ET.Element("interface", {"type": "bridge"})
+    ET.SubElement(iface, "mac", {"address": nic.mac})
+    ET.SubElement(iface, "source", {"bridge": bridge_name(nic.bridge, nic.vlan)})
+    if is_ovs(nic.bridge):
+        ET.SubElement(iface, "virtualport", {"type": "openvswitch"})
+        if nic.vlan is not None and "{vlan}" not in nic.bridge:
+            vlan = ET.SubElement(iface, "vlan")
+            ET.SubElement(vlan, "tag", {"id": str(nic.vlan)})
+    ET.SubElement(iface, "model", {"type": model})
+    return iface
 
-    metadata = ET.Element("metadata")
-    metadata.append(record.to_element())
-    root.insert(list(root).index(root.find("name")) + 1, metadata)  # type: ignore[arg-type]
-    return ET.tostring(root, encoding="unicode")
+
+def _log_console(devices: ET.Element, path: str) -> None:
+    """Log the first serial port (a pty one added when there is none) to ``path``, a new file at each start."""
+    serial = devices.find("serial")
+    if serial is None:
+        serial = ET.SubElement(devices, "serial", {"type": "pty"})
+        ET.SubElement(serial, "target", {"port": "0"})
+    for old in serial.findall("log"):
+        serial.remove(old)
+    serial.insert(0, ET.Element("log", {"file": path, "append": "off"}))
+
+
+def _parse(template: str) -> ET.Element:
+    try:
+        root = SafeET.fromstring(template)
+    except ET.ParseError as exc:
+        raise FormatError(f"domain XML of the cluster description is invalid: {exc}") from None
+    if root.tag != "domain":
+        raise FormatError(f"expected a <domain> element, found <{root.tag}>")
+    return root
+
+
+def boot_files(template: str, cluster_dir: Path) -> dict[str, Path]:
+    """The template's ``<os>`` kernel, initrd and dtb, each a regular file really inside ``cluster_dir``."""
+    os_el = _parse(template).find("os")
+    out: dict[str, Path] = {}
+    for tag in ("kernel", "initrd", "dtb"):
+        element = os_el.find(tag) if os_el is not None else None
+        if element is not None and (element.text or "").strip():
+            path = safe_join(cluster_dir, element.text.strip(), what=f"<os><{tag}>")
+            try:
+                stat_inside(cluster_dir, path)  # libvirt hands it to qemu as root: a regular file really inside
+            except OSError as exc:
+                raise FormatError(f"<os><{tag}> {path}: {exc.strerror or exc}") from None
+            out[tag] = path
+    return out
 
 
 def _text(root: ET.Element, tag: str, value: str, *, first: bool = False) -> ET.Element:

@@ -13,10 +13,16 @@ not fit. This module fixes all of that:
 * the total given is the CPUs actually placed (B11), never the host's capacity;
 * not enough room raises :class:`~pragma_core.errors.CapacityError` with the numbers
   (B13).
+
+Two strategies: :func:`place` *packs* (the legacy order: the most-free host
+gets as much as it can take, then the next), :func:`spread` *spreads* (each
+node, or each CPU when hosts get one node each, goes to the host with the
+most free CPUs left, so hosts end up equally loaded).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable, Sequence
 
@@ -62,6 +68,46 @@ def free_capacity(
     return out
 
 
+def _check(cpus: int, free: dict[str, int]) -> None:
+    """Raise when ``cpus`` is negative or more than the hosts have free (B13: with the numbers)."""
+    if cpus < 0:
+        raise ValueError("cpus must not be negative")
+    available = sum(v for v in free.values() if v > 0)
+    if available < cpus:
+        raise CapacityError(
+            f"not enough capacity: {cpus} CPUs requested, {available} available"
+            f" on {len([v for v in free.values() if v > 0])} host(s)"
+        )
+
+
+def spread(cpus: int, free: dict[str, int], *, max_cpus_per_node: int | None = None) -> list[Placement]:
+    """Spread ``cpus`` compute CPUs so the hosts' free CPUs stay as even as they can.
+
+    With ``max_cpus_per_node`` each node (of at most that many vCPUs) goes to
+    the host with the most free CPUs left, ties by name; without it each host
+    gets at most one node, and each CPU goes to the host with the most free
+    CPUs left. Returns nodes in creation order.
+    """
+    _check(cpus, free)
+    left = {host: value for host, value in free.items() if value > 0}
+    heap = [(-value, host) for host, value in left.items()]
+    heapq.heapify(heap)
+    nodes: list[Placement] = []
+    given: dict[str, int] = {}
+    remaining = cpus
+    while remaining > 0:
+        negative, host = heapq.heappop(heap)
+        size = min(-negative, remaining, max_cpus_per_node or 1)
+        remaining -= size
+        if max_cpus_per_node:
+            nodes.append(Placement(host=host, cpus=size))
+        else:
+            given[host] = given.get(host, 0) + size
+        if -negative - size > 0:
+            heapq.heappush(heap, (negative + size, host))
+    return nodes or [Placement(host=host, cpus=count) for host, count in given.items()]
+
+
 def place(cpus: int, free: dict[str, int], *, max_cpus_per_node: int | None = None) -> list[Placement]:
     """Spread ``cpus`` compute CPUs over hosts, most free CPUs first.
 
@@ -69,16 +115,9 @@ def place(cpus: int, free: dict[str, int], *, max_cpus_per_node: int | None = No
     gets one node with its share (the legacy behaviour), or several nodes of
     at most ``max_cpus_per_node`` each. Returns nodes in creation order.
     """
-    if cpus < 0:
-        raise ValueError("cpus must not be negative")
+    _check(cpus, free)
     if cpus == 0:
         return []
-    available = sum(v for v in free.values() if v > 0)
-    if available < cpus:
-        raise CapacityError(
-            f"not enough capacity: {cpus} CPUs requested, {available} available"
-            f" on {len([v for v in free.values() if v > 0])} host(s)"
-        )
     order = sorted((h for h, v in free.items() if v > 0), key=lambda h: (-free[h], h))
     remaining = cpus
     nodes: list[Placement] = []

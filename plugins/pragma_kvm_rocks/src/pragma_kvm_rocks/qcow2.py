@@ -62,34 +62,42 @@ def write_overlay(
             raise ValueError(f"data at offset {offset} is not one whole cluster inside the disk")
     if backing_format not in ("raw", "qcow2"):
         raise ValueError(f"backing format must be raw or qcow2, not {backing_format!r}")
-    backing = os.fsencode(str(backing_file))
-    fmt = backing_format.encode()
+    layout = _Layout(virtual_size, sorted(data))
+    first = _first_cluster(os.fsencode(str(backing_file)), backing_format.encode(), virtual_size, layout)
+    l1, l2_tables, reftable, refs = _tables(layout)
+    _write_atomically(path, [first, l1, reftable, refs, *l2_tables, *(data[o] for o in layout.data_offsets)])
+
+
+class _Layout:
+    """Where everything goes in an overlay: header cluster, L1, refcount table and blocks, L2 tables, data."""
+
+    def __init__(self, virtual_size: int, data_offsets: list[int]) -> None:
+        self.data_offsets = data_offsets
+        self.l1_size = max(1, -(-virtual_size // (CLUSTER_SIZE * _L2_ENTRIES)))
+        self.l1_clusters = _clusters(self.l1_size * 8)
+        self.l2_regions = sorted({offset // (CLUSTER_SIZE * _L2_ENTRIES) for offset in data_offsets})
+        # Count clusters; the refcount blocks must cover themselves too.
+        fixed = 1 + self.l1_clusters + 1 + len(self.l2_regions) + len(data_offsets)
+        self.refblocks = 1
+        while (fixed + self.refblocks) > self.refblocks * _REFCOUNTS_PER_BLOCK:
+            self.refblocks += 1
+        if self.refblocks > _L2_ENTRIES:
+            raise ValueError("overlay data too large for one refcount table")
+        self.total = fixed + self.refblocks
+        self.l1_offset = CLUSTER_SIZE
+        self.reftable_offset = self.l1_offset + self.l1_clusters * CLUSTER_SIZE
+        self.refblock_offset = self.reftable_offset + CLUSTER_SIZE
+        self.l2_offset = self.refblock_offset + self.refblocks * CLUSTER_SIZE
+        self.data_start = self.l2_offset + len(self.l2_regions) * CLUSTER_SIZE
+
+
+def _first_cluster(backing: bytes, fmt: bytes, virtual_size: int, layout: _Layout) -> bytes:
+    """The header, the backing-format extension and the backing file name, padded to one cluster."""
     ext = struct.pack(">II", _EXT_BACKING_FORMAT, len(fmt)) + fmt + b"\0" * (-len(fmt) % 8)
     ext += struct.pack(">II", 0, 0)
     backing_offset = _HEADER_LENGTH + len(ext)
     if backing_offset + len(backing) > CLUSTER_SIZE or len(backing) > 1023:
         raise ValueError("backing file name is too long")
-
-    l1_size = max(1, -(-virtual_size // (CLUSTER_SIZE * _L2_ENTRIES)))
-    l1_clusters = _clusters(l1_size * 8)
-    l2_regions = sorted({offset // (CLUSTER_SIZE * _L2_ENTRIES) for offset in data})
-    data_offsets = sorted(data)
-
-    # Count clusters; the refcount blocks must cover themselves too.
-    fixed = 1 + l1_clusters + 1 + len(l2_regions) + len(data_offsets)
-    refblocks = 1
-    while (fixed + refblocks) > refblocks * _REFCOUNTS_PER_BLOCK:
-        refblocks += 1
-    if refblocks > _L2_ENTRIES:
-        raise ValueError("overlay data too large for one refcount table")
-    total = fixed + refblocks
-
-    l1_offset = CLUSTER_SIZE
-    reftable_offset = l1_offset + l1_clusters * CLUSTER_SIZE
-    refblock_offset = reftable_offset + CLUSTER_SIZE
-    l2_offset = refblock_offset + refblocks * CLUSTER_SIZE
-    data_start = l2_offset + len(l2_regions) * CLUSTER_SIZE
-
     header = struct.pack(
         ">4sIQIIQIIQQIIQQQQII",
         _MAGIC,
@@ -99,9 +107,9 @@ def write_overlay(
         CLUSTER_BITS,
         virtual_size,
         0,  # crypt_method
-        l1_size,
-        l1_offset,
-        reftable_offset,
+        layout.l1_size,
+        layout.l1_offset,
+        layout.reftable_offset,
         1,  # refcount_table_clusters
         0,  # nb_snapshots
         0,  # snapshots_offset
@@ -113,33 +121,32 @@ def write_overlay(
     )
     header += bytes(_HEADER_LENGTH - len(header))  # compression type zlib + padding
     first = header + ext + backing
-    first += bytes(CLUSTER_SIZE - len(first))
+    return first + bytes(CLUSTER_SIZE - len(first))
 
-    l1 = bytearray(l1_clusters * CLUSTER_SIZE)
-    l2_tables = {region: bytearray(CLUSTER_SIZE) for region in l2_regions}
-    for index, region in enumerate(l2_regions):
-        struct.pack_into(">Q", l1, region * 8, (l2_offset + index * CLUSTER_SIZE) | _COPIED)
-    for index, offset in enumerate(data_offsets):
+
+def _tables(layout: _Layout) -> tuple[bytearray, list[bytearray], bytearray, bytearray]:
+    """The L1 table, the L2 tables, the refcount table and the refcount blocks (every cluster used once)."""
+    l1 = bytearray(layout.l1_clusters * CLUSTER_SIZE)
+    l2_tables = {region: bytearray(CLUSTER_SIZE) for region in layout.l2_regions}
+    for index, region in enumerate(layout.l2_regions):
+        struct.pack_into(">Q", l1, region * 8, (layout.l2_offset + index * CLUSTER_SIZE) | _COPIED)
+    for index, offset in enumerate(layout.data_offsets):
         region, entry = divmod(offset // CLUSTER_SIZE, _L2_ENTRIES)
-        struct.pack_into(">Q", l2_tables[region], entry * 8, (data_start + index * CLUSTER_SIZE) | _COPIED)
-
+        struct.pack_into(">Q", l2_tables[region], entry * 8, (layout.data_start + index * CLUSTER_SIZE) | _COPIED)
     reftable = bytearray(CLUSTER_SIZE)
-    for index in range(refblocks):
-        struct.pack_into(">Q", reftable, index * 8, refblock_offset + index * CLUSTER_SIZE)
-    refs = bytearray(refblocks * CLUSTER_SIZE)
-    struct.pack_into(f">{total}H", refs, 0, *([1] * total))
+    for index in range(layout.refblocks):
+        struct.pack_into(">Q", reftable, index * 8, layout.refblock_offset + index * CLUSTER_SIZE)
+    refs = bytearray(layout.refblocks * CLUSTER_SIZE)
+    struct.pack_into(f">{layout.total}H", refs, 0, *([1] * layout.total))
+    return l1, [l2_tables[r] for r in layout.l2_regions], reftable, refs
 
+
+def _write_atomically(path: Path, chunks: list[bytes | bytearray]) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
-            fh.write(first)
-            fh.write(l1)
-            fh.write(reftable)
-            fh.write(refs)
-            for region in l2_regions:
-                fh.write(l2_tables[region])
-            for offset in data_offsets:
-                fh.write(data[offset])
+            for chunk in chunks:
+                fh.write(chunk)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -69,6 +69,8 @@ class NodeRecord:
     vlan: int | None = None
     public_ip: str | None = None
     nics: tuple[NicRecord, ...] = field(default=(), converter=tuple)
+    #: The allocation that made the node (``""``: made by a pragma before allocation ids).
+    allocation: str = ""
 
     def ip(self, network: str) -> str | None:
         return next((n.ip for n in self.nics if n.network == network), None)
@@ -90,6 +92,8 @@ class NodeRecord:
             attrs_["vlan"] = str(self.vlan)
         if self.public_ip:
             attrs_["public-ip"] = self.public_ip
+        if self.allocation:
+            attrs_["allocation"] = self.allocation
         node = ET.Element(f"{{{NAMESPACE}}}node", attrs_)
         for nic in self.nics:
             ET.SubElement(node, f"{{{NAMESPACE}}}nic", {"network": nic.network, "ip": nic.ip, "mac": nic.mac})
@@ -118,6 +122,7 @@ class NodeRecord:
             image=get("image", ""),
             vlan=int(vlan) if vlan else None,
             public_ip=get("public-ip"),
+            allocation=get("allocation", ""),
             nics=tuple(
                 NicRecord(network=n.get("network", ""), ip=n.get("ip", ""), mac=n.get("mac", ""))
                 for n in node
@@ -128,6 +133,8 @@ class NodeRecord:
     def as_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("cluster", "name", "hostname", "role", "host", "cpus", "memory_mib")}
         out.update(disk=self.disk, image=self.image, vlan=self.vlan, public_ip=self.public_ip)
+        if self.allocation:
+            out["allocation"] = self.allocation
         out["nics"] = [{"network": n.network, "ip": n.ip, "mac": n.mac} for n in self.nics]
         return out
 
@@ -156,9 +163,28 @@ class ClusterRecord:
     public_ip: str
     nodes: tuple[NodeRecord, ...] = field(converter=tuple)
     owner_pid: int = 0
+    #: Unique id of the allocation (the UUID of its claim domains); ``""`` in records of older pragmas.
+    allocation: str = ""
+    #: The head node that made it: ``<hostname>:<state_dir>``.
+    head: str = ""
+    #: When it was made (seconds since the epoch).
+    created: float = 0.0
+    #: ``shared`` or ``pool`` (kvm_rocks.conf ``disk_storage``): where its disks are.
+    storage: str = "shared"
+    #: Base images (and kernels) it uses in diskdir or the hosts' pools: ``host/name`` (shared: ``/name``).
+    bases: tuple[str, ...] = field(default=(), converter=tuple)
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The cluster name and every node name: the domain names it holds."""
+        return frozenset({self.cluster, *(n.name for n in self.nodes)})
+
+    @property
+    def macs(self) -> frozenset[str]:
+        return frozenset(nic.mac for n in self.nodes for nic in n.nics)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "cluster": self.cluster,
             "image": self.image,
             "fqdn": self.fqdn,
@@ -167,6 +193,10 @@ class ClusterRecord:
             "owner_pid": self.owner_pid,
             "nodes": [n.as_dict() for n in self.nodes],
         }
+        if self.allocation:
+            out.update(allocation=self.allocation, head=self.head, created=self.created, storage=self.storage,
+                       bases=list(self.bases))
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClusterRecord:
@@ -178,6 +208,11 @@ class ClusterRecord:
             public_ip=str(ipaddress.IPv4Address(data["public_ip"])),
             nodes=tuple(NodeRecord.from_dict(n) for n in data.get("nodes", ())),
             owner_pid=int(data.get("owner_pid", 0)),
+            allocation=str(data.get("allocation", "")),
+            head=str(data.get("head", "")),
+            created=float(data.get("created", 0.0)),
+            storage=str(data.get("storage", "shared")),
+            bases=tuple(str(b) for b in data.get("bases", ())),
         )
 
 
@@ -229,17 +264,31 @@ def _load(path: Path) -> ClusterRecord:
     with open(path, "rb") as handle:
         data = handle.read(MAX_RECORD_BYTES + 1)
     try:
-        if len(data) > MAX_RECORD_BYTES:
-            raise ValueError(f"larger than {MAX_RECORD_BYTES} bytes")
-        record = ClusterRecord.from_dict(json.loads(data))
+        record = parse_record(data)
         if record.cluster != path.stem:
             raise ValueError(f"it names cluster {record.cluster!r}")
-        for name, what in [(record.cluster, "cluster name"), *((n.name, "node name") for n in record.nodes)]:
-            if not is_valid_name(name):
-                raise ValueError(invalid_name(name, what))
     except _DAMAGED as exc:
         raise DriverError(f"{path}: unreadable allocation record ({_reason(exc)}); remove it if no cluster uses it") from None
     return record
+
+
+def parse_record(data: bytes | str) -> ClusterRecord:
+    """A record from its JSON (a file, or a claim's metadata on a host): checked, or a ValueError-like error.
+
+    Raises one of the errors in ``DAMAGED`` for anything that is not what
+    pragma writes: too large, not JSON, a wrong shape, an invalid name.
+    """
+    if len(data) > MAX_RECORD_BYTES:
+        raise ValueError(f"larger than {MAX_RECORD_BYTES} bytes")
+    record = ClusterRecord.from_dict(json.loads(data))
+    for name, what in [(record.cluster, "cluster name"), *((n.name, "node name") for n in record.nodes)]:
+        if not is_valid_name(name):
+            raise ValueError(invalid_name(name, what))
+    return record
+
+
+#: What reading a damaged record raises (see :func:`parse_record`).
+DAMAGED = _DAMAGED
 
 
 def _reason(exc: BaseException) -> str:

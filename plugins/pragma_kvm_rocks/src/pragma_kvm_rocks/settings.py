@@ -32,6 +32,7 @@ from pragma_core.pluginkit import (
     to_optional_path,
     to_path,
     to_positive_int,
+    to_positive_seconds,
     to_seconds,
     to_str_list,
 )
@@ -155,6 +156,22 @@ def _ent(value: Any) -> Mapping[str, str]:
     return MappingProxyType(dict(value))
 
 
+def _directories(value: Any) -> tuple[Path, ...]:
+    paths = tuple(dict.fromkeys(Path(item) for item in to_str_list(value)))
+    for path in paths:
+        if not path.is_absolute():
+            raise ValueError(f"{str(path)!r} is not an absolute directory")
+    return paths
+
+
+def _pool_name(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or len(value) > 64:
+        raise ValueError(f"must be a libvirt storage pool name (letters, digits, . _ -), not {value!r}")
+    return value
+
+
 def _uri_template(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"must be a libvirt URI such as qemu+ssh://{{host}}/system, not {value!r}")
@@ -198,6 +215,17 @@ class KvmRocksSettings:
     node_naming: str = setting(choice("compute", "legacy"), default="compute")
     default_memory_mib: int = setting(to_positive_int, default=2048)
     public_domain: str = setting(default="localdomain", help="domain of the frontend's name when its public IP has no reverse DNS")
+    # ---- several hosts (README "Several hosts")
+    disk_storage: str = setting(choice("shared", "pool"), default="shared",
+                                help="shared: diskdir is one directory on the head and every host; pool: each host's own")
+    storage_pool: str | None = setting(_pool_name, default=None, help="libvirt pool of disk_storage = pool")
+    shared_dirs: tuple[Path, ...] = setting(_directories, default=(),
+                                            help="directories every host sees at the head's path (besides diskdir)")
+    claim_hosts: tuple[str, ...] = setting(_containers, default=(), help="hosts holding the cluster reservations")
+    placement: str = setting(choice("auto", "pack", "spread"), default="auto", help="how computes go over hosts")
+    connect_timeout: float = setting(to_positive_seconds, default=10.0, help="seconds to open a libvirt connection")
+    keepalive_interval: float = setting(to_seconds, default=5.0, help="seconds between keepalives; 0: none")
+    keepalive_count: int = setting(to_positive_int, default=3, help="keepalives unanswered before a host is dead")
 
     @public_ips.validator
     def _some_ips(self, attribute: attrs.Attribute, value: tuple) -> None:
@@ -244,6 +272,27 @@ class KvmRocksSettings:
     def all_hosts(self) -> tuple[str, ...]:
         """Every host pragma talks to: the frontend's and the compute hosts."""
         return tuple(dict.fromkeys((self.frontend, *self.hosts)))
+
+    @property
+    def claim_group(self) -> tuple[str, ...]:
+        """The hosts that hold cluster reservations (``claim_hosts``, else the first three of the sorted hosts)."""
+        return self.claim_hosts or tuple(sorted(self.all_hosts)[:3])
+
+    @property
+    def placement_strategy(self) -> str:
+        """``pack`` or ``spread`` (``auto``: spread when ``max_cpus_per_node`` is set, else the legacy pack)."""
+        if self.placement != "auto":
+            return self.placement
+        return "spread" if self.max_cpus_per_node else "pack"
+
+    @property
+    def pool_name(self) -> str:
+        """The libvirt storage pool of ``disk_storage = pool``: ``storage_pool``, else one named after diskdir."""
+        if self.storage_pool:
+            return self.storage_pool
+        import hashlib
+
+        return "pragma-" + hashlib.sha256(str(self.disk_directory).encode()).hexdigest()[:8]
 
     def uri_for(self, host: str) -> str:
         """The libvirt URI of ``host``."""

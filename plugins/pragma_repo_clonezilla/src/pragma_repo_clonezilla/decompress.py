@@ -1,9 +1,11 @@
 """Decompressing streams: the split pieces of a partition image, joined and decompressed once.
 
-gzip uses the fastest library installed (python-isal, then zlib-ng, then the
-standard :mod:`gzip`); bzip2 and xz/lzma the standard library; zstd needs the
-``zstandard`` package. Corrupt or truncated data raises :class:`BadImageError`
-naming the image.
+gzip goes through core's one choice of library,
+:func:`pragma_core.processors.gzip_library` (zlib-ng, then python-isal, then
+the standard library; ``PRAGMA_GZIP_LIBRARY`` forces one), as every other
+gzip image pragma stages; bzip2 and xz/lzma use the standard library; zstd
+needs the ``zstandard`` package. Corrupt or truncated data raises
+:class:`BadImageError` naming the image, whichever library raised.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+from pragma_core import StagingError
+from pragma_core.pluginkit import gzip_library
+
 from .isofile import BadImageError
 
-#: Errors decompressors raise on bad or short input.
+#: Errors decompressors raise on bad or short input (plus the chosen gzip library's own, see :func:`_data_errors`).
 _DATA_ERRORS: tuple[type[BaseException], ...] = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, ValueError)
 
 
@@ -51,25 +56,26 @@ class JoinedPieces(io.RawIOBase):
         super().close()
 
 
-def _gzip_open(raw: IO[bytes]) -> IO[bytes]:
+def _gzip_open(raw: IO[bytes], label: str) -> IO[bytes]:
+    """``raw`` as a gzip reader of core's chosen library; a forced library that is missing is a :class:`BadImageError`."""
     try:
-        from isal import igzip
+        return gzip_library().open(raw)
+    except StagingError as exc:
+        raise BadImageError(f"{label}: {exc}") from None
 
-        return igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    except ImportError:
-        pass
+
+def _data_errors() -> tuple[type[BaseException], ...]:
+    """What a decompressing read raises on bad data: the fixed ones and the gzip library's error class."""
     try:
-        from zlib_ng import gzip_ng
-
-        return gzip_ng.GzipNGFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    except ImportError:
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        return (*_DATA_ERRORS, gzip_library().error)
+    except StagingError:
+        return _DATA_ERRORS
 
 
 def open_decompressed(raw: IO[bytes], compression: str, label: str) -> IO[bytes]:
     """A readable stream of ``raw`` decompressed; ``compression`` is a value of :data:`.czimage.COMPRESSIONS`."""
     if compression == "gzip":
-        return _gzip_open(raw)
+        return _gzip_open(raw, label)
     if compression == "bzip2":
         return bz2.BZ2File(raw, "rb")  # type: ignore[return-value]
     if compression in ("xz", "lzma"):
@@ -87,10 +93,11 @@ def open_decompressed(raw: IO[bytes], compression: str, label: str) -> IO[bytes]
 
 def iter_chunks(stream: IO[bytes], label: str, size: int = 1 << 20) -> Iterator[bytes]:
     """Read ``stream`` in chunks; decompression errors become one-line :class:`BadImageError`."""
+    errors = _data_errors()
     while True:
         try:
             chunk = stream.read(size)
-        except _DATA_ERRORS as exc:
+        except errors as exc:
             reason = "truncated" if isinstance(exc, EOFError) else "corrupt"
             raise BadImageError(f"{label}: {reason} compressed data ({str(exc).strip() or type(exc).__name__})") from None
         except OSError as exc:
