@@ -40,7 +40,6 @@ class TestKvmRocksContract(DriverContract):
         driver.hosts.close()
 
 
-
 def request(cpus: int, **kw) -> BootRequest:
     return BootRequest(image="demo", cpus=cpus, key=KEY, memory=kw.pop("memory", MemorySpec()), **kw)
 
