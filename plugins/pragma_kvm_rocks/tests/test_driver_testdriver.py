@@ -6,6 +6,7 @@ import ipaddress
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,14 +28,16 @@ class TestKvmRocksContract(DriverContract):
     """The core conformance kit, on a 16-CPU test-driver host."""
 
     @pytest.fixture
-    def driver_harness(self, tmp_path: Path, make_driver) -> DriverHarness:
+    def driver_harness(self, tmp_path: Path, make_driver) -> Iterator[DriverHarness]:
         driver = make_driver({"localhost": 16})
         cluster = ext4_cluster(tmp_path / "image")
         # the frontend takes 1 CPU of 16; no console log says PRAGMA-READY here, so wait_ready times out
-        return DriverHarness(
+        yield DriverHarness(
             driver=driver, cluster=cluster, max_cpus=15, key=KEY, required_settings=("public_ips", "vlans"), wait_timeout=0.5
         )
-
+        # Closed here, not by the garbage collector: a libvirt connection closed in another test's
+        # worker thread wipes that thread's libvirt error between a failed call and its libvirtError.
+        driver.hosts.close()
 
 
 def request(cpus: int, **kw) -> BootRequest:

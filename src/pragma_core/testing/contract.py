@@ -12,7 +12,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
@@ -37,6 +37,10 @@ from ..model import (
     StagedCluster,
     StagedImage,
 )
+
+if TYPE_CHECKING:
+    from ..config import SiteConfig
+    from ..pipeline import Pipeline
 
 DEFAULT_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHBYYWdtYXRlc3RrZXlwcmFnbWF0ZXN0a2V5 test@pragma"
 
@@ -201,13 +205,14 @@ class StageRecorder:
         return {e.allocation for e in self.events if e.allocation}
 
 
-def pipeline_site(site: Any, *, vcout_format: int | None = None) -> Any:
+def pipeline_site(site: Any, *, vcout_format: int | None = None) -> SiteConfig:
     """``site`` when it is a :class:`~pragma_core.config.SiteConfig`, else an empty one; with ``vcout_format`` set."""
     from ..config import ConfigFile, SiteConfig
 
-    if not isinstance(site, SiteConfig):
-        site = SiteConfig(conf_dir=Path("."), source=ConfigFile(path=Path("site_conf.conf"), values={}, lines={}))
-    return site if vcout_format is None else attrs.evolve(site, vcout_format=vcout_format)
+    chosen = site if isinstance(site, SiteConfig) else SiteConfig(
+        conf_dir=Path("."), source=ConfigFile(path=Path("site_conf.conf"), values={}, lines={})
+    )
+    return chosen if vcout_format is None else attrs.evolve(chosen, vcout_format=vcout_format)
 
 
 def make_pipeline(
@@ -217,7 +222,7 @@ def make_pipeline(
     plugins: Iterable[object] = (),
     stager: Any = None,
     vcout_format: int | None = None,
-) -> Any:
+) -> Pipeline:
     """Core's :class:`~pragma_core.pipeline.Pipeline` over ``driver`` and ``repository``, calling only ``plugins``' hooks.
 
     The site is the driver's (else the repository's) when it is a
