@@ -14,7 +14,7 @@ Three entry-point groups:
     a :class:`~pragma_core.hooks.HookManager` (pluggy).
 
 One scan, our own: :func:`claims` reads the installed distributions once
-per process (:mod:`importlib.metadata`) and keeps, for every name, each
+per process (:mod:`pragma_core.entrypoints`) and keeps, for every name, each
 distribution that registers it. A named backend is then imported by loading
 its one chosen entry point, so other plugins' SDKs are never imported.
 stevedore is not used: its entry-point cache keeps only (name, value,
@@ -55,12 +55,12 @@ import functools
 import logging
 import os
 from collections.abc import Iterable
-from importlib import metadata
 from typing import TYPE_CHECKING
 
 from attrs import frozen
 
 from . import __version__
+from .entrypoints import EntryPoint, entry_points, normalize
 from .errors import PluginError
 
 if TYPE_CHECKING:
@@ -110,60 +110,28 @@ class PluginInfo:
 # --------------------------------------------------------------------------- the one scan
 
 
-def _normalize(name: str) -> str:
-    return name.lower().replace("_", "-").replace(".", "-")
+_normalize = normalize
 
 
 @functools.cache
-def _scan() -> dict[str, dict[str, tuple[metadata.EntryPoint, ...]]]:
+def _scan() -> dict[str, dict[str, tuple[EntryPoint, ...]]]:
     """Every entry point of the three groups, by group and name (then distribution), each distribution once.
 
-    A distribution found twice on ``sys.path`` counts once: the first copy,
-    the one Python imports. One whose ``entry_points.txt`` cannot be read is
-    skipped with a warning: it must not break every command.
-
-    Only distributions whose ``entry_points.txt`` mentions a ``pragma.``
-    group have their metadata read: parsing every installed distribution's
-    ``METADATA`` (email headers) cost ~50 ms a command with ~130 installed.
+    :func:`pragma_core.entrypoints.entry_points` reads them: a distribution
+    found twice on ``sys.path`` counts once (the copy Python imports), and
+    one whose files cannot be read is skipped with a warning.
     """
-    found: dict[str, dict[str, list[metadata.EntryPoint]]] = {group: {} for group in GROUPS}
-    seen: set[str] = set()
-    for dist in metadata.distributions():
-        if not _mentions_pragma(dist):
-            continue
-        name = dist.metadata["Name"] or ""
-        if name and _normalize(name) in seen:
-            continue  # a later copy of one distribution: Python imports the first
-        seen.add(_normalize(name))
-        try:
-            eps = list(dist.entry_points)
-        except Exception as exc:  # noqa: BLE001 - a broken distribution is reported, not fatal
-            log.warning("distribution %s: cannot read its entry points: %s", name or "?", one_line(exc))
-            continue
-        for ep in eps:
-            if ep.group in found:
-                found[ep.group].setdefault(ep.name, []).append(ep)
+    found: dict[str, dict[str, list[EntryPoint]]] = {group: {} for group in GROUPS}
+    for ep in entry_points(GROUPS):
+        found[ep.group].setdefault(ep.name, []).append(ep)
     return {group: {name: _by_distribution(eps) for name, eps in names.items()} for group, names in found.items()}
 
 
-def _mentions_pragma(dist: metadata.Distribution) -> bool:
-    """Whether ``dist`` may register an entry point of :data:`GROUPS` (cheap: one small file, no parsing).
-
-    A file that cannot be read counts as mentioning them, so the scan reads
-    it properly and reports it.
-    """
-    try:
-        text = dist.read_text("entry_points.txt")
-    except Exception:  # noqa: BLE001 - the scan reports it
-        return True
-    return text is not None and "pragma." in text
-
-
-def _by_distribution(eps: list[metadata.EntryPoint]) -> tuple[metadata.EntryPoint, ...]:
+def _by_distribution(eps: list[EntryPoint]) -> tuple[EntryPoint, ...]:
     return tuple(sorted(eps, key=lambda ep: _normalize(_dist(ep)[0])))
 
 
-def claims(group: str) -> dict[str, tuple[metadata.EntryPoint, ...]]:
+def claims(group: str) -> dict[str, tuple[EntryPoint, ...]]:
     """The names of ``group``, sorted, each with every entry point (one per distribution) that claims it."""
     names = _scan()[group]
     return {name: names[name] for name in sorted(names)}
@@ -177,19 +145,16 @@ def rescan() -> None:
     _scan.cache_clear()
 
 
-def _dist(ep: metadata.EntryPoint) -> tuple[str, str]:
-    dist = ep.dist
-    if dist is None:
-        return ("?", "?")
-    return (dist.metadata["Name"] or "?", dist.version or "?")
+def _dist(ep: EntryPoint) -> tuple[str, str]:
+    return (ep.dist.name or "?", ep.dist.version or "?")
 
 
-def _info(group: str, ep: metadata.EntryPoint, status: str, reason: str = "") -> PluginInfo:
+def _info(group: str, ep: EntryPoint, status: str, reason: str = "") -> PluginInfo:
     dist, version = _dist(ep)
     return PluginInfo(group=group, name=ep.name, target=ep.value, distribution=dist, version=version, status=status, reason=reason)
 
 
-def conflict(name: str, eps: Iterable[metadata.EntryPoint]) -> str:
+def conflict(name: str, eps: Iterable[EntryPoint]) -> str:
     """The one line that names every distribution (and version) registering ``name``."""
     sides = [f"{dist} {version} ({ep.value})" for ep in eps for dist, version in [_dist(ep)]]
     return (
@@ -213,34 +178,31 @@ def strict_mode() -> bool:
     return os.environ.get("PRAGMA_PLUGINS_STRICT", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _named_in(ep: metadata.EntryPoint, names: set[str]) -> bool:
+def _named_in(ep: EntryPoint, names: set[str]) -> bool:
     return _normalize(ep.name) in names or _normalize(_dist(ep)[0]) in names
 
 
-def _is_blocked(ep: metadata.EntryPoint) -> bool:
+def _is_blocked(ep: EntryPoint) -> bool:
     return _named_in(ep, _env_names("PRAGMA_PLUGINS_BLOCK") or set())
 
 
-def _is_allowed(ep: metadata.EntryPoint) -> bool:
+def _is_allowed(ep: EntryPoint) -> bool:
     allowed = _env_names("PRAGMA_PLUGINS_ALLOW")
     return allowed is None or _named_in(ep, allowed)
 
 
-def incompatibility(ep: metadata.EntryPoint) -> str | None:
+def incompatibility(ep: EntryPoint) -> str | None:
     """Why ``ep``'s distribution cannot run on this core, or ``None`` when it can.
 
     Compares the distribution's declared ``pragma-core`` requirement (if any)
     with :data:`pragma_core.__version__`.
     """
-    dist = ep.dist
-    if dist is None:
-        return None
     name, version = _dist(ep)
     if _normalize(name) == CORE_DISTRIBUTION:
         return None
     from packaging.requirements import InvalidRequirement, Requirement
 
-    for text in dist.requires or ():
+    for text in ep.dist.requires:
         try:
             req = Requirement(text)
         except InvalidRequirement:
@@ -254,7 +216,7 @@ def incompatibility(ep: metadata.EntryPoint) -> str | None:
     return None
 
 
-def _usable(group: str, eps: Iterable[metadata.EntryPoint], report: list[PluginInfo] | None) -> list[metadata.EntryPoint]:
+def _usable(group: str, eps: Iterable[EntryPoint], report: list[PluginInfo] | None) -> list[EntryPoint]:
     """The entry points of one name that the controls let through; the others go to ``report``."""
     usable = []
     for ep in eps:
@@ -273,7 +235,7 @@ def _usable(group: str, eps: Iterable[metadata.EntryPoint], report: list[PluginI
 # --------------------------------------------------------------------------- named backends
 
 
-def _select(group: str, kind: str, name: str) -> metadata.EntryPoint:
+def _select(group: str, kind: str, name: str) -> EntryPoint:
     """The one entry point ``name`` means in ``group``: unknown, blocked and conflicting names are errors."""
     found = claims(group)
     eps = found.get(name)
@@ -426,7 +388,7 @@ def get_plugin_manager(
 # --------------------------------------------------------------------------- listing
 
 
-def _backend_info(group: str, ep: metadata.EntryPoint) -> PluginInfo:
+def _backend_info(group: str, ep: EntryPoint) -> PluginInfo:
     reason = incompatibility(ep)
     if reason:
         return _info(group, ep, "incompatible", reason)
