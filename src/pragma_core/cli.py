@@ -34,7 +34,6 @@ are loaded by name only by the commands that need them.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -70,6 +69,7 @@ _LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 _NAME_ARGS = frozenset({"vc-name"})
 #: Exit status when standard output is closed early (128 + SIGPIPE, as a shell reports it).
 EXIT_OUTPUT_CLOSED = 141
+_WRITE_BLOCK = 1024  # characters per write of a listing: well inside PIPE_BUF (4096 bytes) even for UTF-8
 
 
 # --------------------------------------------------------------------------- registry
@@ -235,7 +235,27 @@ class Context:
     def print(self, text: str = "") -> None:
         print(text, file=self.out)
 
+    def print_lines(self, lines: Iterable[str]) -> None:
+        """Print many lines, a few KiB per write.
+
+        No write is larger than a pipe writes at once (``PIPE_BUF``): with an
+        unbuffered standard output a larger one can be cut short silently.
+        A reader that leaves early is still noticed (exit 141).
+        """
+        block: list[str] = []
+        size = 0
+        for line in lines:
+            if size + len(line) >= _WRITE_BLOCK and block:
+                self.out.write("".join(block))
+                block, size = [], 0
+            block.append(f"{line}\n")
+            size += len(line) + 1
+        if block:
+            self.out.write("".join(block))
+
     def print_json(self, value: Any) -> None:
+        import json
+
         json.dump(value, self.out, indent=2, sort_keys=True, default=str)
         self.out.write("\n")
 
@@ -533,8 +553,7 @@ def _list_cluster(ctx: Context, args: list[str], params: dict[str, str]) -> int:
     if ctx.json:
         ctx.print_json([_cluster_json(c) for c in clusters])
         return 0
-    for line in format_clusters(clusters):
-        ctx.print(line)
+    ctx.print_lines(format_clusters(clusters))
     return 0
 
 
@@ -549,9 +568,7 @@ def _list_repository(ctx: Context, args: list[str], params: dict[str, str]) -> i
     if ctx.json:
         ctx.print_json(list(names))
         return 0
-    ctx.print("VIRTUAL IMAGE")
-    for name in names:  # a line at a time: a reader that leaves early is noticed (exit 141)
-        ctx.print(printable(name))
+    ctx.print_lines(["VIRTUAL IMAGE", *(printable(name) for name in names)])
     return 0
 
 
@@ -854,12 +871,15 @@ def _dispatch(ctx: Context, argv: list[str]) -> int:
         return 0
     if opts["help"]:
         # built-in commands only: --help stays fast and imports no plugin
-        ctx.print("usage: pragma COMMAND [ARGS...] [key=value...] [--conf DIR] [--json]\n")
-        for line in _help_lines(None, "", wrap=80):
-            ctx.print(line)
-        ctx.print("\nEvery command also takes loglevel=LEVEL and logfile=FILE. 'pragma COMMAND help'")
-        ctx.print("explains one command; 'pragma list help' also lists commands added by plugins;")
-        ctx.print("--version prints the version.")
+        ctx.print_lines([
+            "usage: pragma COMMAND [ARGS...] [key=value...] [--conf DIR] [--json]",
+            "",
+            *_help_lines(None, "", wrap=80),
+            "",
+            "Every command also takes loglevel=LEVEL and logfile=FILE. 'pragma COMMAND help'",
+            "explains one command; 'pragma list help' also lists commands added by plugins;",
+            "--version prints the version.",
+        ])
         return 0
     if not tokens:
         tokens = ["list", "help"]

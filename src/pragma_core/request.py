@@ -10,7 +10,6 @@ thousands of digits costs nothing and is simply too large.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import re
@@ -18,7 +17,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .errors import PragmaError, UsageError
-from .model import BootRequest, InterfaceRequest, MemorySpec
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the model (attrs) is imported when a request is built: the CLI's --help needs none of it
+    from .model import BootRequest, InterfaceRequest, MemorySpec
 
 #: Log levels ``loglevel=`` accepts.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -68,6 +70,8 @@ def parse_cpus(value: str | int) -> int:
 
 def parse_memory(value: str | int | MemorySpec | None) -> MemorySpec:
     """``mem=N`` (every node) or ``mem=FRONTEND:COMPUTE``, in MiB; ``None`` or ``""``: the image's own."""
+    from .model import MemorySpec
+
     if isinstance(value, MemorySpec):
         return value
     if value is None or value == "":
@@ -89,6 +93,8 @@ def parse_add_iface(value: str | Iterable[str | InterfaceRequest] | None) -> tup
     """``add-iface=net[:cidr],net2[:cidr]`` (or a sequence of such items or requests)."""
     if not value:
         return ()
+    from .model import InterfaceRequest
+
     items = value.split(",") if isinstance(value, str) else list(value)
     result: list[InterfaceRequest] = []
     seen: set[str] = set()
@@ -109,8 +115,12 @@ def _one_iface(item: str) -> InterfaceRequest | None:
     name, _, cidr = item.partition(":")
     if not _NETWORK_NAME.fullmatch(name) or len(name) > MAX_NETWORK_NAME:
         raise UsageError(f"add-iface: invalid network name {quote(name)}")
+    from .model import InterfaceRequest
+
     if not cidr:
         return InterfaceRequest(network=name)
+    import ipaddress
+
     try:
         iface = ipaddress.IPv4Interface(cidr)
     except ValueError:
@@ -232,6 +242,8 @@ def build_request(
     count = parse_cpus(cpus)
     mem = parse_memory(memory)
     ifaces = parse_add_iface(add_ifaces)
+    from .model import BootRequest
+
     return BootRequest(image=image, cpus=count, key=read_key(key), memory=mem, add_ifaces=ifaces, enable_ent=ent, params=params)
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -179,6 +178,8 @@ def write_vcdb(
     except FileNotFoundError:
         mode = 0o644
     try:
+        import tempfile
+
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:
         raise RepositoryError(f"{path}: cannot write image catalogue: {exc.strerror or exc}") from None
