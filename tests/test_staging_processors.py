@@ -16,7 +16,7 @@ from pragma_core import hookimpl
 from pragma_core.hooks import HookManager, Hooks
 from pragma_core.errors import PluginError, StagingError
 from pragma_core.model import ClusterDescription, DiskImage, NodeTemplate, Part
-from pragma_core.processors import ProcessorRegistry, gzip_library
+from pragma_core.processors import ProcessorRegistry, builtin_processors, gzip_library
 from pragma_core.staging import Stager
 
 MIB = 1 << 20
@@ -185,6 +185,31 @@ def test_a_processor_name_registered_twice_names_both_registrations():
     message = str(info.value)
     assert "'gzip' is registered twice" in message
     assert "pragma-core" in message and "_lzma.LZMADecompressor" in message
+
+
+def test_core_registers_its_own_processors_through_the_register_plugins_get():
+    calls = []
+    builtin_processors(lambda name, factory, **options: calls.append((name, options)))
+    assert calls == [("raw", {"in_place": True}), ("splited", {}), ("gzip", {"member_per_part": True}), ("splited_gzip", {})]
+    registry = ProcessorRegistry()
+    assert registry.names() == sorted(name for name, _ in calls)
+    assert registry.get("gzip").member_per_part and registry.get("raw").in_place
+
+
+def test_a_plugin_processor_can_ask_for_one_stream_per_part(tmp_path):
+    class PerPartXz:
+        @hookimpl
+        def pragma_image_processors(self, register):
+            register("xz_parts", lzma.LZMADecompressor, member_per_part=True)
+
+    registry = ProcessorRegistry()
+    registry.load_hooks(plugin_hooks(PerPartXz()))
+    data = sample(3)
+    blob = lzma.compress(data)
+    description, disk = make_disk(tmp_path, blob, "xz_parts", pieces=2)  # one stream cut over two parts
+    with pytest.raises(StagingError, match=r"img\.xz_parts\.0: truncated xz_parts data \(the part ends inside"):
+        Stager(processors=registry, progress=False).stage_image(description, disk)
+    assert not (tmp_path / "img.raw").exists()
 
 
 def test_a_factory_returning_none_is_a_plain_join(tmp_path):

@@ -128,15 +128,18 @@ def pragma_vcout_element(root: ET.Element, allocation: Allocation, node: Node, f
 
 
 @hookspec
-def pragma_image_processors(register: Callable[[str, Any], None]) -> None:
-    """Register image processors: ``register(name, factory)``.
+def pragma_image_processors(register: Callable[..., None]) -> None:
+    """Register image processors: ``register(name, factory, *, member_per_part=False)``.
 
     ``name`` is the value of ``<file type="...">`` in a cluster description;
     ``factory`` is called with no arguments and returns a decompressor object
     with ``decompress(data: bytes) -> bytes`` and ``flush() -> bytes`` (like
     :func:`zlib.decompressobj`), or ``None`` for a plain join. See
-    :mod:`pragma_core.staging`. A name core already has is an error naming
-    both.
+    :mod:`pragma_core.staging`. ``member_per_part=True``: every part must end
+    where a compressed stream ends (core's ``gzip``). Core registers its own
+    four through the same ``register``
+    (:func:`pragma_core.processors.builtin_processors`). A name core already
+    has is an error naming both.
 
     .. versionadded:: 0.1
     """

@@ -49,6 +49,8 @@ partition images) its :meth:`GzipLibrary.open`.
 
 from __future__ import annotations
 
+import functools
+
 import importlib
 import logging
 import os
@@ -180,6 +182,14 @@ def _describe(factory: object) -> str:
     return f"{module}.{name}"
 
 
+def builtin_processors(register: Callable[..., None]) -> None:
+    """Core's four processors, registered as a plugin's ``pragma_image_processors`` registers its own."""
+    register("raw", None, in_place=True)
+    register("splited", None)
+    register("gzip", _gzip_factory, member_per_part=True)
+    register("splited_gzip", _gzip_factory)
+
+
 class ProcessorRegistry:
     """Processors by name: core's four, plus what plugins register.
 
@@ -193,27 +203,25 @@ class ProcessorRegistry:
     def __init__(self, *, builtins: bool = True) -> None:
         self._processors: dict[str, Processor] = {}
         if builtins:
-            self._add(Processor(name="raw", factory=None, in_place=True))
-            self._add(Processor(name="splited", factory=None))
-            self._add(
-                Processor(name="gzip", factory=_gzip_factory, member_per_part=True)
-            )
-            self._add(Processor(name="splited_gzip", factory=_gzip_factory))
+            builtin_processors(functools.partial(self.register, origin="pragma-core"))
 
-    def _add(self, processor: Processor) -> None:
-        existing = self._processors.get(processor.name)
-        if existing is not None:
-            raise PluginError(
-                f"image processor {processor.name!r} is registered twice: "
-                f"by {existing.origin} ({_describe(existing.factory)}) "
-                f"and by {processor.origin} ({_describe(processor.factory)})"
-            )
-        self._processors[processor.name] = processor
-
-    def register(self, name: str, factory: DecompressorFactory | None) -> None:
+    def register(
+        self,
+        name: str,
+        factory: DecompressorFactory | None,
+        *,
+        in_place: bool = False,
+        member_per_part: bool = False,
+        origin: str | None = None,
+    ) -> None:
         """Add processor ``name`` whose decompressors ``factory()`` makes (``None``: join).
 
-        This is the ``register`` the ``pragma_image_processors`` hook receives.
+        This is the ``register`` the ``pragma_image_processors`` hook receives,
+        and the one core's own processors go through
+        (:func:`builtin_processors`). ``in_place``: the image is the
+        ``<source file>`` itself (no factory); ``member_per_part``: every part
+        must end where a compressed stream ends. ``origin`` names who
+        registered it in a clash (default: the factory's module).
         """
         if (
             not isinstance(name, str)
@@ -225,12 +233,21 @@ class ProcessorRegistry:
             raise PluginError(
                 f"image processor {name!r}: factory {factory!r} is not callable"
             )
-        origin = (
-            (getattr(factory, "__module__", None) or "a plugin")
-            if factory is not None
-            else "a plugin"
+        if in_place and factory is not None:
+            raise PluginError(f"image processor {name!r}: in_place needs no factory")
+        if origin is None:
+            origin = (getattr(factory, "__module__", None) if factory is not None else None) or "a plugin"
+        processor = Processor(
+            name=name, factory=factory, in_place=in_place, member_per_part=member_per_part, origin=origin
         )
-        self._add(Processor(name=name, factory=factory, origin=origin))
+        existing = self._processors.get(name)
+        if existing is not None:
+            raise PluginError(
+                f"image processor {name!r} is registered twice: "
+                f"by {existing.origin} ({_describe(existing.factory)}) "
+                f"and by {processor.origin} ({_describe(processor.factory)})"
+            )
+        self._processors[name] = processor
 
     def load_hooks(self, hooks: Hooks) -> None:
         """Let every hook plugin register its processors with :meth:`register`, as core's own are."""
