@@ -87,3 +87,41 @@ def test_a_pragma_command_does_not_import_importlib_metadata_or_email(tmp_path: 
             "print(sorted(m for m in sys.modules if m.startswith(('importlib.metadata', 'email', 'zipfile'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+VERSIONS = ["0.1", "0.1.0", "0.1.5", "0.2", "0.2.0", "1.0", "1.4.5", "1.4.9", "1.5", "2", "10.0.1", "0.2.0.dev1", "0.1.0+local"]
+SPECIFIERS = [">=0.1,<0.2", ">=0.1", "<0.2", "==0.1", "==0.1.0", "!=0.1", "~=0.1", "~=1.4.5", "<=1.4.9", ">1.4.5",
+              ">=0.1, <0.2", "==0.*", "~=1", ">=1.0rc1", "", ">= 0.1 , < 1.0", "===0.1.0", "<1.5,!=1.4.9"]
+
+
+@pytest.mark.parametrize("specifier", SPECIFIERS)
+def test_the_core_version_check_agrees_with_packaging(specifier: str) -> None:
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    from pragma_core.plugins import _allows
+
+    for version in VERSIONS:
+        try:
+            expected = SpecifierSet(specifier).contains(version, prereleases=True)
+        except InvalidSpecifier:
+            expected = True
+        assert _allows(specifier, version) is expected, (specifier, version)
+
+
+@pytest.mark.parametrize(("requirement", "specifier"), [
+    ("pragma-core>=0.1,<0.2", ">=0.1,<0.2"), ("pragma_core (>=0.1)", ">=0.1"), ("Pragma.Core[x]>=0.1", ">=0.1"),
+    ("pragma-core", ""), ("pragma-core-extras>=1", None), ("requests>=2", None), ("libvirt-python", None),
+    ("pragma-core>=9; extra == 'docs'", None), ("pragma-core>=9; python_version >= '3'", ">=9"),
+])
+def test_only_a_pragma_core_requirement_that_applies_is_checked(requirement: str, specifier: str | None) -> None:
+    from pragma_core.plugins import _core_specifier
+
+    assert _core_specifier(requirement) == specifier
+
+
+def test_checking_a_plugin_that_requires_pragma_core_imports_no_packaging() -> None:
+    code = ("import sys; from pragma_core import plugins; "
+            "[plugins.incompatibility(ep) for g in plugins.GROUPS for eps in plugins.claims(g).values() for ep in eps]; "
+            "print(sorted(m for m in sys.modules if m.startswith('packaging')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -54,6 +54,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -200,20 +201,80 @@ def incompatibility(ep: EntryPoint) -> str | None:
     name, version = _dist(ep)
     if _normalize(name) == CORE_DISTRIBUTION:
         return None
-    from packaging.requirements import InvalidRequirement, Requirement
-
     for text in ep.dist.requires:
-        try:
-            req = Requirement(text)
-        except InvalidRequirement:
-            continue
-        if _normalize(req.name) != CORE_DISTRIBUTION:
-            continue
-        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
-            continue
-        if req.specifier and not req.specifier.contains(__version__, prereleases=True):
-            return f"{name} {version} requires pragma-core{req.specifier}, but pragma-core {__version__} is installed"
+        specifier = _core_specifier(text)
+        if specifier is not None and not _allows(specifier, __version__):
+            return f"{name} {version} requires pragma-core{specifier}, but pragma-core {__version__} is installed"
     return None
+
+
+_REQUIREMENT = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(.*)", re.DOTALL)
+_CLAUSE = re.compile(r"(~=|==|!=|<=|>=|<|>)\s*([0-9]+(?:\.[0-9]+)*)")
+
+
+def _core_specifier(requirement: str) -> str | None:
+    """The version specifier of a ``pragma-core`` requirement that applies here; ``None`` for anything else.
+
+    A requirement on another distribution is told apart by its name alone,
+    without :mod:`packaging` (whose import costs more than a Python start).
+    """
+    match = _REQUIREMENT.match(requirement)
+    if match is None or _normalize(match.group(1)) != CORE_DISTRIBUTION:
+        return None
+    rest = match.group(2).strip()
+    if ";" in rest:  # an environment marker: let packaging decide whether it applies
+        from packaging.requirements import InvalidRequirement, Requirement
+
+        try:
+            req = Requirement(requirement)
+        except InvalidRequirement:
+            return None
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            return None
+        return str(req.specifier)
+    if rest.startswith("(") and rest.endswith(")"):
+        rest = rest[1:-1].strip()
+    return rest
+
+
+def _release(text: str) -> tuple[int, ...]:
+    parts = [int(p) for p in text.split(".")]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+def _allows(specifier: str, version: str) -> bool:
+    """Whether ``version`` satisfies ``specifier`` (PEP 440).
+
+    Comma-separated clauses of plain release numbers are compared here; any
+    other form (wildcards, pre-releases, local versions) goes to
+    :mod:`packaging`. An unreadable specifier allows everything, as an
+    unparsable requirement always has.
+    """
+    clauses = [c.strip() for c in specifier.split(",") if c.strip()]
+    simple = [_CLAUSE.fullmatch(c) for c in clauses]
+    if not all(m is not None and (m.group(1) != "~=" or "." in m.group(2)) for m in simple) or not re.fullmatch(r"[0-9]+(?:\.[0-9]+)*", version):
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+        try:
+            return SpecifierSet(specifier).contains(version, prereleases=True)
+        except InvalidSpecifier:
+            return True
+    have = _release(version)
+    for match in simple:
+        assert match is not None
+        op, want_text = match.group(1), match.group(2)
+        want = _release(want_text)
+        if op == "~=":
+            prefix = tuple(int(p) for p in want_text.split("."))[:-1]
+            ok = have >= want and tuple(int(p) for p in version.split("."))[: len(prefix)] == prefix
+        else:
+            ok = {"==": have == want, "!=": have != want, "<=": have <= want, ">=": have >= want,
+                  "<": have < want, ">": have > want}[op]
+        if not ok:
+            return False
+    return True
 
 
 def _usable(group: str, eps: Iterable[EntryPoint], report: list[PluginInfo] | None) -> list[EntryPoint]:

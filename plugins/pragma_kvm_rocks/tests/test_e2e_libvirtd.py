@@ -171,16 +171,19 @@ class LifecycleEvents:
         self.conn.close()
 
     def assert_frontend_ran_before_any_compute(self, allocation) -> None:
+        """Every node launched paused; the frontend resumed after the last launch, before any compute."""
         import libvirt
 
-        started = self.events.index((allocation.frontend.name, libvirt.VIR_DOMAIN_EVENT_STARTED))
-        for node in allocation.computes:
-            run_events = (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_SUSPENDED,
-                          libvirt.VIR_DOMAIN_EVENT_RESUMED)
+        run_events = (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_SUSPENDED,
+                      libvirt.VIR_DOMAIN_EVENT_RESUMED)
+        for node in allocation.nodes:
             mine = [event for name, event in self.events if name == node.name and event in run_events]
-            # launched with its vCPUs paused alongside the frontend, resumed only once the frontend ran
             assert mine[:3] == list(run_events), (node.name, mine)
-            assert self.events.index((node.name, libvirt.VIR_DOMAIN_EVENT_RESUMED)) > started
+        frontend_ran = self.events.index((allocation.frontend.name, libvirt.VIR_DOMAIN_EVENT_RESUMED))
+        for node in allocation.nodes:
+            assert self.events.index((node.name, libvirt.VIR_DOMAIN_EVENT_SUSPENDED)) < frontend_ran, node.name
+        for node in allocation.computes:
+            assert self.events.index((node.name, libvirt.VIR_DOMAIN_EVENT_RESUMED)) > frontend_ran, node.name
 
 
 def test_eight_node_cluster_boots_and_cleans_three_rounds_in_a_row_leaving_nothing(bridges, workdir: Path) -> None:

@@ -1,15 +1,15 @@
-"""Deploy an allocated cluster: disks on each node's host, domains defined there, frontend started first.
+"""Deploy an allocated cluster: disks on each node's host, domains defined there, frontend run first.
 
 1. the node disks must not exist yet; base images (and kernels) reach the
    hosts that need them (:meth:`~.storage.Storage.stage`);
 2. node disks with vc-out inside are made (:meth:`~.storage.Storage.build`);
 3. every domain is defined on its own host, with the node's record as
    metadata (its allocation id included), in parallel;
-4. the frontend starts first: the computes' QEMUs are launched alongside it
-   with paused vCPUs (``max_parallel`` at a time on each host) and resumed once it runs,
-   so launching a QEMU -- the slow part of a start -- overlaps while no
-   compute runs before the frontend (hosts that cannot start a domain paused
-   start computes after it).
+4. every node's QEMU is launched with paused vCPUs (``max_parallel`` at a
+   time on each host), then the frontend is resumed, then the computes: the
+   launches -- the slow part of a start -- overlap, no guest takes CPU from
+   them, and no compute runs before the frontend (hosts that cannot start a
+   domain paused start the frontend, then the computes).
 
 What it made is noted in a :class:`Made`, so a rollback removes exactly that.
 """
@@ -139,30 +139,39 @@ def define_node(cfg: KvmRocksSettings, hosts: Hosts, storage: Storage, allocatio
 
 
 def start_cluster(hosts: Hosts, allocation: Allocation, workers: int, *, progress: NodeProgress | None = None) -> None:
-    """Start the frontend first: no compute runs a guest instruction before the frontend runs.
+    """Launch every node paused, in parallel; then run the frontend, then the computes.
 
-    ``progress(started, total)`` is called as each node runs its guest.
+    No compute runs a guest instruction before the frontend runs, and no
+    guest runs while QEMUs are still being launched: a running guest's
+    firmware would take CPU from the launches (the slow part of a start). A
+    host that cannot start a domain paused (libvirt's test driver) starts
+    the frontend, then the computes, directly. ``progress(started, total)``
+    is called as each node runs its guest.
     """
     mark = time.monotonic()
     fe = allocation.frontend
     counter = _Counter(len(allocation.nodes), progress)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        frontend = pool.submit(domains.start, hosts, fe.host, fe.name)
-        launched = [pool.submit(domains.start, hosts, n.host, n.name, paused=True) for n in allocation.computes]
-        if frontend.exception() is None:  # wait for it first; the pool runs the rest meanwhile
-            counter.step()
-        log.debug("cluster %s: frontend started in %.2f s", allocation.cluster, time.monotonic() - mark)
-    errors = [f.exception() for f in (frontend, *launched) if f.exception() is not None]
+        launched = [pool.submit(domains.start, hosts, n.host, n.name, paused=True) for n in allocation.nodes]
+    errors = [f.exception() for f in launched if f.exception() is not None]
     if len(errors) == 1:
         raise errors[0]  # type: ignore[misc]
     if errors:
         raise DriverError(f"{len(errors)} of {len(allocation.nodes)} nodes failed to start: "
                           + failure_text(ExceptionGroup("starting nodes", errors)))  # type: ignore[arg-type]
-    paused = [node for node, f in zip(allocation.computes, launched) if f.result()]
-    later = [node for node, f in zip(allocation.computes, launched) if not f.result()]
-    _parallel(lambda n: counter.step(domains.resume(hosts, n.host, n.name)), paused, workers, "resumes")
-    _parallel(lambda n: counter.step(domains.start(hosts, n.host, n.name)), later, workers, "starts")
-    log.debug("cluster %s: computes running %.2f s after the frontend's start began (%d launched paused)",
+    log.debug("cluster %s: %d node(s) launched in %.2f s", allocation.cluster, len(launched), time.monotonic() - mark)
+    paused = {node.name for node, f in zip(allocation.nodes, launched) if f.result()}
+    if fe.name in paused:
+        domains.resume(hosts, fe.host, fe.name)
+    else:
+        domains.start(hosts, fe.host, fe.name)
+    counter.step()
+    computes = allocation.computes
+    _parallel(lambda n: counter.step(domains.resume(hosts, n.host, n.name)), [n for n in computes if n.name in paused],
+              workers, "resumes")
+    _parallel(lambda n: counter.step(domains.start(hosts, n.host, n.name)), [n for n in computes if n.name not in paused],
+              workers, "starts")
+    log.debug("cluster %s: every node running %.2f s after the launches began (%d launched paused)",
               allocation.cluster, time.monotonic() - mark, len(paused))
 
 
