@@ -10,6 +10,7 @@ import pytest
 
 from pragma_kvm_rocks import e2fs
 from pragma_kvm_rocks.qcow2 import CLUSTER_SIZE, read_header, write_overlay
+from pragma_kvm_rocks.sparse import data_extents, nonzero_copy
 
 from conftest import make_ext4_disk, need, PART_OFFSET, make_partitioned_disk
 
@@ -78,6 +79,32 @@ def test_overlay_injection_writes_vcout_renames_legacy_files_and_keeps_data(tmp_
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     assert hashlib.sha256(base.read_bytes()).hexdigest() == before, "the shared base must not change"
     assert list(work.iterdir()) == [delta.template], "per-node scratch files are removed"
+    template = delta.template.read_bytes()
+    with open(delta.template, "rb") as fh:
+        for start, end in data_extents(fh.fileno()):
+            assert start % 4096 == 0
+            held = template[start:end]
+            assert all(any(held[i:i + 4096]) for i in range(0, len(held), 4096)), "the template holds no zero block"
+
+
+@pytest.mark.parametrize("block", [1024, 4096])
+def test_a_nonzero_copy_reads_back_identical_with_every_zero_block_a_hole(tmp_path: Path, block: int) -> None:
+    source = tmp_path / "source"
+    layout = [b"\0" * 8192, b"a" * 100, b"\0" * (block * 3), b"\0" * 5 + b"b" + b"\0" * 20000, b"c" * block * 2]
+    data = b"".join(layout)
+    source.write_bytes(data)
+    with open(source, "r+b") as fh:
+        fh.truncate(len(data) + (1 << 20))  # a trailing hole
+    target = tmp_path / "target"
+    nonzero_copy(source, target, block=block)
+    assert target.read_bytes() == source.read_bytes()
+    copied = target.read_bytes()
+    with open(target, "rb") as fh:
+        extents = list(data_extents(fh.fileno()))
+    held = sum(end - start for start, end in extents)
+    assert held < len(data) // 2, extents
+    for start, end in extents:
+        assert any(copied[start:end])
 
 
 def test_raw_copy_injection_replaces_an_existing_vcout(tmp_path: Path) -> None:

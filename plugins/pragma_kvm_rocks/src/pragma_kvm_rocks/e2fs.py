@@ -49,7 +49,7 @@ from attrs import frozen
 from pragma_core import DriverError
 
 from .qcow2 import CLUSTER_SIZE
-from .sparse import data_extents, sparse_copy
+from .sparse import data_extents, nonzero_copy, sparse_copy
 
 log = logging.getLogger(__name__)
 
@@ -273,14 +273,18 @@ class OverlayDelta:
         self.template = _temp_file(workdir, "base-")
         if shutil.which("e2image") is None:
             raise InjectionUnsupported("e2image is not installed (Debian package e2fsprogs)")
-        # e2image -r: a sparse raw image of the filesystem metadata only.
-        _run(
-            ["e2image", "-r", "-o", str(location.offset), str(base), str(self.template)],
-            what=f"e2image of {base}",
-        )
+        # e2image -r: a sparse raw image of the filesystem metadata only. Most of
+        # it is zeros (unused inode tables: 16 of 17 MiB on a 1 GiB ext4), made
+        # holes here, so each node copies and compares only the rest.
+        self.block_size = ext_block_size(base, location.offset)
+        full = _temp_file(workdir, "e2image-")
+        try:
+            _run(["e2image", "-r", "-o", str(location.offset), str(base), str(full)], what=f"e2image of {base}")
+            nonzero_copy(full, self.template, block=self.block_size)
+        finally:
+            full.unlink(missing_ok=True)
         with open(self.template, "rb") as fh:
             self._template_extents = list(data_extents(fh.fileno()))
-        self.block_size = ext_block_size(base, location.offset)
 
     def clusters(self, node: str, vcout: bytes) -> dict[int, bytes]:
         """Apply the edits for one node; return ``{disk offset: 64 KiB cluster}`` for its overlay."""

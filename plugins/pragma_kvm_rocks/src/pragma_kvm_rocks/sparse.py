@@ -28,6 +28,40 @@ def data_extents(fd: int, size: int | None = None) -> Iterator[tuple[int, int]]:
         pos = end
 
 
+def nonzero_copy(source: Path, target: Path, *, block: int = 4096) -> None:
+    """Copy ``source`` to a new sparse ``target`` in which every all-zero ``block`` is a hole.
+
+    What reads back is identical; only the blocks that hold a non-zero byte
+    take space, so later copies and scans of ``target`` touch those alone.
+    """
+    zero = bytes(block)
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        for start, end in data_extents(src.fileno(), size):
+            start -= start % block
+            pos = start
+            while pos < end:
+                data = os.pread(src.fileno(), min(end - pos, _CHUNK), pos)
+                run_start = -1
+                for rel in range(0, len(data) + block, block):
+                    piece = data[rel : rel + block]
+                    if piece and piece != zero[: len(piece)]:
+                        if run_start < 0:
+                            run_start = rel
+                        continue
+                    if run_start >= 0:  # write the run of non-zero blocks that ends here
+                        _write_all(dst.fileno(), memoryview(data)[run_start:rel], pos + run_start)
+                        run_start = -1
+                pos += len(data)
+        dst.truncate(size)
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        done = os.pwrite(fd, data, offset)
+        data, offset = data[done:], offset + done
+
+
 def sparse_copy(source: Path, target: Path, *, src_offset: int = 0, length: int | None = None) -> None:
     """Copy ``length`` bytes of ``source`` from ``src_offset`` to a new sparse ``target``.
 
