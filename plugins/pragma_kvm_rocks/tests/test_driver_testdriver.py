@@ -280,3 +280,14 @@ def test_concurrent_boots_in_separate_processes_never_share_ip_vlan_name_or_mac(
     assert len(set(macs)) == len(macs)
     records = list((tmp_path / "state" / "clusters").glob("*.json"))
     assert len(records) == 6
+
+
+def test_closing_the_driver_closes_its_libvirt_connections_and_it_reconnects_on_use(make_driver) -> None:
+    driver = make_driver()
+    assert driver.list_clusters() == []
+    opened = list(driver.hosts._conns.values())
+    assert opened and all(conn.isAlive() for conn in opened)
+    driver.close()
+    driver.close()  # idempotent
+    assert driver.hosts._conns == {}
+    assert driver.list_clusters() == []

@@ -100,6 +100,10 @@ class KvmRocksDriver(Driver[KvmRocksSettings, KvmRocksState]):
                 config.private_bridge,
             )
 
+    def close(self) -> None:
+        """Close every libvirt connection this driver opened (``Site.close`` calls it). Idempotent."""
+        self.hosts.close()
+
     # ------------------------------------------------------------------ helpers
 
     def _lock(self) -> FileLock:
