@@ -143,3 +143,17 @@ def test_a_truncated_iso_download_is_refused(isos, tmp_path: Path) -> None:
     data = isos["frontend"].read_bytes()
     iso.write_bytes(data[: len(data) // 3])
     _restore_fails(iso, tmp_path)
+
+
+def test_an_iso_that_is_a_link_leading_out_of_its_directory_is_refused_unread(isos, tmp_path: Path) -> None:
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    link = downloads / "clonezilla-live-demo-frontend.1G.iso"
+    link.symlink_to(isos["frontend"])  # a real, valid ISO -- but not in the download directory
+    _restore_fails(link, tmp_path, "cannot open the ISO")
+
+
+def test_an_iso_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "x-frontend.iso"
+    os.mkfifo(fifo)
+    _restore_fails(fifo, tmp_path, "cannot open the ISO")

@@ -4,6 +4,11 @@
 Rock Ridge (else Joliet) names and streams a file's bytes straight from the
 ISO's extents. Anything wrong with the ISO itself is a :class:`BadImageError`
 (the sync then deletes the download so the next sync fetches it again).
+
+The ISO is opened once, with :func:`pragma_core.pluginkit.open_inside` (a
+regular file really in its directory: no link leading out, no FIFO), and
+everything -- the signature check, pycdlib's parsing, the files' bytes -- is
+read through that one descriptor, so what is parsed is what is streamed.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from pragma_core import RepositoryError
+from pragma_core.pluginkit import open_inside
 
 #: ISO 9660 volume descriptors start at sector 16; each holds "CD001" at byte 1.
 _MAGIC_OFFSET = 16 * 2048 + 1
@@ -26,13 +32,16 @@ class BadImageError(RepositoryError):
 
 
 def is_iso9660(path: Path) -> bool:
-    """Whether ``path`` starts like an ISO 9660 image (the "CD001" volume descriptor)."""
+    """Whether ``path`` is a regular file in its directory that starts like an ISO 9660 image ("CD001")."""
     try:
-        with open(path, "rb") as handle:
-            handle.seek(_MAGIC_OFFSET)
-            return handle.read(len(_MAGIC)) == _MAGIC
+        with open_inside(Path(path).parent, path) as handle:
+            return _has_magic(handle.fileno())
     except OSError:
         return False
+
+
+def _has_magic(fd: int) -> bool:
+    return os.pread(fd, len(_MAGIC), _MAGIC_OFFSET) == _MAGIC
 
 
 class _ExtentReader(io.RawIOBase):
@@ -75,12 +84,21 @@ class IsoFile:
         from pycdlib.pycdlibexception import PyCdlibException
 
         self.path = Path(path)
-        if not is_iso9660(self.path):
-            raise BadImageError(f"{self.path.name}: not an ISO 9660 image")
+        try:
+            self._file = open_inside(self.path.parent, self.path)
+        except OSError as exc:
+            raise BadImageError(f"{self.path.name}: cannot open the ISO: {exc.strerror or exc}") from None
+        self._fd = self._file.fileno()
         self._iso = pycdlib.PyCdlib()
         try:
-            self._iso.open(str(self.path))
+            if not _has_magic(self._fd):
+                raise BadImageError(f"{self.path.name}: not an ISO 9660 image")
+            self._iso.open_fp(self._file)
+        except BadImageError:
+            self._file.close()
+            raise
         except (PyCdlibException, OSError, ValueError, IndexError, struct_error()) as exc:
+            self._file.close()
             raise BadImageError(f"{self.path.name}: unreadable ISO 9660 image ({_first_line(exc)})") from None
         if self._iso.has_rock_ridge():
             self._kind = "rr_path"
@@ -88,8 +106,8 @@ class IsoFile:
             self._kind = "joliet_path"
         else:
             self._iso.close()
+            self._file.close()
             raise BadImageError(f"{self.path.name}: the ISO has neither Rock Ridge nor Joliet names")
-        self._fd = os.open(self.path, os.O_RDONLY)
         self._size = os.fstat(self._fd).st_size
 
     def __enter__(self) -> IsoFile:
@@ -102,7 +120,7 @@ class IsoFile:
         try:
             self._iso.close()
         finally:
-            os.close(self._fd)
+            self._file.close()
 
     def listdir(self, path: str) -> tuple[list[str], list[str]]:
         """The sub-directory and file names in directory ``path``; ``([], [])`` when it does not exist."""
