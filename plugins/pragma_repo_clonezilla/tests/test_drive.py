@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import json
 import os
 import time
 from pathlib import Path
@@ -177,3 +178,20 @@ def test_the_api_key_is_the_shared_clients_header_authentication(drive_sim) -> N
     assert c.http.auth.secrets() == (drive_sim.api_key,)
     assert drive_sim.api_key not in repr(c.http.auth)
     assert client(drive_sim, api=False).http.auth is None
+
+
+def test_a_link_planted_at_the_part_file_is_never_written_through(drive_sim, tmp_path: Path) -> None:
+    data = os.urandom(50_000)
+    ident = drive_sim.add_file("x-frontend.iso", drive_sim.root, data, modified=1_600_000_000)
+    c = client(drive_sim)
+    item = next(i for i in c.list_folder(drive_sim.root) if i.id == ident)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (tmp_path / "dl").mkdir()
+    dest = tmp_path / "dl" / "x-frontend.iso"
+    (tmp_path / "dl" / "x-frontend.iso.part").symlink_to(victim)
+    # a matching resume record: the download would continue the "part" (the victim) from its end
+    (tmp_path / "dl" / "x-frontend.iso.part.json").write_text(json.dumps(item.version()))
+    c.download(item, dest)
+    assert dest.read_bytes() == data and not dest.is_symlink()
+    assert victim.read_bytes() == b"keep me"
