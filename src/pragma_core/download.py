@@ -72,6 +72,7 @@ from .http import (
     TransientError,
 )
 from .model import Checksum
+from .paths import no_follow
 from .redaction import RedactingFilter, add_filter
 
 log = logging.getLogger(__name__)
@@ -406,7 +407,7 @@ class _Download:
 
     def _belongs(self, state: dict[str, Any]) -> bool:
         """Whether the ``.part`` on disk is a resumable start of this very file."""
-        if not (self.part.is_file() and state.get("url") == self.plain and state.get("validator")):
+        if self.part.is_symlink() or not (self.part.is_file() and state.get("url") == self.plain and state.get("validator")):
             return False
         have = self.part.stat().st_size
         total = state.get("total")
@@ -422,7 +423,9 @@ class _Download:
         self.validator = self.etag = self.total = None
         with contextlib.suppress(FileNotFoundError):
             self.state_path.unlink()
-        self.part.write_bytes(b"")
+        self.part.unlink(missing_ok=True)  # whatever is there, a link included: never truncated through
+        with open(self.part, "xb", opener=no_follow):
+            pass
 
     def _save_state(self) -> None:
         _atomic_write_json(self.state_path, {
@@ -474,7 +477,7 @@ class _Download:
             expected = self._expected()
             if expected is not None:
                 reply.cap(expected - self.offset, self._cap_name())
-            with open(self.part, mode) as handle:
+            with open(self.part, mode, opener=no_follow) as handle:
                 try:
                     for chunk in reply.chunks():
                         handle.write(chunk)
@@ -510,14 +513,14 @@ class _Download:
             raise TransferError(f"got {actual} bytes, expected {expected}", url=self.plain)
         if self.checksum is not None:
             hasher = _hasher(self.checksum)
-            with open(self.part, "rb") as handle:
+            with open(self.part, "rb", opener=no_follow) as handle:
                 while block := handle.read(CHUNK_SIZE):
                     hasher.update(block)
             digest = hasher.hexdigest()
             if digest != self.checksum.hexdigest:
                 self._discard()
                 raise ChecksumError(self.plain, self.checksum.algorithm, self.checksum.hexdigest, digest)
-        with open(self.part, "rb+") as handle:
+        with open(self.part, "rb+", opener=no_follow) as handle:
             os.fsync(handle.fileno())
         os.replace(self.part, self.dest)
         with contextlib.suppress(FileNotFoundError):

@@ -37,6 +37,7 @@ __all__ = [
     "UnsafeFileError",
     "fsync_directory",
     "is_inside",
+    "no_follow",
     "open_inside",
     "open_lane",
     "safe_join",
@@ -67,6 +68,16 @@ def safe_join(base: Path, name: str, *, what: str = "path", source: Path | None 
     if not candidate.startswith(prefix):
         raise FormatError(f"{what} {name!r} escapes the directory {root}", path=source)
     return Path(candidate)
+
+
+def no_follow(path: str, flags: int) -> int:
+    """An ``opener`` for :func:`open` that never follows a symbolic link at ``path`` itself.
+
+    For files pragma makes and reopens by name (a download's ``.part``): a
+    link planted at that name is an error (``ELOOP``), never written through.
+    New files get mode 0644; the descriptor is close-on-exec.
+    """
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
 
 
 def fsync_directory(directory: Path) -> None:

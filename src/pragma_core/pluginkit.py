@@ -127,7 +127,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "install_log_redaction": ("pragma_core.redaction", "install"),
     **{
         name: ("pragma_core.paths", name)
-        for name in ("UnsafeFileError", "fsync_directory", "is_inside", "open_inside", "safe_join", "stat_inside")
+        for name in ("UnsafeFileError", "fsync_directory", "is_inside", "no_follow", "open_inside", "safe_join", "stat_inside")
     },
     **{name: ("pragma_core.imagecheck", name) for name in ("CheckedImage", "Qcow2Header", "check_image", "read_qcow2_header")},
     **{name: ("pragma_core.clusterxml", name) for name in ("MAX_DESCRIPTION_BYTES", "parse_cluster_xml", "replace_disk_source")},
@@ -180,6 +180,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time names load on first use
     from .paths import UnsafeFileError as UnsafeFileError
     from .paths import fsync_directory as fsync_directory
     from .paths import is_inside as is_inside
+    from .paths import no_follow as no_follow
     from .paths import open_inside as open_inside
     from .paths import safe_join as safe_join
     from .paths import stat_inside as stat_inside

@@ -321,3 +321,22 @@ def make_repo(tmp_path: Path, url: str, **options: object) -> HttpRepository:
     source = ConfigFile(path=tmp_path / "etc" / "site_conf.conf", values={}, lines={})
     site = SiteConfig(conf_dir=tmp_path / "etc", source=source, repository=settings)
     return HttpRepository(site.repository, site=site)
+
+
+# --------------------------------------------------------------------------- the spool's own files
+
+
+@pytest.mark.parametrize("resume_record", [False, True], ids=["fresh", "resume-record"])
+def test_a_link_planted_at_the_download_spool_is_never_written_through(served, tmp_path, resume_record):
+    server, data = served
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (out / "file.part").symlink_to(victim)
+    if resume_record:  # what a resumable start of this very file would have written
+        (out / "file.part.json").write_text(json.dumps(
+            {"url": server.url("blob.bin"), "validator": "W/x", "etag": None, "total": SIZE}))
+    client(deadline=30, image_deadline=30).download(server.url("blob.bin"), out / "file", size=SIZE)
+    assert (out / "file").read_bytes() == data and not (out / "file").is_symlink()
+    assert victim.read_bytes() == b"keep me"

@@ -53,6 +53,7 @@ from pragma_core.pluginkit import (
     TooLargeError,
     TransferError,
     TransientError,
+    no_follow,
 )
 
 from .drivepage import parse_download_form, parse_folder_view, parse_modified
@@ -73,11 +74,6 @@ _QUOTA_REASONS = {"downloadQuotaExceeded", "quotaExceeded", "dailyLimitExceeded"
 _MAX_DELAY = 60.0
 #: Largest listing page, folder view or confirm page read.
 MAX_PAGE_BYTES = 8 << 20
-
-
-def _no_follow(path: str, flags: int) -> int:
-    """``open``'s opener for the download's own files: a symbolic link planted at their name is an error."""
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
 
 
 class DriveError(RepositoryError):
@@ -288,7 +284,7 @@ class DriveClient:
         except (OSError, ValueError):
             previous = None
         if previous != item.version() or (item.modified is None and item.md5 is None) or part.is_symlink():
-            part.unlink(missing_ok=True)  # a link is never resumed (nor written through: _no_follow)
+            part.unlink(missing_ok=True)  # a link is never resumed (nor written through: no_follow)
         meta.write_text(json.dumps(item.version()))
 
     def _fetch(self, item: DriveFile, part: Path, label: str, deadline: Deadline, max_bytes: int | None) -> None:
@@ -314,7 +310,7 @@ class DriveClient:
                     f"{what}: no length, no listed size and no MD5: its completeness cannot be verified; refused"
                 )
             self._cap(response, item, offset, max_bytes, part)
-            with open(part, "r+b" if offset else "wb", opener=_no_follow) as out, self._bar(label, item.size, offset) as bar:
+            with open(part, "r+b" if offset else "wb", opener=no_follow) as out, self._bar(label, item.size, offset) as bar:
                 out.seek(offset)
                 out.truncate()
                 received = 0
@@ -378,7 +374,7 @@ class DriveClient:
             raise DriveError(f"downloading {label}: got {size} bytes, Drive lists {item.size}", retryable=True)
         if item.md5:
             digest = hashlib.md5(usedforsecurity=False)
-            with open(part, "rb", opener=_no_follow) as handle:
+            with open(part, "rb", opener=no_follow) as handle:
                 while block := handle.read(_CHUNK * 4):
                     digest.update(block)
             if digest.hexdigest() != item.md5.lower():
