@@ -45,6 +45,7 @@ module is imported.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import io
@@ -60,7 +61,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ChecksumError
+from .errors import ChecksumError, RepositoryError
 from .http import (
     CHUNK_SIZE,
     Deadline,
@@ -342,11 +343,15 @@ def download(client: HttpClient, url: str, dest: Path, *, size: int | None = Non
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     limit = Deadline.of(deadline, client.image_deadline)
-    lock = filelock.FileLock(str(dest.parent / f".{dest.name}.lock"))
+    lock_path = dest.parent / f".{dest.name}.lock"
+    lock = filelock.FileLock(str(lock_path))
     try:
         lock.acquire(timeout=max(0.001, limit.remaining()))
     except filelock.Timeout:
         raise limit.error(f"{redact_url(url)} (waiting for {dest})") from None
+    except OSError as exc:  # a link (never followed: ELOOP) or anything else in the lock's place
+        reason = "it is a symbolic link (remove it)" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+        raise RepositoryError(f"{lock_path}: cannot take the download lock: {reason}") from None
     try:
         for attempt in (1, 2):
             try:

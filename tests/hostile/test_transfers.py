@@ -340,3 +340,16 @@ def test_a_link_planted_at_the_download_spool_is_never_written_through(served, t
     client(deadline=30, image_deadline=30).download(server.url("blob.bin"), out / "file", size=SIZE)
     assert (out / "file").read_bytes() == data and not (out / "file").is_symlink()
     assert victim.read_bytes() == b"keep me"
+
+
+def test_a_link_planted_at_the_download_lock_is_refused_and_its_target_untouched(served, tmp_path):
+    server, _ = served
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (out / ".file.lock").symlink_to(victim)
+    message = failing(lambda: client().download(server.url("blob.bin"), out / "file", size=SIZE), PragmaError)
+    assert ".file.lock" in message, message
+    assert victim.read_bytes() == b"keep me"
+    assert not (out / "file").exists()

@@ -368,3 +368,22 @@ def test_loading_the_entry_point_does_not_import_requests() -> None:
     code = "import sys, pragma_cloudstack.driver; print('requests' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_link_planted_at_the_allocation_lock_is_one_error_and_its_target_untouched(
+    sim: CloudStackSimulator, driver: CloudStackDriver, cluster: StagedCluster, tmp_path: Path
+) -> None:
+    from pragma_cloudstack.naming import cluster_lock
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    with cluster_lock(driver.config, driver.site):  # find the lock's name, then put a link there
+        pass
+    directory = driver.site.temp_directory
+    (lock,) = Path(directory).glob("pragma-cloudstack-*.lock")
+    lock.unlink()
+    lock.symlink_to(victim)
+    with pytest.raises(DriverError, match=r"cannot take the allocation lock: Too many levels of symbolic links"):
+        boot(driver, cluster, BootRequest(image="demo", cpus=1))
+    assert victim.read_bytes() == b"keep me"
+    assert sim.calls("createNetwork") == [] and sim.calls("deployVirtualMachine") == [], "nothing was made"

@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from filelock import FileLock
+from pragma_core import DriverError
 
+if TYPE_CHECKING:
     from pragma_core.pluginkit import SiteConfig
 
     from .config import CloudStackSettings
@@ -75,10 +76,20 @@ def ordered(vms: list[dict]) -> list[dict]:
     return sorted(vms, key=key)
 
 
-def cluster_lock(config: CloudStackSettings, site: SiteConfig) -> FileLock:
-    """The lock under which a name is chosen and its network made: one per CloudStack account, in the site's temp directory."""
+@contextmanager
+def cluster_lock(config: CloudStackSettings, site: SiteConfig) -> Iterator[None]:
+    """Hold the lock under which a name is chosen and its network made: one per CloudStack account, in the site's
+    temp directory. A lock file that cannot be used (a symbolic link is never followed) is one clear error."""
     from filelock import FileLock
 
     directory = site.temp_directory or Path(tempfile.gettempdir())
     digest = hashlib.sha256(f"{config.baseurl}\0{config.apikey}".encode()).hexdigest()[:16]
-    return FileLock(str(Path(directory) / f"pragma-cloudstack-{digest}.lock"), timeout=300)
+    lock = FileLock(str(Path(directory) / f"pragma-cloudstack-{digest}.lock"), timeout=300)
+    try:
+        lock.acquire()
+    except OSError as exc:
+        raise DriverError(f"{lock.lock_file}: cannot take the allocation lock: {exc.strerror or exc}") from None
+    try:
+        yield
+    finally:
+        lock.release()

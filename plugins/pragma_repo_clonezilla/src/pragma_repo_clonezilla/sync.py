@@ -136,6 +136,8 @@ class Syncer:
             lock.acquire()
         except Timeout:
             raise RepositoryError(f"another sync of {self.root} is running (lock {lock_path}); try again later") from None
+        except OSError as exc:  # a symbolic link there is never followed (ELOOP)
+            raise RepositoryError(f"{lock_path}: cannot take the sync lock: {exc.strerror or exc}") from None
         try:
             return self._run_locked()
         finally:
