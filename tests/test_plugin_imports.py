@@ -144,3 +144,11 @@ def test_the_plugin_kit_imports_nothing_until_a_name_is_used() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
     assert out.strip() == "pragma_core.pluginkit"
+
+
+@pytest.mark.parametrize("module", ["pragma_core.settings", "pragma_core.paths"])
+def test_the_plugin_kit_exports_every_public_name_of_its_helper_modules(module: str) -> None:
+    helper = importlib.import_module(module)
+    exported = {name for name, (where, _attribute) in pluginkit._EXPORTS.items() if where == module}
+    missing = set(helper.__all__) - exported - ({"open_lane"} if module == "pragma_core.paths" else set())
+    assert not missing, f"{module} publishes {sorted(missing)}, which plugins cannot import from pragma_core.pluginkit"

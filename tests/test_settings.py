@@ -261,3 +261,20 @@ def test_setting_marks_a_secret_and_keeps_it_out_of_repr() -> None:
     assert fields["token"].metadata["secret"] is True and "secret" not in fields["name"].metadata
     assert fields["name"].metadata["aliases"] == ("legacy_name",) and fields["token"].metadata["help"] == "the token"
     assert "s3cr3t" not in repr(Conf(token="s3cr3t"))
+
+
+@pytest.mark.parametrize("value", ["ключ-api", "abc def", "abc\ndef", "tab\there", "é", "\x00x", 42, ""])
+def test_a_token_with_characters_no_http_header_carries_is_refused_without_echoing_it(value: Any) -> None:
+    from pragma_core.settings import to_token
+
+    with pytest.raises(ValueError) as info:
+        to_token(value)
+    if isinstance(value, str) and value:
+        assert value not in str(info.value) and repr(value) not in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["AIzaSyD-abc_123", "  k3y+/=~!  ", "x"])
+def test_a_token_of_visible_ascii_is_kept_without_its_surrounding_blanks(value: str) -> None:
+    from pragma_core.settings import to_token
+
+    assert to_token(value) == value.strip()

@@ -225,6 +225,20 @@ def to_nonempty_str(value: Any) -> str:
     return value.strip()
 
 
+def to_token(value: Any) -> str:
+    """Converter: a credential sent in an HTTP header or a signed query -- visible ASCII, no blanks.
+
+    The error never shows the value (tokens are secrets): a key pasted with
+    an accented letter or a line break is named by its setting alone.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a non-empty string")
+    text = value.strip()
+    if not all("!" <= c <= "~" for c in text):
+        raise ValueError("must be visible ASCII characters only (no blanks, line breaks or accented letters)")
+    return text
+
+
 def optional(converter: Callable[[Any], T]) -> Callable[[Any], T | None]:
     """Converter factory: ``None`` for ``None`` or ``""``, else ``converter(value)``."""
 
@@ -332,4 +346,5 @@ __all__ = [
     "to_positive_seconds",
     "to_seconds",
     "to_str_list",
+    "to_token",
 ]

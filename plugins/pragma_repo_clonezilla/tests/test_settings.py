@@ -107,3 +107,11 @@ def test_a_bad_api_key_value_is_not_shown(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_repository_settings(ClonezillaSettings, tmp_path, {"api_key": ["AIzaS3CR3T"]}, repository_class="clonezilla")
     assert "api_key" in str(info.value) and "S3CR3T" not in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["AIzaЅ3CR3T", "AIza S3CR3T", "AIza\tS3CR3T"])
+def test_an_api_key_no_http_header_can_carry_is_a_config_error_that_does_not_show_it(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_repository_settings(ClonezillaSettings, tmp_path, {"api_key": key}, repository_class="clonezilla")
+    message = str(info.value)
+    assert "api_key" in message and "visible ASCII" in message and "3CR3T" not in message

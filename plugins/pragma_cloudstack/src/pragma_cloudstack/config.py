@@ -25,6 +25,7 @@ from pragma_core.pluginkit import (
     to_nonempty_str,
     to_positive_int,
     to_positive_seconds,
+    to_token,
     warn_if_readable_by_others,
 )
 
@@ -62,8 +63,8 @@ class CloudStackSettings:
     """
 
     baseurl: str = setting(_baseurl, help="API endpoint, e.g. http://host:8080/client/api")
-    apikey: str = setting(to_nonempty_str, secret=True, help="API key")
-    secretkey: str = setting(to_nonempty_str, secret=True, help="secret key that signs requests")
+    apikey: str = setting(to_token, secret=True, help="API key")
+    secretkey: str = setting(to_token, secret=True, help="secret key that signs requests")
     templatefilter: str = setting(choice(*TEMPLATE_FILTERS), default="executable")
     networkoffering: str | None = setting(_name, default=None)
     zone: str | None = setting(_name, default=None)

@@ -27,6 +27,7 @@ from pragma_core.pluginkit import (
     to_optional_path,
     to_positive_int,
     to_seconds,
+    to_token,
 )
 
 #: ``local_image_url`` when the site gives none: the image beside its ``-local.xml``.
@@ -101,7 +102,7 @@ class ClonezillaSettings:
     """The clonezilla keys of ``repository_settings`` (besides ``repository_dir`` and ``vcdb_filename``)."""
 
     local_image_url: str = setting(default=DEFAULT_LOCAL_IMAGE_URL, help="where a restored image is written")
-    api_key: str | None = setting(optional(_text), default=None, secret=True, help="Drive API v3 key")
+    api_key: str | None = setting(optional(to_token), default=None, secret=True, help="Drive API v3 key")
     drive_api_url: str = setting(_http_url, default=DEFAULT_DRIVE_API_URL)
     drive_web_url: str = setting(_http_url, default=DEFAULT_DRIVE_WEB_URL)
     drive_download_url: str = setting(_http_url, default=DEFAULT_DRIVE_DOWNLOAD_URL)
