@@ -182,3 +182,37 @@ def test_other_heads_claims_count_against_capacity(tmp_path: Path) -> None:
     with pytest.raises(CapacityError, match="130 CPUs requested, 128 available on 3 host"):
         second.allocate(request(130), site.cluster)
     first.rollback(big)
+
+
+def test_heads_with_their_own_addresses_allocating_at_once_never_overcommit_a_host(tmp_path: Path) -> None:
+    """Heads whose public IPs and VLANs differ never clash on those: only the CPUs they claim keep them apart."""
+    site = Site(tmp_path)
+    heads = []
+    for i in range(4):
+        head = site.head(f"own{i}")
+        own = attrs.evolve(head.settings, public_ips=(f"198.51.100.{10 + i}",), vlans=(200 + i,))
+        heads.append(KvmRocksDriver(own, hosts=site.shared))
+    results: list[object] = []
+    barrier = threading.Barrier(len(heads))
+
+    def allocate(head: KvmRocksDriver) -> None:
+        barrier.wait()
+        try:
+            results.append(head.allocate(request(60), site.cluster))  # 61 of the 192 CPUs each: three fit, not four
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            results.append(exc)
+
+    threads = [threading.Thread(target=allocate, args=(head,)) for head in heads]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    allocations = [r for r in results if not isinstance(r, BaseException)]
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert all(isinstance(e, CapacityError) for e in errors), errors
+    assert len(allocations) == 3 and len(errors) == 1, [str(e) for e in errors]
+    per_host: dict[str, int] = {}
+    for allocation in allocations:
+        for node in allocation.nodes:
+            per_host[node.host] = per_host.get(node.host, 0) + node.cpus
+    assert all(used <= HOSTS[host] for host, used in per_host.items()), per_host

@@ -17,7 +17,9 @@ Here it is libvirt itself:
   withdraw ours and try again with those taken. Of two heads claiming at
   once, at least one sees the other (each wrote a majority before reading a
   majority), so they never both keep a clash; both may withdraw, and retry
-  after a random pause.
+  after a random pause. The driver applies the same rule to CPUs: a kept
+  claim that, with every claim read back, would put one of its hosts over
+  capacity is withdrawn and the cluster placed again.
 * A copy **absent from a majority** of the claim hosts that answered is
   stale (left on a host that was down when its cluster was cleaned): it is
   ignored, listed by ``list orphans`` and replaced when its name is claimed
@@ -40,7 +42,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 
 from pragma_core import DriverError
 
@@ -144,6 +146,10 @@ class ClaimSet:
     def stale(self) -> list[ClaimCopy]:
         """Copies absent from a majority of the claim hosts: left where a cleaned cluster's host was down."""
         return [c for c in self.copies if self._absent(c.uuid) >= self.majority]
+
+    def without(self, allocation: str) -> ClaimSet:
+        """These claims less every copy of claim ``allocation`` (one withdrawn since the read)."""
+        return evolve(self, copies=[c for c in self.copies if c.uuid != allocation])
 
     def holding(self, allocation: str) -> list[str]:
         """The claim hosts holding a copy of claim ``allocation``."""

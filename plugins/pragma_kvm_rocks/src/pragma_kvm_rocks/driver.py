@@ -48,7 +48,7 @@ from .deploy import Made
 from .hosts import DomainInfo, Hosts, _is_local
 from .orphans import Orphan
 from .parallel import settle
-from .policy import Sizes, cluster_name_for, compute_name, extra_networks, plan_cluster, qualified_name
+from .policy import Sizes, cluster_name_for, compute_name, extra_networks, overcommitted, plan_cluster, qualified_name
 from .records import ClusterRecord, NodeRecord, RecordStore
 from .settings import KvmRocksSettings, is_ovs
 from .storage import staged_name, storage_for
@@ -168,12 +168,18 @@ class KvmRocksDriver(Driver[KvmRocksSettings, KvmRocksState]):
                 record = self._record(allocation, cluster)
                 won, seen = self.claims.take(record)
                 if won:
-                    break
-                view = view.with_claims(seen)
+                    over = overcommitted(cfg, view.with_claims(seen).usage(), {n.host for n in allocation.nodes})
+                    if not over:
+                        break
+                    # another head claimed CPUs on these hosts at the same moment: give way, place again
+                    self.claims.withdraw(record.cluster, record.allocation)
+                    log.info("cluster %s: with other heads' new claims %s would be over capacity; trying again",
+                             record.cluster, ", ".join(over))
+                view = view.with_claims(seen.without(record.allocation))  # ours is withdrawn: its IP, VLAN are free
                 pause(attempt)
             else:
                 raise CapacityError(f"could not reserve a cluster: other head nodes claimed the same public IP,"
-                                    f" VLAN or names {MAX_ATTEMPTS} times in a row; try again")
+                                    f" VLAN, names or CPUs {MAX_ATTEMPTS} times in a row; try again")
             try:
                 self.store.put(record)
             except OSError as exc:

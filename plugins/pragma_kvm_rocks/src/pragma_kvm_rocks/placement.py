@@ -39,10 +39,13 @@ class HostCapacity:
     cpus: int
     used: int = 0
 
+    def usable(self, *, reserved: int = 0, ratio: float = 1.0) -> int:
+        """vCPUs the host may hold: ``floor((online CPUs - reserved) * ratio)``."""
+        return math.floor(max(self.cpus - reserved, 0) * ratio + 1e-9)
+
     def free(self, *, reserved: int = 0, ratio: float = 1.0) -> int:
         """CPUs still available for new vCPUs; never negative."""
-        usable = math.floor(max(self.cpus - reserved, 0) * ratio + 1e-9)
-        return max(usable - self.used, 0)
+        return max(self.usable(reserved=reserved, ratio=ratio) - self.used, 0)
 
 
 @frozen(kw_only=True)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 from attrs import field, frozen
@@ -63,6 +63,13 @@ class Usage:
     unreachable: Mapping[str, str] = field(factory=dict)
     idle: tuple[str, ...] = field(default=(), converter=tuple)
     holders: Mapping[str, str] = field(factory=dict)
+
+
+def overcommitted(cfg: KvmRocksSettings, usage: Usage, hosts: Iterable[str]) -> list[str]:
+    """Those of ``hosts`` whose vCPUs in use and reserved (every head's claims) exceed what they may hold."""
+    wanted = set(hosts)
+    return sorted(h.name for h in usage.hosts if h.name in wanted
+                  and h.used > h.usable(reserved=cfg.num_processors_reserved, ratio=cfg.cpu_allocation_ratio))
 
 
 @frozen(kw_only=True)
@@ -237,7 +244,7 @@ def frontend_host(cfg: KvmRocksSettings, usage: Usage, cpus: int) -> str:
         if not host:
             raise CapacityError("no host answers" + _skipped(usage, cfg.all_hosts), reserved=usage.idle)
     capacity = answered[host]
-    usable = int(max(capacity.cpus - cfg.num_processors_reserved, 0) * cfg.cpu_allocation_ratio + 1e-9)
+    usable = capacity.usable(reserved=cfg.num_processors_reserved, ratio=cfg.cpu_allocation_ratio)
     if usable < capacity.used + cpus:
         raise CapacityError(
             f"not enough capacity for the frontend on {host}: it needs {cpus} CPUs,"
