@@ -31,7 +31,7 @@ from pragma_core.pluginkit import NodeProgress, run_parallel
 from . import domains
 from .allocation import KvmRocksState, node_record
 from .disks import target_format
-from .domainxml import Nic, boot_files, build_domain_xml
+from .domainxml import Nic, boot_files, build_domain_xml, check_template
 from .hosts import Hosts
 from .parallel import failure_text
 from .settings import KvmRocksSettings
@@ -77,6 +77,8 @@ def deploy(cfg: KvmRocksSettings, hosts: Hosts, storage: Storage, allocation: Al
     """Make the disks, define the domains, start the cluster (see the module text)."""
     started = time.monotonic()
     nodes = allocation.nodes
+    for template in {_template(cluster, n) for n in nodes}:
+        check_template(template)  # a template that reaches the host is refused before anything is made
     storage.check_free([(n.host, n.name) for n in nodes])
     staged = storage.stage(needs(cfg, cluster, nodes))
     disks = [

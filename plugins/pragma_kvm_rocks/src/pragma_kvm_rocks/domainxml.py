@@ -17,6 +17,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import defusedxml.ElementTree as SafeET
 from attrs import frozen
@@ -62,6 +63,7 @@ def build_domain_xml(
     default, the file in the cluster directory itself.
     """
     root = _parse(template)
+    _confine(root)
     _identity(root, name=name, domain_type=domain_type, vcpus=vcpus, memory_mib=memory_mib)
     _boot(root, boot_files(template, cluster_dir), boot_paths or {})
     if domain_type == "kvm" and cpu_model:
@@ -72,14 +74,14 @@ def build_domain_xml(
     for emulator in devices.findall("emulator"):
         devices.remove(emulator)  # the template's path is of the machine it was made on
     target = _remove_disks(devices)
-    model = _remove_nics(devices)
+    model, rom = _remove_nics(devices)
     disk_el = ET.Element("disk", {"type": "file", "device": "disk"})
     ET.SubElement(disk_el, "driver", {"name": "qemu", "type": disk_format, "discard": "unmap"})
     ET.SubElement(disk_el, "source", {"file": str(disk)})
     ET.SubElement(disk_el, "target", target)
     devices.insert(0, disk_el)
     for position, nic in enumerate(nics, start=1):
-        devices.insert(position, _interface(nic, model))
+        devices.insert(position, _interface(nic, model, rom))
     if console_log is not None:
         _log_console(devices, str(console_log))
     metadata = ET.Element("metadata")
@@ -134,18 +136,27 @@ def _remove_disks(devices: ET.Element) -> dict[str, str]:
     return target
 
 
-def _remove_nics(devices: ET.Element) -> str:
-    """Remove the template's NICs; their model (virtio by default)."""
+#: What a template's ``<interface><rom .../>`` may say: turn the NIC's boot ROM off (no PXE). A ROM
+#: ``file`` is never taken from a template: QEMU would load any file of the host into the guest.
+_ROM_VALUES = {"enabled": ("yes", "no"), "bar": ("on", "off")}
+
+
+def _remove_nics(devices: ET.Element) -> tuple[str, dict[str, str]]:
+    """Remove the template's NICs; their model (virtio by default) and ROM switches (``enabled``, ``bar``)."""
     model = "virtio"
+    rom: dict[str, str] = {}
     for old in devices.findall("interface"):
         m = old.find("model")
         if m is not None and m.get("type"):
             model = m.get("type", model)
+        r = old.find("rom")
+        if r is not None:
+            rom = {key: r.get(key, "") for key in _ROM_VALUES if r.get(key) in _ROM_VALUES[key]}
         devices.remove(old)
-    return model
+    return model, rom
 
 
-def _interface(nic: Nic, model: str) -> ET.Element:
+def _interface(nic: Nic, model: str, rom: Mapping[str, str] | None = None) -> ET.Element:
     iface = ET.Element("interface", {"type": "bridge"})
     ET.SubElement(iface, "mac", {"address": nic.mac})
     ET.SubElement(iface, "source", {"bridge": bridge_name(nic.bridge, nic.vlan)})
@@ -155,6 +166,8 @@ def _interface(nic: Nic, model: str) -> ET.Element:
             vlan = ET.SubElement(iface, "vlan")
             ET.SubElement(vlan, "tag", {"id": str(nic.vlan)})
     ET.SubElement(iface, "model", {"type": model})
+    if rom:
+        ET.SubElement(iface, "rom", dict(rom))
     return iface
 
 
@@ -167,6 +180,84 @@ def _log_console(devices: ET.Element, path: str) -> None:
     for old in serial.findall("log"):
         serial.remove(old)
     serial.insert(0, ET.Element("log", {"file": path, "append": "off"}))
+
+
+# --------------------------------------------------------------------------- what a template may ask of the host
+
+#: ``<domain>`` children a template may hold. Everything else is refused: among them ``<seclabel>``
+#: (confinement off), ``<qemu:commandline>`` (any QEMU argument), ``<sysinfo>`` fw_cfg files,
+#: ``<memoryBacking>`` files, ``<bootloader>`` (a host program), ``<idmap>``, ``<resource>``.
+_TOP = frozenset({
+    "name", "uuid", "genid", "title", "description", "metadata", "memory", "currentMemory", "maxMemory", "vcpu",
+    "vcpus", "iothreads", "os", "features", "cpu", "clock", "on_poweroff", "on_reboot", "on_crash", "pm", "devices",
+    "memtune", "cputune", "numatune", "blkiotune",
+})
+#: ``<os>`` children (``<loader>``, ``<nvram>``, ``<acpi>`` tables name host files: refused).
+_OS = frozenset({"type", "boot", "bootmenu", "smbios", "bios", "kernel", "initrd", "dtb", "cmdline"})
+#: Devices a template may keep (its disks and NICs are replaced). Refused: ``<hostdev>``,
+#: ``<filesystem>``, ``<redirdev>``, ``<smartcard>``, ``<shmem>``, ``<tpm>``, ``<lease>``, ...
+_DEVICES = frozenset({
+    "emulator", "disk", "interface", "controller", "input", "graphics", "video", "sound", "audio", "memballoon",
+    "rng", "serial", "console", "parallel", "channel", "watchdog", "panic", "hub", "vsock", "iommu",
+})
+#: Character devices that reach nothing of the host but a pty or the display.
+_CHAR_TYPES = frozenset({"pty", "spicevmc", "spiceport", "qemu-vdagent", "null", "vc"})
+#: Attributes that name a host path, wherever they appear.
+_PATH_ATTRIBUTES = frozenset({"file", "path", "dir", "socket", "rendernode", "evdev", "dev"})
+_RNG_BACKENDS = frozenset({"/dev/random", "/dev/urandom", "/dev/hwrng"})
+
+
+def _confine(root: ET.Element) -> None:
+    """Refuse what would let a template reach the host: files, devices, sockets, QEMU arguments, confinement off.
+
+    A cluster description comes from a repository, which pragma does not
+    trust; libvirt runs what the domain XML says with root's help (it even
+    relabels named files for QEMU). So the template keeps only what touches
+    the guest alone. One :class:`FormatError` names the first thing refused.
+    """
+    for child in root:
+        tag = child.tag if isinstance(child.tag, str) else ""
+        if tag not in _TOP:
+            _refuse(f"<{_local(tag)}>", "not something a domain template may set")
+    os_el = root.find("os")
+    for child in os_el if os_el is not None else ():
+        if child.tag not in _OS:
+            _refuse(f"<os><{child.tag}>", "it names host files")
+    devices = root.find("devices")
+    for device in devices if devices is not None else ():
+        kind = device.tag
+        if kind not in _DEVICES:
+            _refuse(f"<{kind}>", "a device that reaches the host")
+        if kind in ("emulator", "interface") or (kind == "disk" and device.get("device", "disk") == "disk"):
+            continue  # replaced by pragma's own
+        if kind in ("serial", "console", "parallel", "channel") and device.get("type", "pty") not in _CHAR_TYPES:
+            if not (kind == "channel" and device.get("type") == "unix" and not _names_host_path(device)):
+                _refuse(f"<{kind} type={device.get('type')!r}>", "only pty, spice and null character devices")
+        if kind == "rng":
+            for backend in device.iter("backend"):
+                model = backend.get("model", "random")
+                if model == "egd" or (model == "random" and (backend.text or "").strip() not in _RNG_BACKENDS | {""}):
+                    _refuse("<rng><backend>", f"only {', '.join(sorted(_RNG_BACKENDS))} or builtin")
+        if _names_host_path(device):
+            _refuse(f"<{kind}>", "it names a host path")
+
+
+def _names_host_path(element: ET.Element) -> bool:
+    return any(key in _PATH_ATTRIBUTES and not (node.tag == "target" or node.tag == "boot")
+               for node in element.iter() for key in node.attrib)
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1] if tag else "?"
+
+
+def _refuse(what: str, why: str) -> NoReturn:
+    raise FormatError(f"domain template: {what} is not allowed ({why})")
+
+
+def check_template(template: str) -> None:
+    """Refuse a template that asks anything of the host (see :func:`build_domain_xml`); before anything is made."""
+    _confine(_parse(template))
 
 
 def _parse(template: str) -> ET.Element:
