@@ -5,8 +5,8 @@
 
 Needs root and a running ``qemu:///system`` (``scripts/setup`` starts one).
 Every tool boots the same ``--nodes`` VMs from the same base -- a 1 GiB raw
-disk with an ext4 root partition holding ``/etc`` and ``/root`` (no OS: the
-guests sit in their BIOS) -- 1 vCPU, 256 MiB, CPU model ``pentium3``, a thin
+disk with an ext4 root partition holding ``/etc`` and ``/root`` (no OS: its
+boot sector halts the guest, idle as a booted OS would be; NIC boot ROMs off) -- 1 vCPU, 256 MiB, CPU model ``pentium3``, a thin
 qcow2 overlay disk, NICs on Linux bridges, and tears them down again:
 
 * **pragma**: ``pragma boot bench N-1`` (1 frontend + N-1 computes, the
@@ -110,6 +110,7 @@ DOMAIN = """
           <source file="{base}"/>
           <target dev="vda" bus="virtio"/>
         </disk>
+        <interface type="bridge"><model type="virtio"/><rom enabled="no"/></interface>
       </devices>
     </domain>
   """
@@ -549,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     workdir.chmod(0o755)
     base = workdir / BASE_NAME
-    if not base.exists():
+    if not base.exists() or not peers.has_halt_boot_code(base):
         peers.make_ext4_base(base)
     bridges = [f"{args.prefix[:9]}br", private_bridge(args.prefix).format(vlan=VLAN), public_bridge(args.prefix)]
     for bridge in bridges:

@@ -4,7 +4,7 @@ Both sides boot the same VM shape on the real daemon (``qemu:///system``):
 1 vCPU, 256 MiB, ``type='kvm'`` (``qemu`` when libvirt's QEMU user cannot open
 ``/dev/kvm``), CPU model ``pentium3`` (``host-model`` aborts QEMU here), one
 virtio disk that is a thin qcow2 overlay of a shared base, one NIC on a plain
-Linux bridge. The base has no OS: guests sit in the BIOS.
+Linux bridge. The base has no OS: its boot sector halts the guest (NIC boot ROMs off).
 
 - kcli (PyPI ``kcli``) runs from a virtualenv of its own, with a HOME of its
   own (``<workdir>/home/.kcli/config.yml``) so the user's ``~/.kcli`` is
@@ -30,8 +30,9 @@ Linux bridge. The base has no OS: guests sit in the BIOS.
 
 The base every tool boots (:func:`make_ext4_base`) is a raw disk with an MBR
 and one ext4 partition holding ``/etc`` and ``/root``, so pragma's vc-out
-injection does its real work (the e2fsprogs fast path); the guests still have
-no OS and sit in their BIOS.
+injection does its real work (the e2fsprogs fast path); the guests have no OS:
+the BIOS boots the disk's boot sector, which halts the CPU (an idle guest; the
+NICs' boot ROMs are off, as their PXE code would keep the BIOS busy).
 
 Every timed function returns a :class:`Run` (seconds, ok, failure) and never
 raises for a failed or lost VM, so a benchmark can count failures per tool.
@@ -193,10 +194,21 @@ GUEST_FILES = {
 }
 #: Where the root partition starts in the base disk (sector 2048).
 PART_OFFSET = 1 << 20
+#: The base's MBR boot code: ``cli; hlt; jmp $-1``. The BIOS boots it and the guest halts,
+#: idle as a booted OS would be. (Without it -- or with a NIC boot ROM, whose PXE code keeps
+#: the BIOS busy: the VMs here turn theirs off -- each guest spins at full speed in its
+#: firmware, and 8 of them keep 2 cores busy during every measurement made while they run.)
+HALT_BOOT_CODE = b"\xfa\xf4\xeb\xfd"
+
+
+def has_halt_boot_code(path: Path) -> bool:
+    """Whether the disk ``path`` boots into :data:`HALT_BOOT_CODE` (a base made before it does not)."""
+    with open(path, "rb") as fh:
+        return fh.read(len(HALT_BOOT_CODE)) == HALT_BOOT_CODE
 
 
 def make_ext4_base(path: Path, size: int = GIB, data_mib: int = 16) -> Path:
-    """A raw disk of ``size`` bytes: an MBR and one ext4 partition at 1 MiB holding :data:`GUEST_FILES`.
+    """A raw disk of ``size`` bytes: an MBR that halts the guest, one ext4 partition at 1 MiB holding :data:`GUEST_FILES`.
 
     ``data_mib`` MiB of pseudo-random data go into ``/data.bin``, so the base
     is not only metadata. Built without root: ``mkfs.ext4 -d`` into a file,
@@ -216,6 +228,8 @@ def make_ext4_base(path: Path, size: int = GIB, data_mib: int = 16) -> Path:
         with open(path, "wb") as fh:
             fh.truncate(size)
         _run(["sfdisk", "-q", path], input=f"label: dos\nstart={PART_OFFSET // 512}, type=83\n")
+        with open(path, "r+b") as fh:  # boot code before the partition table (sfdisk signed the sector 0x55AA)
+            fh.write(HALT_BOOT_CODE)
         with open(fs, "wb") as fh:
             fh.truncate(size - PART_OFFSET)
         _run(["mkfs.ext4", "-q", "-F", "-L", "bench-root", "-E", "root_owner=0:0", "-d", work, fs])
@@ -475,6 +489,7 @@ def bare_domain_xml(name: str, disk: Path, bridge: str, kind: str) -> str:
     <interface type='bridge'>
       <source bridge={quoteattr(bridge)}/>
       <model type='virtio'/>
+      <rom enabled='no'/>
     </interface>
     <serial type='pty'/>
   </devices>
