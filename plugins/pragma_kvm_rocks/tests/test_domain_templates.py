@@ -68,7 +68,8 @@ LEGACY = domain("", '<disk type="file" device="disk"><driver name="qemu" type="r
                     '<target dev="vda" bus="virtio"/><file type="raw" filename="demo-frontend.img"/></disk>'
                     '<interface type="bridge"><source bridge="eth0.2"/><model type="virtio"/></interface>')
 ORDINARY = domain('<features><acpi/><apic/></features><clock offset="utc"/><on_reboot>restart</on_reboot>',
-                  '<serial type="pty"><target port="0"/></serial><console type="pty"><target type="serial" port="0"/></console>'
+                  '<serial type="pty"><source path="/dev/pts/3"/><target port="0"/></serial>'
+                  '<console type="pty" tty="/dev/pts/3"><source path="/dev/pts/3"/><target type="serial" port="0"/></console>'
                   '<input type="tablet" bus="usb"/><graphics type="vnc" port="-1" autoport="yes" listen="127.0.0.1"/>'
                   '<video><model type="cirrus"/></video><memballoon model="virtio"/>'
                   '<rng model="virtio"><backend model="random">/dev/urandom</backend></rng>'
@@ -88,3 +89,4 @@ def test_the_templates_images_really_carry_still_build(template: str, tmp_path: 
     roms = [r.attrib for r in nic.iter("rom")]
     assert roms == ([{"enabled": "no"}] if template is ORDINARY else []), "a template's ROM switch is kept, never its file"
     assert [log.get("file") for log in root.iter("log")] == [str(tmp_path / "vc1.console.log")]
+    assert not [s for s in root.iter("source") if s.get("path")], "a dumped pty's path is libvirt's to choose"

@@ -230,6 +230,8 @@ def _confine(root: ET.Element) -> None:
             _refuse(f"<{kind}>", "a device that reaches the host")
         if kind in ("emulator", "interface") or (kind == "disk" and device.get("device", "disk") == "disk"):
             continue  # replaced by pragma's own
+        if kind in ("serial", "console", "parallel", "channel") and device.get("type", "pty") == "pty":
+            _forget_pty(device)  # what libvirt fills in for a running domain (a template dumped from one has it)
         if kind in ("serial", "console", "parallel", "channel") and device.get("type", "pty") not in _CHAR_TYPES:
             if not (kind == "channel" and device.get("type") == "unix" and not _names_host_path(device)):
                 _refuse(f"<{kind} type={device.get('type')!r}>", "only pty, spice and null character devices")
@@ -240,6 +242,13 @@ def _confine(root: ET.Element) -> None:
                     _refuse("<rng><backend>", f"only {', '.join(sorted(_RNG_BACKENDS))} or builtin")
         if _names_host_path(device):
             _refuse(f"<{kind}>", "it names a host path")
+
+
+def _forget_pty(device: ET.Element) -> None:
+    """Drop a pty's ``<source path>`` and ``tty``: libvirt allocates the pty at each start."""
+    device.attrib.pop("tty", None)
+    for source in device.findall("source"):
+        device.remove(source)
 
 
 def _names_host_path(element: ET.Element) -> bool:
