@@ -12,7 +12,7 @@ from pragma_core.testing.secrets import assert_no_secret, leaked_forms
 from pragma_repo_clonezilla.drive import DriveClient, DriveError
 from pragma_repo_clonezilla.settings import ClonezillaSettings
 
-SHAPES = ("AIza{}-_Key", "key/with+{}=and space", "AIzaSy{}~.Key")
+SHAPES = ("AIza{}-_Key", "key/with+{}=and%20percent", "AIzaSy{}~.Key")  # no blanks: to_token refuses them
 
 
 @pytest.mark.parametrize("shape", SHAPES)
