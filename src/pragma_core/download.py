@@ -45,7 +45,6 @@ module is imported.
 from __future__ import annotations
 
 import contextlib
-import errno
 import glob
 import hashlib
 import io
@@ -349,9 +348,8 @@ def download(client: HttpClient, url: str, dest: Path, *, size: int | None = Non
         lock.acquire(timeout=max(0.001, limit.remaining()))
     except filelock.Timeout:
         raise limit.error(f"{redact_url(url)} (waiting for {dest})") from None
-    except OSError as exc:  # a link (never followed: ELOOP) or anything else in the lock's place
-        reason = "it is a symbolic link (remove it)" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
-        raise RepositoryError(f"{lock_path}: cannot take the download lock: {reason}") from None
+    except OSError as exc:  # a symbolic link there is never followed (ELOOP)
+        raise RepositoryError(f"{lock_path}: cannot take the download lock: {exc.strerror or exc}") from None
     try:
         for attempt in (1, 2):
             try:

@@ -111,9 +111,6 @@ class PluginInfo:
 # --------------------------------------------------------------------------- the one scan
 
 
-_normalize = normalize
-
-
 @functools.cache
 def _scan() -> dict[str, dict[str, tuple[EntryPoint, ...]]]:
     """Every entry point of the three groups, by group and name (then distribution), each distribution once.
@@ -129,7 +126,7 @@ def _scan() -> dict[str, dict[str, tuple[EntryPoint, ...]]]:
 
 
 def _by_distribution(eps: list[EntryPoint]) -> tuple[EntryPoint, ...]:
-    return tuple(sorted(eps, key=lambda ep: _normalize(_dist(ep)[0])))
+    return tuple(sorted(eps, key=lambda ep: normalize(_dist(ep)[0])))
 
 
 def claims(group: str) -> dict[str, tuple[EntryPoint, ...]]:
@@ -171,7 +168,7 @@ def _env_names(variable: str) -> set[str] | None:
     value = os.environ.get(variable)
     if value is None:
         return None
-    return {_normalize(item.strip()) for item in value.split(",") if item.strip()}
+    return {normalize(item.strip()) for item in value.split(",") if item.strip()}
 
 
 def strict_mode() -> bool:
@@ -180,7 +177,7 @@ def strict_mode() -> bool:
 
 
 def _named_in(ep: EntryPoint, names: set[str]) -> bool:
-    return _normalize(ep.name) in names or _normalize(_dist(ep)[0]) in names
+    return normalize(ep.name) in names or normalize(_dist(ep)[0]) in names
 
 
 def _is_blocked(ep: EntryPoint) -> bool:
@@ -199,7 +196,7 @@ def incompatibility(ep: EntryPoint) -> str | None:
     with :data:`pragma_core.__version__`.
     """
     name, version = _dist(ep)
-    if _normalize(name) == CORE_DISTRIBUTION:
+    if normalize(name) == CORE_DISTRIBUTION:
         return None
     for text in ep.dist.requires:
         specifier = _core_specifier(text)
@@ -210,6 +207,7 @@ def incompatibility(ep: EntryPoint) -> str | None:
 
 _REQUIREMENT = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(.*)", re.DOTALL)
 _CLAUSE = re.compile(r"(~=|==|!=|<=|>=|<|>)\s*([0-9]+(?:\.[0-9]+)*)")
+_RELEASE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 
 
 def _core_specifier(requirement: str) -> str | None:
@@ -219,7 +217,7 @@ def _core_specifier(requirement: str) -> str | None:
     without :mod:`packaging` (whose import costs more than a Python start).
     """
     match = _REQUIREMENT.match(requirement)
-    if match is None or _normalize(match.group(1)) != CORE_DISTRIBUTION:
+    if match is None or normalize(match.group(1)) != CORE_DISTRIBUTION:
         return None
     rest = match.group(2).strip()
     if ";" in rest:  # an environment marker: let packaging decide whether it applies
@@ -254,7 +252,8 @@ def _allows(specifier: str, version: str) -> bool:
     """
     clauses = [c.strip() for c in specifier.split(",") if c.strip()]
     simple = [_CLAUSE.fullmatch(c) for c in clauses]
-    if not all(m is not None and (m.group(1) != "~=" or "." in m.group(2)) for m in simple) or not re.fullmatch(r"[0-9]+(?:\.[0-9]+)*", version):
+    plain = all(m is not None and (m.group(1) != "~=" or "." in m.group(2)) for m in simple)
+    if not plain or not _RELEASE.fullmatch(version):
         from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
         try:

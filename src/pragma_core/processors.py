@@ -50,7 +50,6 @@ partition images) its :meth:`GzipLibrary.open`.
 from __future__ import annotations
 
 import functools
-
 import importlib
 import logging
 import os

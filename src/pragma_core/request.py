@@ -15,9 +15,9 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import PragmaError, UsageError
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the model (attrs) is imported when a request is built: the CLI's --help needs none of it
     from .model import BootRequest, InterfaceRequest, MemorySpec

@@ -9,9 +9,9 @@ really carries (the legacy examples) still build.
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import defusedxml.ElementTree as SafeET
 import pytest
 
 from pragma_core.errors import FormatError
@@ -84,7 +84,7 @@ def test_the_templates_images_really_carry_still_build(template: str, tmp_path: 
     xml = build_domain_xml(template, name="vc1", domain_type="kvm", vcpus=1, memory_mib=256, disk=tmp_path / "d.qcow2",
                            disk_format="qcow2", nics=[Nic(mac="52:54:00:00:00:01", bridge="br0")], record=record,
                            cluster_dir=tmp_path, console_log=tmp_path / "vc1.console.log")
-    root = ET.fromstring(xml)  # our own output
+    root = SafeET.fromstring(xml)
     (nic,) = root.iter("interface")
     roms = [r.attrib for r in nic.iter("rom")]
     assert roms == ([{"enabled": "no"}] if template is ORDINARY else []), "a template's ROM switch is kept, never its file"
