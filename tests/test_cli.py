@@ -310,6 +310,20 @@ def test_help_imports_no_driver_sdk(tmp_path: Path) -> None:
         assert heavy not in imported, f"pragma --help imported {heavy}"
 
 
+@pytest.mark.parametrize("option", ["--help", "--version"])
+def test_help_and_version_import_no_logging_typing_pathlib_or_attrs(option: str) -> None:
+    code = (
+        "import sys\n"
+        "from pragma_core.cli import main\n"
+        f"code = main([{option!r}])\n"
+        "heavy = ('logging', 'typing', 'pathlib', 'attrs', 'json', 'signal', 'pragma_core.signals')\n"
+        "print(code, sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stderr.strip() == "0 []", "these print built-in text only: each import here is start-up time"
+    assert proc.stdout.startswith("usage: pragma" if option == "--help" else "pragma ")
+
+
 def test_boot_wait_prints_one_ready_line_per_node(site: Site) -> None:
     result = site.run("boot", "demo", "6", f"key={site.key}", "wait=30")
     assert result.code == 0, result.err

@@ -13,8 +13,7 @@ Names are imported on first use so that ``import pragma_core`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is not imported at run time: ``import pragma_core`` stays cheap
 
 __version__ = "0.1.0"
 
@@ -63,6 +62,8 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:  # what type checkers see; at run time names load on first use
+    from typing import Any
+
     from .errors import CapacityError as CapacityError, ChecksumError as ChecksumError, ConfigError as ConfigError, DriverError as DriverError, FormatError as FormatError, NotFoundError as NotFoundError, NotSupportedError as NotSupportedError, PluginError as PluginError, PragmaError as PragmaError, RepositoryError as RepositoryError, StagingError as StagingError, UsageError as UsageError
     from .events import StageEvent as StageEvent
     from .hooks import Hooks as Hooks
@@ -78,6 +79,8 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'pragma_core' has no attribute {name!r}")
+    import importlib
+
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

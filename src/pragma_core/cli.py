@@ -34,24 +34,24 @@ are loaded by name only by the commands that need them.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sys
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__
 from .errors import PragmaError, UsageError
-from .redaction import redact
-from .printable import ERROR_LINE_LIMIT, PrintableFormatter, printable
-from .request import check_loglevel, parse_bool, quote
-from .vcdb import invalid_name, is_valid_name
+from .printable import ERROR_LINE_LIMIT, printable
 from .wording import closest, plural
 
+# What only a type checker needs; at run time ``--help`` and ``--version`` import no more than the above
+# (not :mod:`typing`, :mod:`logging` or :mod:`pathlib`: see benchmarks/bench_startup.py).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+    import logging
+    from typing import Any, TextIO
+
+    from .commandlog import LogFile
     from .config import SiteConfig
     from .hooks import Hooks
     from .interfaces import Driver, Repository
@@ -59,12 +59,16 @@ if TYPE_CHECKING:
     from .pipeline import Pipeline
     from .site import Site
 
-log = logging.getLogger("pragma_core.cli")
+
+def _log() -> logging.Logger:
+    """This module's logger (logging is set up, and imported, once a command runs)."""
+    import logging
+
+    return logging.getLogger("pragma_core.cli")
 
 _PARAM = re.compile(r"^([A-Za-z0-9_+-]+)=(.*)$", re.DOTALL)
 #: A negative number: an argument (``boot demo -1`` -> "must be >= 0"), never an option.
 _NEGATIVE = re.compile(r"^-[0-9][0-9.]*$")
-_LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 #: Arguments that name an image or a cluster: checked before any command runs.
 _NAME_ARGS = frozenset({"vc-name"})
 #: Exit status when standard output is closed early (128 + SIGPIPE, as a shell reports it).
@@ -195,7 +199,7 @@ class Context:
         self.out: TextIO = _Output(out)  # type: ignore[assignment]
         self.err = err
         self.debug = False
-        self.log_files: list[_LogFile] = []
+        self.log_files: list[LogFile] = []
         self._lib: Site | None = None
 
     @property
@@ -258,121 +262,6 @@ class Context:
 
         json.dump(value, self.out, indent=2, sort_keys=True, default=str)
         self.out.write("\n")
-
-
-# --------------------------------------------------------------------------- logging
-
-
-class _LogFile(logging.FileHandler):
-    """The command's log file. A write that fails is remembered, not retried and not dumped
-    on stderr (logging's "--- Logging error ---"): the command then fails with one line."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, encoding="utf-8")
-        self.failure: str | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.failure is None:
-            super().emit(record)
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        exc = sys.exc_info()[1]
-        if not isinstance(exc, OSError):
-            super().handleError(record)  # a malformed log call is a bug: logging reports it
-        else:
-            self._failed(exc)
-
-    def _failed(self, exc: OSError) -> None:
-        if self.failure is None:
-            self.failure = f"cannot write log file {self.baseFilename}: {_os_reason(exc)}"
-
-    def check(self) -> None:
-        """Flush; raise the error of a write that failed, now or before."""
-        if self.failure is None:
-            try:
-                self.flush()
-            except OSError as exc:
-                self._failed(exc)
-        if self.failure is not None:
-            raise PragmaError(self.failure)
-
-    def close(self) -> None:
-        try:
-            super().close()
-        except OSError as exc:  # the last flush: what was lost is reported by check() when still possible
-            self._failed(exc)
-
-
-def _os_reason(exc: OSError) -> str:
-    return exc.strerror or str(exc)
-
-
-def _setup_logging(ctx: Context, params: dict[str, str], *, logfile: Path | None = None) -> None:
-    """Set up the command's logging (once): ``loglevel=`` and the log file, if any.
-
-    With a log file (``logfile=``, or boot's and sync's own), the file is
-    written at ``loglevel`` (default INFO) and stderr shows warnings; without
-    one, stderr shows ``loglevel`` (default WARNING). DEBUG also shows on
-    stderr, with the traceback of an error. The log file is written to at
-    once (its first line), so a file that cannot be written fails the
-    command before it does anything.
-    """
-    level_name = check_loglevel(params.get("loglevel")) or ("INFO" if logfile is not None else "WARNING")
-    ctx.debug = level_name == "DEBUG"
-    level = getattr(logging, level_name)
-    stderr_level = logging.DEBUG if ctx.debug else logging.WARNING if logfile is not None else level
-    root = logging.getLogger()
-    root.setLevel(min(logging.INFO, level, stderr_level))
-    for handler in root.handlers:
-        handler.setLevel(stderr_level)
-    if logfile is not None:
-        handler = _open_log_file(logfile)
-        ctx.log_files.append(handler)
-        handler.setLevel(getattr(logging, level_name))
-        handler.setFormatter(PrintableFormatter(_LOG_FORMAT))
-        handler.emit(logging.LogRecord("pragma_core.cli", logging.INFO, __file__, 0, "log opened (pragma %s)", (__version__,), None))
-        handler.check()
-        root.addHandler(handler)
-
-
-def _open_log_file(path: Path) -> _LogFile:
-    try:
-        return _LogFile(path)
-    except OSError as exc:
-        if not path.parent.is_dir():
-            raise PragmaError(f"cannot open log file {path}: directory {path.parent} does not exist") from None
-        raise PragmaError(f"cannot open log file {path}: {_os_reason(exc)}") from None
-    except ValueError:  # a NUL byte in the name
-        raise PragmaError(f"cannot open log file {quote(str(path))}: invalid file name") from None
-
-
-def _close_log_files(ctx: Context) -> None:
-    root = logging.getLogger()
-    for handler in ctx.log_files:
-        root.removeHandler(handler)
-        handler.close()
-    ctx.log_files.clear()
-
-
-def _check_log_files(ctx: Context) -> None:
-    for handler in ctx.log_files:
-        handler.check()
-
-
-def _default_logfile(ctx: Context, params: dict[str, str], stem: str) -> Path:
-    """``logfile=`` as given (its directory must exist), else ``<log_directory>/<stem>-<date>.log``.
-
-    ``stem`` is a checked name or a fixed word; ``log_directory`` is created
-    when missing, as the legacy tool did.
-    """
-    if params.get("logfile"):
-        return Path(params["logfile"])
-    log_dir = Path(ctx.site.require("log_directory"))
-    try:
-        log_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PragmaError(f"cannot create log_directory {log_dir}: {_os_reason(exc)}") from None
-    return log_dir / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.log"
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -473,8 +362,10 @@ def _boot(ctx: Context, args: list[str], params: dict[str, str]) -> int:
     image, cpus = args
     request = request_from_params(image, cpus, params)
     wait = parse_wait(params.get("wait"))
-    _setup_logging(ctx, params, logfile=_default_logfile(ctx, params, image))
-    log.info("boot %s cpus=%d", image, request.cpus)
+    from .commandlog import default_logfile, setup_logging
+
+    setup_logging(ctx, params, logfile=default_logfile(ctx, params, image))
+    _log().info("boot %s cpus=%d", image, request.cpus)
     booted = ctx.lib.boot(request, wait=wait)
     alloc, readiness = booted.allocation, booted.readiness
     if ctx.json:
@@ -520,6 +411,8 @@ are powered off (no graceful shutdown) and it is removed, in one command.""",
 )
 def _clean(ctx: Context, args: list[str], params: dict[str, str]) -> int:
     (name,) = args
+    from .request import parse_bool
+
     force = parse_bool("force", params.get("force", "false"))
     ctx.print(f"Removing virtual cluster {name}")
     ctx.lib.clean(name, force=force)
@@ -580,9 +473,11 @@ def _list_repository(ctx: Context, args: list[str], params: dict[str, str]) -> i
     logs_itself=True,
 )
 def _sync_repository(ctx: Context, args: list[str], params: dict[str, str]) -> int:
-    _setup_logging(ctx, params, logfile=_default_logfile(ctx, params, "sync"))
+    from .commandlog import default_logfile, setup_logging
+
+    setup_logging(ctx, params, logfile=default_logfile(ctx, params, "sync"))
     changed = ctx.lib.sync()
-    log.info("sync finished: %s", "changed" if changed else "nothing changed")
+    _log().info("sync finished: %s", "changed" if changed else "nothing changed")
     return 0
 
 
@@ -713,7 +608,7 @@ def _plugin_commands(ctx: Context) -> dict[str, Command]:
         other = _clash(words, COMMANDS) or (words if words in found else None)
         if not words or other is not None:
             origin = getattr(func, "__module__", None) or "a plugin"
-            log.warning("command %r from %s clashes with an existing command %r; ignored", words, origin, other)
+            _log().warning("command %r from %s clashes with an existing command %r; ignored", words, origin, other)
             return
         if args is None:
             # the arguments its usage names ({required} [optional]): a {vc-name} is checked like a built-in's
@@ -840,7 +735,10 @@ def run(argv: Sequence[str], *, out: TextIO, err: TextIO) -> int:
         _report_error(err, f"internal error: {type(exc).__name__}: {exc} (run with loglevel=DEBUG for details)", debug=ctx.debug)
         return 1
     finally:
-        _close_log_files(ctx)
+        if ctx.log_files:
+            from .commandlog import close_log_files
+
+            close_log_files(ctx)
 
 
 def _report_error(err: TextIO, message: str, *, debug: bool = False) -> None:
@@ -851,6 +749,8 @@ def _report_error(err: TextIO, message: str, *, debug: bool = False) -> None:
     text cannot forge lines. A closed stderr is ignored: the exit status
     still tells.
     """
+    from .redaction import redact
+
     try:
         if debug:
             import traceback
@@ -903,9 +803,16 @@ def _dispatch(ctx: Context, argv: list[str]) -> int:
     if "loglevel" in params and params["loglevel"].upper() == "DEBUG":
         ctx.debug = True
     if not cmd.logs_itself:
-        _setup_logging(ctx, params, logfile=Path(params["logfile"]) if params.get("logfile") else None)
+        from pathlib import Path
+
+        from .commandlog import setup_logging
+
+        setup_logging(ctx, params, logfile=Path(params["logfile"]) if params.get("logfile") else None)
     code = cmd.func(ctx, rest, params)
-    _check_log_files(ctx)
+    if ctx.log_files:
+        from .commandlog import check_log_files
+
+        check_log_files(ctx)
     return code
 
 
@@ -920,6 +827,9 @@ def _force_param(cmd: Command, params: dict[str, str]) -> dict[str, str]:
 
 def _check_command_line(ctx: Context, cmd: Command, rest: list[str], params: dict[str, str]) -> None:
     """Options, parameters, argument count, and every name argument -- before anything runs."""
+    from .request import parse_bool, quote
+    from .vcdb import invalid_name, is_valid_name
+
     if ctx.json and not cmd.json_output:
         raise UsageError(f"--json is not available for '{cmd.words}'")
     known = {name for name, _, _ in [*cmd.params, *COMMON_PARAMS]} | ({"memory"} if cmd.words == "boot" else set())
@@ -944,18 +854,25 @@ def _check_command_line(ctx: Context, cmd: Command, rest: list[str], params: dic
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point of ``pragma``."""
-    _log_to_stderr()
+    args = sys.argv[1:] if argv is None else list(argv)
+    out, err = sys.stdout or _devnull(), sys.stderr or _devnull()
+    if _prints_only(args):  # nothing to log and nothing to roll back: no logging, no signal handlers
+        return _flush_stdout(run(args, out=out, err=err))
+    from .commandlog import log_to_stderr
     from .signals import run_main
 
+    log_to_stderr()
     # SIGTERM and SIGHUP roll back like Ctrl-C and exit 128 + signal number (pragma_core.signals)
-    code = run_main(run, sys.argv[1:] if argv is None else argv, out=sys.stdout or _devnull(), err=sys.stderr or _devnull())
-    return _flush_stdout(code)
+    return _flush_stdout(run_main(run, args, out=out, err=err))
 
 
-def _log_to_stderr() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(PrintableFormatter("%(levelname)s: %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+def _prints_only(args: list[str]) -> bool:
+    """``--help`` or ``--version``: the command line only prints built-in text."""
+    try:
+        opts = _split_options(args)[1]
+    except UsageError:
+        return False
+    return bool(opts["help"] or opts["version"])
 
 
 def _devnull() -> TextIO:

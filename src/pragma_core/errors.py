@@ -11,7 +11,15 @@ secret (keys, signatures, passwords).
 
 from __future__ import annotations
 
-from pathlib import Path
+TYPE_CHECKING = False  # neither typing nor pathlib is imported until an error names a file
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _as_path(path: str | Path) -> Path:
+    from pathlib import Path
+
+    return Path(path)
 
 
 class PragmaError(Exception):
@@ -50,7 +58,7 @@ class ConfigError(PragmaError):
         line: int | None = None,
         key: str | None = None,
     ) -> None:
-        self.path = Path(path) if path is not None else None
+        self.path = _as_path(path) if path is not None else None
         self.line = line
         self.key = key
         self.problem = message
@@ -68,7 +76,7 @@ class FormatError(PragmaError):
     """A file in one of pragma's formats (vcdb, cluster XML, vc-out) is invalid."""
 
     def __init__(self, message: str, *, path: str | Path | None = None, line: int | None = None) -> None:
-        self.path = Path(path) if path is not None else None
+        self.path = _as_path(path) if path is not None else None
         self.line = line
         where = []
         if self.path is not None:
@@ -99,7 +107,7 @@ class ChecksumError(StagingError):
     """Data did not match its expected digest."""
 
     def __init__(self, path: str | Path, algorithm: str, expected: str, actual: str) -> None:
-        self.path = Path(path)
+        self.path = _as_path(path)
         self.algorithm = algorithm
         self.expected = expected
         self.actual = actual

@@ -10,7 +10,9 @@ catalogue of any size costs little and stays one short line.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+TYPE_CHECKING = False  # the pragma command imports this at start-up: no typing at run time
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 #: How many names a message lists before "and N more".
 MAX_LISTED = 20

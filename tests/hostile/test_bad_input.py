@@ -280,19 +280,19 @@ def test_control_characters_in_driver_texts_are_escaped_in_listings(site: Site) 
 def test_log_records_are_one_line_each_whatever_the_message(tmp_path: Path) -> None:
     import io
 
-    from pragma_core import cli
+    from pragma_core import cli, commandlog
 
     logfile = tmp_path / "x.log"
     ctx = cli.Context(conf_dir=None, json_output=False, out=io.StringIO(), err=io.StringIO())
     try:
-        cli._setup_logging(ctx, {}, logfile=logfile)
+        commandlog.setup_logging(ctx, {}, logfile=logfile)
         logging.getLogger("pragma_core.test").warning("image %s", "demo\nError: forged\x1b[2J")
         try:
             raise ValueError("bad\x1b[2J")
         except ValueError:
             logging.getLogger("pragma_core.test").exception("failed")
     finally:
-        cli._close_log_files(ctx)
+        commandlog.close_log_files(ctx)
     lines = logfile.read_text().splitlines()
     assert lines[1].endswith("WARNING - image demo\\nError: forged\\x1b[2J")
     assert not any(line.startswith("Error") for line in lines)
