@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Site": "pragma_core.site",
-    "Booted": "pragma_core.site",
+    "Booted": "pragma_core.model",
     "Hooks": "pragma_core.hooks",
     "hookimpl": "pragma_core.hookspecs",
     "hookspec": "pragma_core.hookspecs",
@@ -69,8 +69,8 @@ if TYPE_CHECKING:  # what type checkers see; at run time names load on first use
     from .hooks import Hooks as Hooks
     from .hookspecs import hookimpl as hookimpl, hookspec as hookspec
     from .interfaces import Driver as Driver, Repository as Repository
-    from .model import Allocation as Allocation, BootRequest as BootRequest, Checksum as Checksum, ClusterDescription as ClusterDescription, ClusterReadiness as ClusterReadiness, ClusterStatus as ClusterStatus, DiskImage as DiskImage, Interface as Interface, InterfaceRequest as InterfaceRequest, MemorySpec as MemorySpec, Network as Network, Node as Node, NodeReadiness as NodeReadiness, NodeStatus as NodeStatus, NodeTemplate as NodeTemplate, Part as Part, Readiness as Readiness, ResolvedCluster as ResolvedCluster, Role as Role, StagedCluster as StagedCluster, StagedImage as StagedImage
-    from .site import Booted as Booted, Site as Site
+    from .model import Allocation as Allocation, Booted as Booted, BootRequest as BootRequest, Checksum as Checksum, ClusterDescription as ClusterDescription, ClusterReadiness as ClusterReadiness, ClusterStatus as ClusterStatus, DiskImage as DiskImage, Interface as Interface, InterfaceRequest as InterfaceRequest, MemorySpec as MemorySpec, Network as Network, Node as Node, NodeReadiness as NodeReadiness, NodeStatus as NodeStatus, NodeTemplate as NodeTemplate, Part as Part, Readiness as Readiness, ResolvedCluster as ResolvedCluster, Role as Role, StagedCluster as StagedCluster, StagedImage as StagedImage
+    from .site import Site as Site
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 

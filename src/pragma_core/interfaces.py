@@ -39,16 +39,16 @@ existed keeps working unchanged.
 from __future__ import annotations
 
 import abc
-import inspect
 import typing
-from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
 from .errors import DriverError, NotSupportedError
-from .model import Allocation, BootRequest, ClusterDescription, ClusterReadiness, ClusterStatus, StagedCluster
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the model (attrs classes) is imported by the modules that build its values
+    from collections.abc import Callable, Mapping
+
     from .config import RepositorySettings, SiteConfig
+    from .model import Allocation, BootRequest, ClusterDescription, ClusterReadiness, ClusterStatus, StagedCluster
     from .events import NodeProgress
     from .staging import Stager
 
@@ -56,6 +56,8 @@ __all__ = ["ConfigT", "Driver", "Repository", "StateT"]
 
 def accepts_keyword(method: Callable[..., Any], name: str) -> bool:
     """Whether ``method`` can be called with the keyword argument ``name`` (or takes ``**kwargs``)."""
+    import inspect
+
     try:
         parameters = inspect.signature(method).parameters.values()
     except (TypeError, ValueError):  # no signature to read (a builtin): call it the old way

@@ -390,3 +390,24 @@ class ClusterReadiness:
                 detail = ""
             nodes.append(NodeReadiness(node=node, state=state, detail=detail if sep or state is not Readiness.READY else ""))
         return cls(cluster=cluster, nodes=tuple(nodes))
+
+
+@frozen(kw_only=True)
+class Booted:
+    """What :meth:`Site.boot <pragma_core.Site.boot>` made: the allocation, the staged images, and
+    readiness when waited for.
+
+    ``staged`` is a :class:`StagedCluster`, or only the resolved description
+    when the driver's images live in its engine (``Driver.uses_local_images``
+    is ``False``).
+    """
+
+    allocation: Allocation
+    staged: ResolvedCluster
+    vcout_format: int
+    readiness: ClusterReadiness | None = None
+
+    @property
+    def name(self) -> str:
+        """The cluster's name: what :meth:`Site.clusters`, :meth:`Site.shutdown` and :meth:`Site.clean` take."""
+        return self.allocation.cluster

@@ -20,10 +20,14 @@ output stays the command's result.
 from __future__ import annotations
 
 import threading
-from typing import TextIO
+from typing import TYPE_CHECKING
 
-from .events import StageEvent
 from .printable import printable
+
+if TYPE_CHECKING:  # events (attrs) load with the first boot: listing commands need none of them
+    from typing import TextIO
+
+    from .events import StageEvent
 
 #: What a node count means in each stage that reports one.
 COUNTED = {"deploy": "nodes started", "wait": "nodes ready"}

@@ -32,25 +32,25 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from attrs import frozen
-
 from .errors import NotFoundError, NotSupportedError, PragmaError, UsageError
-from .events import WAIT, ProgressReporter, StageEvent, guarded, progress_keyword
-from .model import ClusterReadiness, ClusterStatus, InterfaceRequest, MemorySpec, ResolvedCluster, StagedCluster
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the model and events (attrs classes) load with the first command that needs them
+    from collections.abc import Callable, Iterable, Iterator
+    from types import TracebackType
+
     from .config import SiteConfig
+    from .events import ProgressReporter, StageEvent
     from .hooks import Hooks
     from .interfaces import Driver, Repository
-    from .model import Allocation, BootRequest
+    from .model import (
+        Booted, BootRequest, ClusterReadiness, ClusterStatus, InterfaceRequest, MemorySpec, StagedCluster,
+    )
     from .pipeline import Pipeline
     from .plugins import PluginInfo
 
-__all__ = ["Booted", "Site"]
+__all__ = ["Site"]
 
 
 def _image_hint(image: str, names: list[str]) -> str:
@@ -75,26 +75,6 @@ def _checked(name: str, what: str = "vc-name") -> str:
 log = logging.getLogger(__name__)
 
 
-@frozen(kw_only=True)
-class Booted:
-    """What :meth:`Site.boot` made: the allocation, the staged images, and readiness when waited for.
-
-    ``staged`` is a :class:`~pragma_core.model.StagedCluster`, or only the
-    resolved description when the driver's images live in its engine
-    (``Driver.uses_local_images`` is ``False``).
-    """
-
-    allocation: Allocation
-    staged: ResolvedCluster
-    vcout_format: int
-    readiness: ClusterReadiness | None = None
-
-    @property
-    def name(self) -> str:
-        """The cluster's name: what :meth:`Site.clusters`, :meth:`Site.shutdown` and :meth:`Site.clean` take."""
-        return self.allocation.cluster
-
-
 class Site:
     """One PRAGMA site: open it with :meth:`open`, then boot, list, shut down and clean clusters."""
 
@@ -103,7 +83,11 @@ class Site:
     ) -> None:
         self.config = config
         self._hooks = hooks
-        self._progress = guarded(progress) if progress is not None else None
+        self._progress: ProgressReporter | None = None
+        if progress is not None:
+            from .events import guarded
+
+            self._progress = guarded(progress)
         self._driver: Driver[Any, Any] | None = None
         self._repository: Repository[Any] | None = None
 
@@ -230,7 +214,7 @@ class Site:
         :class:`~pragma_core.model.BootRequest`. Anything that fails after the
         driver allocated is rolled back before the error is raised.
         """
-        from .model import BootRequest
+        from .model import Booted, BootRequest
         from .request import parse_wait
 
         if isinstance(image, BootRequest):
@@ -311,6 +295,9 @@ class Site:
 
     def _wait(self, name: str, seconds: float, image: str) -> ClusterReadiness:
         """:meth:`wait_ready`, announced to the progress reporter as stage ``wait`` of ``image``."""
+        from .events import WAIT, StageEvent, progress_keyword
+        from .model import ClusterReadiness
+
         self.require_wait_support()
         driver = self.driver
         log.info("waiting up to %g s for the nodes of %s", seconds, name)
@@ -362,3 +349,11 @@ class Site:
         from .plugins import list_plugins
 
         return list_plugins()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Booted":  # it lives with the other values, in pragma_core.model
+        from .model import Booted
+
+        return Booted
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
