@@ -90,6 +90,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
             "to_seconds",
             "to_str_list",
             "to_token",
+            "to_tuple",
         )
     },
     **{
@@ -214,6 +215,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time names load on first use
     from .settings import to_seconds as to_seconds
     from .settings import to_str_list as to_str_list
     from .settings import to_token as to_token
+    from .settings import to_tuple as to_tuple
     from .events import NodeProgress as NodeProgress
     from .printable import printable as printable
     from .processors import gzip_library as gzip_library

@@ -262,6 +262,16 @@ def to_str_list(value: Any) -> tuple[str, ...]:
     raise ValueError(f"must be a list of strings, not {value!r}")
 
 
+def to_tuple(value: Iterable[T]) -> tuple[T, ...]:
+    """Converter for the fields of records and values (not of settings): ``tuple(value)``.
+
+    Use it instead of the builtin ``tuple``: attrs reads a converter's
+    signature when it makes the class, and a builtin's means parsing its
+    text signature, ~10 ms in every process the first time.
+    """
+    return tuple(value)
+
+
 # --------------------------------------------------------------------------- paths
 
 
@@ -347,4 +357,5 @@ __all__ = [
     "to_seconds",
     "to_str_list",
     "to_token",
+    "to_tuple",
 ]

@@ -1,19 +1,15 @@
 """From a :class:`~.policy.Plan` to core's :class:`~pragma_core.model.Allocation` and pragma's records (pure).
 
-:class:`KvmRocksState` is what the driver carries in ``Allocation.state``
-between ``allocate``, ``deploy`` and ``rollback``: the allocation's id (the
-UUID of its claim, and a mark on every domain it defines, so a rollback only
-ever removes what its own allocation made), the bridges of its networks and
-where its disks go.
+The allocation carries a :class:`~.state.KvmRocksState` in ``Allocation.state``.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from attrs import field, frozen
+from attrs import frozen
 
 from pragma_core import Allocation, BootRequest, Interface, Network, Node, StagedCluster
 from pragma_core.pluginkit import plan_addresses
@@ -22,27 +18,7 @@ from .disks import disk_name
 from .policy import ExtraNetwork, Plan
 from .records import ClusterRecord, NicRecord, NodeRecord
 from .settings import KvmRocksSettings
-
-
-def _frozen_map(value: Mapping[str, str]) -> Mapping[str, str]:
-    from types import MappingProxyType
-
-    return MappingProxyType(dict(value))
-
-
-@frozen(kw_only=True)
-class KvmRocksState:
-    """The driver's own part of an allocation (``Allocation.state``)."""
-
-    #: Unique id of this allocation: its claim's UUID, written into every node's metadata.
-    allocation_id: str
-    #: Network name -> bridge setting (``brvlan{vlan}``, ``ovs:NAME``).
-    bridges: Mapping[str, str] = field(factory=dict, converter=_frozen_map)
-    #: ``shared`` or ``pool`` (``disk_storage``).
-    storage: str = "shared"
-
-    def bridge(self, network: str) -> str:
-        return self.bridges.get(network, "")
+from .state import KvmRocksState
 
 
 @frozen(kw_only=True)

@@ -45,6 +45,7 @@ from collections.abc import Iterable, Sequence
 from attrs import evolve, field, frozen
 
 from pragma_core import DriverError
+from pragma_core.pluginkit import to_tuple
 
 from .hosts import DomainInfo, Hosts, HostUnavailable, import_libvirt
 from .parallel import settle
@@ -117,10 +118,10 @@ class ClaimCopy:
 class ClaimSet:
     """The claims read from the claim hosts: which answered, and every copy found."""
 
-    group: tuple[str, ...] = field(converter=tuple)
+    group: tuple[str, ...] = field(converter=to_tuple)
     answered: frozenset[str] = frozenset()
-    copies: tuple[ClaimCopy, ...] = field(default=(), converter=tuple)
-    failures: tuple[str, ...] = field(default=(), converter=tuple)
+    copies: tuple[ClaimCopy, ...] = field(default=(), converter=to_tuple)
+    failures: tuple[str, ...] = field(default=(), converter=to_tuple)
 
     @property
     def majority(self) -> int:

@@ -23,39 +23,43 @@ This module imports libvirt only inside methods (through :mod:`.hosts`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import time
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pragma_core import Allocation, BootRequest, CapacityError, ClusterStatus, Driver, DriverError, NotFoundError, StagedCluster
-from pragma_core.pluginkit import NodeProgress
+from pragma_core import CapacityError, Driver, DriverError, NotFoundError
 
-from . import deploy as deploying
-from . import orphans as orphans_module
-from . import teardown
-from .allocation import KvmRocksState, Memory, bridges_for, build_allocation, cluster_record
-from .claims import MAX_ATTEMPTS, Claims, pause
-from .console import wait_for_verdicts
-from .deploy import Made
-from .hosts import DomainInfo, Hosts, _is_local
-from .orphans import Orphan
+from .claims import Claims
+from .hosts import Hosts, _is_local
 from .parallel import settle
-from .policy import Sizes, cluster_name_for, compute_name, extra_networks, overcommitted, plan_cluster, qualified_name
-from .records import ClusterRecord, NodeRecord, RecordStore
+from .policy import cluster_name_for, compute_name, qualified_name  # noqa: F401 - public names of this module
+from .records import NodeRecord, RecordStore
 from .settings import KvmRocksSettings, is_ovs
-from .storage import staged_name, storage_for
-from .view import SiteView, cluster_statuses, read_view
+from .state import KvmRocksState
+from .view import cluster_statuses, read_view
 
-if TYPE_CHECKING:  # filelock is imported by the commands that allocate: it costs ~40 ms
+# What only the commands that boot, tear down, wait or look for orphans use is imported by their
+# methods: ``list cluster`` loads none of it (nor filelock, which costs ~40 ms).
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+
     from filelock import FileLock
+
+    from pragma_core import Allocation, BootRequest, ClusterStatus, StagedCluster
+    from pragma_core.pluginkit import NodeProgress
+
+    from . import teardown
+    from .deploy import Made
+    from .hosts import DomainInfo
+    from .orphans import Orphan
+    from .records import ClusterRecord
+    from .storage import Storage
+    from .view import SiteView
 
 __all__ = ["KvmRocksDriver", "cluster_name_for", "compute_name", "qualified_name", "reverse_name"]
 
@@ -67,6 +71,9 @@ _DNS_TIMEOUT = 3.0
 
 def reverse_name(ip: str, *, timeout: float = _DNS_TIMEOUT) -> str | None:
     """The reverse-DNS name of ``ip``, or ``None`` (no name, or no answer within ``timeout``)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as FutureTimeout
+
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(socket.gethostbyaddr, ip)
         try:
@@ -90,7 +97,6 @@ class KvmRocksDriver(Driver[KvmRocksSettings, KvmRocksState]):
                                     keepalive_count=config.keepalive_count)
         self.store = RecordStore(config.state_dir)
         self.claims = Claims(self.hosts, config.claim_group)
-        self.storage = storage_for(config, self.hosts, local=all(_is_local(u) for u in self.hosts.uris.values()))
         #: This head: written into its claims, so it knows its own among other heads'.
         self.head = f"{socket.gethostname()}:{config.state_dir}"
         self._made: dict[str, Made] = {}
@@ -99,6 +105,14 @@ class KvmRocksDriver(Driver[KvmRocksSettings, KvmRocksState]):
                 "private_bridge %r has no {vlan}: every cluster's private network shares one bridge",
                 config.private_bridge,
             )
+
+    @functools.cached_property
+    def storage(self) -> Storage:
+        """Where node disks go (shared diskdir or each host's pool): made on first use."""
+        from .storage import storage_for
+
+        local = all(_is_local(u) for u in self.hosts.uris.values())
+        return storage_for(self.settings, self.hosts, local=local)
 
     def close(self) -> None:
         """Close every libvirt connection this driver opened (``Site.close`` calls it). Idempotent."""
@@ -140,6 +154,12 @@ class KvmRocksDriver(Driver[KvmRocksSettings, KvmRocksState]):
     # ------------------------------------------------------------------ allocate
 
     def allocate(self, request: BootRequest, cluster: StagedCluster) -> Allocation:
+        import uuid
+
+        from .allocation import Memory, bridges_for, build_allocation
+        from .claims import MAX_ATTEMPTS, pause
+        from .policy import Sizes, extra_networks, overcommitted, plan_cluster
+
         cfg = self.settings
         description = cluster.description
         fe_cpus = description.frontend.vcpus or 1
@@ -193,12 +213,17 @@ class KvmRocksDriver(Driver[KvmRocksSettings, KvmRocksState]):
     def _record(self, allocation: Allocation, cluster: StagedCluster) -> ClusterRecord:
         from attrs import evolve
 
+        from .allocation import cluster_record
+
         record = cluster_record(self.settings, allocation, cluster, head=self.head, created=time.time(),
                                 owner_pid=os.getpid())
         return evolve(record, bases=self._bases(allocation, cluster))
 
     def _bases(self, allocation: Allocation, cluster: StagedCluster) -> list[str]:
         """The copies and uploads this cluster's nodes use (``host/name``; ``/name`` in a shared diskdir)."""
+        from . import deploy as deploying
+        from .storage import staged_name
+
         out = []
         for host, files in deploying.needs(self.settings, cluster, allocation.nodes).items():
             for item in files:
@@ -212,6 +237,9 @@ class KvmRocksDriver(Driver[KvmRocksSettings, KvmRocksState]):
 
     def deploy(self, allocation: Allocation, cluster: StagedCluster, vcout: Mapping[str, bytes], *,
                progress: NodeProgress | None = None) -> None:
+        from . import deploy as deploying
+        from .deploy import Made
+
         state = self.state_of(allocation)
         record = self.store.get(allocation.cluster)
         if record is None or (record.allocation and record.allocation != state.allocation_id):
@@ -274,6 +302,8 @@ class KvmRocksDriver(Driver[KvmRocksSettings, KvmRocksState]):
 
     def _target(self, name: str) -> tuple[teardown.Target, list[DomainInfo]] | None:
         """Cluster ``name``'s nodes and reservations, and the domains found; ``None`` when there is no such cluster."""
+        from . import teardown
+
         record, claim = self._reservation(name)
         unreachable: set[str] = set()
         known = record or claim
@@ -291,6 +321,10 @@ class KvmRocksDriver(Driver[KvmRocksSettings, KvmRocksState]):
         return teardown.Target(name=name, nodes=tuple(nodes), record=record, claim=claim), found
 
     def shutdown(self, name: str) -> ClusterStatus:
+        from pragma_core import ClusterStatus
+
+        from . import teardown
+
         target = self._target(name)
         if target is None:
             raise NotFoundError(f"no cluster named {name}")
@@ -305,10 +339,14 @@ class KvmRocksDriver(Driver[KvmRocksSettings, KvmRocksState]):
 
     def _ask_shutdown(self, running: Sequence[DomainInfo], timeout: float) -> list[DomainInfo]:
         """Send every domain an ACPI power-off; wait up to ``timeout`` s. The domains still running."""
+        from . import teardown
+
         return teardown.ask_shutdown(self.hosts, running, timeout)
 
     def clean(self, name: str, *, force: bool = False) -> None:
         """Remove cluster ``name`` on every host; ``force``: running nodes are powered off at once first."""
+        from . import teardown
+
         with self._locked():
             found = self._target(name)
             if found is None:
@@ -325,6 +363,8 @@ class KvmRocksDriver(Driver[KvmRocksSettings, KvmRocksState]):
 
     def rollback(self, allocation: Allocation) -> None:
         """Remove what ``allocation`` made, and only that: its domains, its disks, its record and claim."""
+        from . import teardown
+
         state = self.state_of(allocation)
         ident = state.allocation_id
         with self._locked():
@@ -344,12 +384,16 @@ class KvmRocksDriver(Driver[KvmRocksSettings, KvmRocksState]):
 
     def orphans(self) -> list[Orphan]:
         """What crashed runs left on any host that belongs to no live cluster (:mod:`.orphans`)."""
+        from . import orphans as orphans_module
+
         view = self.view()
         return orphans_module.find(view, self.storage, hosts_with_pools=[h for h in self.settings.all_hosts
                                                                           if h not in view.unreachable])
 
     def remove_orphans(self) -> tuple[list[Orphan], list[str]]:
         """Find the orphans and remove them: what was found, and one line per failure."""
+        from . import orphans as orphans_module
+
         with self._locked():
             view = self.view()
             found = orphans_module.find(view, self.storage, hosts_with_pools=[h for h in self.settings.all_hosts
@@ -377,6 +421,8 @@ class KvmRocksDriver(Driver[KvmRocksSettings, KvmRocksState]):
         ..."`` (domain not running when called: not waited for) or
         ``"timeout: ..."``, frontend first.
         """
+        from .console import wait_for_verdicts
+
         statuses = self.list_clusters(name)
         if not statuses:
             raise NotFoundError(f"no cluster named {name}")

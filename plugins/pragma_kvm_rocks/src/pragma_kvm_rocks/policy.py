@@ -32,6 +32,7 @@ import attrs
 from attrs import field, frozen
 
 from pragma_core import BootRequest, CapacityError, DriverError
+from pragma_core.pluginkit import to_tuple
 
 from .placement import HostCapacity, Placement, free_capacity, place, spread
 from .settings import KvmRocksSettings
@@ -59,9 +60,9 @@ class Usage:
     vlans: frozenset[int] = frozenset()
     names: frozenset[str] = frozenset()
     macs: frozenset[str] = frozenset()
-    hosts: tuple[HostCapacity, ...] = field(default=(), converter=tuple)
+    hosts: tuple[HostCapacity, ...] = field(default=(), converter=to_tuple)
     unreachable: Mapping[str, str] = field(factory=dict)
-    idle: tuple[str, ...] = field(default=(), converter=tuple)
+    idle: tuple[str, ...] = field(default=(), converter=to_tuple)
     holders: Mapping[str, str] = field(factory=dict)
 
 
@@ -98,8 +99,8 @@ class Plan:
     public_ip: str
     vlan: int
     frontend_host: str
-    computes: tuple[ComputePlan, ...] = field(converter=tuple)
-    macs: tuple[tuple[str, ...], ...] = field(converter=tuple)
+    computes: tuple[ComputePlan, ...] = field(converter=to_tuple)
+    macs: tuple[tuple[str, ...], ...] = field(converter=to_tuple)
 
     @property
     def names(self) -> frozenset[str]:

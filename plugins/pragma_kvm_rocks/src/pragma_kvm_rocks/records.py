@@ -30,7 +30,7 @@ import defusedxml.ElementTree as SafeET
 from attrs import field, frozen
 
 from pragma_core import DriverError
-from pragma_core.pluginkit import invalid_name, is_valid_name
+from pragma_core.pluginkit import invalid_name, is_valid_name, to_tuple
 
 #: XML namespace of pragma's domain metadata.
 NAMESPACE = "https://pragma-grid.github.io/pragma/1"
@@ -68,7 +68,7 @@ class NodeRecord:
     image: str = ""
     vlan: int | None = None
     public_ip: str | None = None
-    nics: tuple[NicRecord, ...] = field(default=(), converter=tuple)
+    nics: tuple[NicRecord, ...] = field(default=(), converter=to_tuple)
     #: The allocation that made the node (``""``: made by a pragma before allocation ids).
     allocation: str = ""
 
@@ -161,7 +161,7 @@ class ClusterRecord:
     fqdn: str
     vlan: int
     public_ip: str
-    nodes: tuple[NodeRecord, ...] = field(converter=tuple)
+    nodes: tuple[NodeRecord, ...] = field(converter=to_tuple)
     owner_pid: int = 0
     #: Unique id of the allocation (the UUID of its claim domains); ``""`` in records of older pragmas.
     allocation: str = ""
@@ -172,7 +172,7 @@ class ClusterRecord:
     #: ``shared`` or ``pool`` (kvm_rocks.conf ``disk_storage``): where its disks are.
     storage: str = "shared"
     #: Base images (and kernels) it uses in diskdir or the hosts' pools: ``host/name`` (shared: ``/name``).
-    bases: tuple[str, ...] = field(default=(), converter=tuple)
+    bases: tuple[str, ...] = field(default=(), converter=to_tuple)
 
     @property
     def names(self) -> frozenset[str]:

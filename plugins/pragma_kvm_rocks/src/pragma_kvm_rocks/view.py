@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from attrs import evolve, field, frozen
 
 from pragma_core import ClusterStatus, NodeStatus
-from pragma_core.pluginkit import process_alive
+from pragma_core.pluginkit import process_alive, to_tuple
 
 from .claims import ClaimSet, claim_name
 from .hosts import DomainInfo, Hosts
@@ -28,9 +28,9 @@ from .records import ClusterRecord, NodeRecord
 class SiteView:
     """Domains of the hosts that answered (claims among them), live claims, this head's records."""
 
-    domains: tuple[DomainInfo, ...] = field(converter=tuple)
+    domains: tuple[DomainInfo, ...] = field(converter=to_tuple)
     claims: ClaimSet
-    records: tuple[ClusterRecord, ...] = field(converter=tuple)
+    records: tuple[ClusterRecord, ...] = field(converter=to_tuple)
     cpus: Mapping[str, int] = field(factory=dict)
     unreachable: Mapping[str, str] = field(factory=dict)
     #: This head: ``<hostname>:<state_dir>`` (see :attr:`ClusterRecord.head`).
