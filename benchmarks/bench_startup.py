@@ -4,7 +4,13 @@ Measures, in one run, the median wall time (and CPU time) of:
   * ``python -c pass``                      (the floor, the interpreter the ``pragma`` script runs on)
   * ``pragma --help``                       (target: under 2x the floor)
   * ``pragma list repository`` on a 1,000-cluster vcdb (local repository, fake driver; target under 2.5x)
-and prints each one's ratio to the floor.
+and prints each one's ratio to the floor. Beside them, the same listing written
+by hand as tightly as an expert would (:data:`HAND_LISTER`: the site file read
+with ``ast``, the entry points of ``sys.path`` scanned, the vcdb read with each
+name checked, the names printed; standard library only) -- run once as it is
+and once importing :mod:`logging` too, which pragma's contract requires (the
+command logs through the standard ``logging``): what any implementation pays
+before its own code.
 
 ``pragma`` is the installed console script of this interpreter's environment
 (``sysconfig``'s scripts directory), run directly -- not a version manager's
@@ -102,6 +108,39 @@ def instructions(argv: list[str]) -> int:
     raise SystemExit(f"bench_startup: callgrind gave no count for {argv[0]}: {proc.stderr.strip()[-200:]}")
 
 
+#: ``pragma list repository`` by hand: what the command must do, and nothing else.
+HAND_LISTER = r"""
+import ast, os, re, sys
+for module in sys.argv[2:]:
+    __import__(module)
+conf = os.path.join(sys.argv[1], "site_conf.conf")
+with open(conf, encoding="utf-8") as fh:
+    tree = ast.parse(fh.read(), conf)
+settings = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body}
+repo = settings["repository_settings"]["repository_dir"]
+for directory in sys.path:  # the entry points that name the repository and driver classes
+    try:
+        names = os.listdir(directory or ".")
+    except OSError:
+        continue
+    for name in names:
+        if name.endswith(".dist-info"):
+            try:
+                with open(os.path.join(directory, name, "entry_points.txt"), encoding="utf-8") as fh:
+                    fh.read()
+            except OSError:
+                pass
+valid = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+images = []
+with open(os.path.join(repo, "vcdb.txt"), encoding="utf-8") as fh:
+    for line in fh:
+        name, _, xml = line.strip().partition(",")
+        if valid.fullmatch(name) and xml:
+            images.append(name)
+sys.stdout.write("\n".join(["VIRTUAL IMAGE", *sorted(images)]) + "\n")
+"""
+
+
 def make_site(root: Path, clusters: int) -> Path:
     etc = root / "etc"
     repo = root / "repo"
@@ -141,15 +180,26 @@ def main() -> None:
         out = subprocess.run(listing, capture_output=True, text=True, check=True, env=ENV)
         assert out.stdout.count("\n") == opts.clusters + 1, "list repository must print every cluster"
         print(f"bytecode cache of pragma_core.cli: {bytecode_cached(interpreter)}")
+        hand = Path(tmp) / "hand_lister.py"
+        hand.write_text(HAND_LISTER)
+        by_hand = [interpreter, str(hand), str(etc)]
+        assert subprocess.run(by_hand, capture_output=True, text=True, check=True).stdout == out.stdout, \
+            "the hand-written lister must print what pragma prints"
         floor = measure([interpreter, "-c", "pass"], opts.rounds)
         helptime = measure([pragma, "--help"], opts.rounds)
         listtime = measure(listing, opts.rounds)
+        handtime = measure(by_hand, opts.rounds)
+        handlogtime = measure([*by_hand, "logging"], opts.rounds)
         rows = [("python -c pass", floor, None), ("pragma --help", helptime, 2.0),
-                (f"pragma list repository ({opts.clusters} images)", listtime, 2.5)]
+                (f"pragma list repository ({opts.clusters} images)", listtime, 2.5),
+                ("  the same, by hand", handtime, None),
+                ("  the same, by hand, importing logging", handlogtime, None)]
         print(f"{'':40} {'wall':>8} {'ratio':>7} {'CPU':>8} {'ratio':>7}")
         for label, (wall, cpu), target in rows:
             goal = f"   (target < {target}x)" if target else ""
             print(f"{label:40} {wall * 1000:6.1f}ms {wall / floor[0]:6.2f}x {cpu * 1000:6.1f}ms {cpu / floor[1]:6.2f}x{goal}")
+        print(f"pragma list repository / by hand with logging: {listtime[0] / handlogtime[0]:.2f}x wall,"
+              f" {listtime[1] / handlogtime[1]:.2f}x CPU")
         if opts.instructions:
             counts = [(label, instructions(argv)) for label, argv in (
                 ("python -c pass", [interpreter, "-c", "pass"]), ("pragma --help", [interpreter, pragma, "--help"]),
