@@ -87,6 +87,102 @@ def test_overlay_injection_writes_vcout_renames_legacy_files_and_keeps_data(tmp_
             assert all(any(held[i:i + 4096]) for i in range(0, len(held), 4096)), "the template holds no zero block"
 
 
+def _overlay_bytes(delta: e2fs.OverlayDelta, base: Path, out: Path, vcout: bytes) -> bytes:
+    clusters = delta.clusters("node-1", vcout)
+    write_overlay(out, backing_file=base, backing_format="raw", virtual_size=base.stat().st_size, data=clusters)
+    return out.read_bytes()
+
+
+def test_the_template_of_an_unchanged_base_is_made_once_and_gives_the_same_overlays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    need("debugfs", "e2image")
+    base = make_ext4_disk(tmp_path / "base.img", size=48 << 20, extra_data=1 << 20)
+    location = e2fs.find_root_filesystem(base)
+    plan = e2fs.plan_edits(base, location)
+    vcout = b"<vc><key>ssh-ed25519 AAAA test</key></vc>\n"
+    cache = tmp_path / "state" / "templates"
+    for work in ("w0", "w1", "w2"):
+        (tmp_path / work).mkdir()
+    uncached = _overlay_bytes(e2fs.OverlayDelta(base, location, plan, tmp_path / "w0"), base, tmp_path / "0.qcow2", vcout)
+    first = _overlay_bytes(e2fs.OverlayDelta(base, location, plan, tmp_path / "w1", cache=cache), base,
+                           tmp_path / "1.qcow2", vcout)
+    assert [p.name.endswith(".img") for p in cache.iterdir()] == [True]
+    assert cache.stat().st_mode & 0o777 == 0o700
+
+    def no_e2image(argv: list[str], *, what: str) -> str:
+        raise AssertionError(f"e2image ran again: {argv}")
+
+    monkeypatch.setattr(e2fs, "_run", no_e2image)
+    second = _overlay_bytes(e2fs.OverlayDelta(base, location, plan, tmp_path / "w2", cache=cache), base,
+                            tmp_path / "2.qcow2", vcout)
+    assert uncached == first == second, "a cached template gives byte-identical overlays"
+
+
+def test_a_base_changed_in_place_gets_a_new_template_and_its_own_overlay(tmp_path: Path) -> None:
+    need("debugfs", "e2image")
+    base = make_ext4_disk(tmp_path / "base.img", size=48 << 20, extra_data=1 << 20)
+    location = e2fs.find_root_filesystem(base)
+    plan = e2fs.plan_edits(base, location)
+    cache = tmp_path / "templates"
+    (tmp_path / "w1").mkdir()
+    e2fs.OverlayDelta(base, location, plan, tmp_path / "w1", cache=cache)
+    old_key = e2fs.TemplateCache.key(base, location)
+    subprocess.run(["debugfs", "-w", "-R", "mkdir /changed", f"{base}?offset={location.offset}"],
+                   check=True, capture_output=True)
+    assert e2fs.TemplateCache.key(base, location) != old_key
+    (tmp_path / "w2").mkdir()
+    delta = e2fs.OverlayDelta(base, location, plan, tmp_path / "w2", cache=cache)
+    fresh = tmp_path / "w3"
+    fresh.mkdir()
+    assert delta.template.read_bytes() == e2fs.OverlayDelta(base, location, plan, fresh).template.read_bytes()
+    assert len(list(cache.glob("*.img"))) == 2, "the older entry is kept while a boot may still use it"
+
+
+def test_a_link_planted_in_the_template_cache_is_never_followed(tmp_path: Path) -> None:
+    need("debugfs", "e2image")
+    base = make_ext4_disk(tmp_path / "base.img", size=48 << 20, extra_data=1 << 20)
+    location = e2fs.find_root_filesystem(base)
+    plan = e2fs.plan_edits(base, location)
+    cache = tmp_path / "templates"
+    cache.mkdir(mode=0o700)
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"not a template" * 100)
+    (cache / f"{e2fs.TemplateCache.key(base, location)}.img").symlink_to(outside)
+    (tmp_path / "w").mkdir()
+    delta = e2fs.OverlayDelta(base, location, plan, tmp_path / "w", cache=cache)
+    fresh = tmp_path / "w2"
+    fresh.mkdir()
+    assert delta.template.read_bytes() == e2fs.OverlayDelta(base, location, plan, fresh).template.read_bytes()
+    assert outside.read_bytes() == b"not a template" * 100, "the link's target is neither read nor written"
+
+
+def test_stale_templates_of_a_base_and_leftover_temporaries_are_deleted(tmp_path: Path) -> None:
+    import os
+    import time
+
+    need("debugfs", "e2image")
+    base = make_ext4_disk(tmp_path / "base.img", size=48 << 20, extra_data=1 << 20)
+    location = e2fs.find_root_filesystem(base)
+    plan = e2fs.plan_edits(base, location)
+    cache = tmp_path / "templates"
+    cache.mkdir(mode=0o700)
+    key = e2fs.TemplateCache.key(base, location)
+    prefix = key.split("-")[0]
+    old = time.time() - 2 * e2fs.TemplateCache.STALE_SECONDS
+    for name in (f"{prefix}-0000000000000000.img", ".tmp-killed.img", f"{prefix}-1111111111111111.img",
+                 "ffffffffffffffff-0000000000000000.img"):
+        (cache / name).write_bytes(b"x")
+    for name in (f"{prefix}-0000000000000000.img", ".tmp-killed.img", "ffffffffffffffff-0000000000000000.img"):
+        os.utime(cache / name, (old, old))
+    (tmp_path / "w").mkdir()
+    e2fs.OverlayDelta(base, location, plan, tmp_path / "w", cache=cache)
+    assert sorted(p.name for p in cache.iterdir()) == sorted([
+        f"{key}.img", f"{prefix}-1111111111111111.img",  # recent: a running boot may still use it
+        "ffffffffffffffff-0000000000000000.img",  # another base's
+    ])
+
+
 @pytest.mark.parametrize("block", [1024, 4096])
 def test_a_nonzero_copy_reads_back_identical_with_every_zero_block_a_hole(tmp_path: Path, block: int) -> None:
     source = tmp_path / "source"

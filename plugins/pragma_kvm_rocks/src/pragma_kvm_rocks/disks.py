@@ -123,12 +123,15 @@ class _BasePlan:
 class DiskBuilder:
     """Makes node disks: ``mode`` is ``overlay`` or ``copy``; ``injection`` auto/e2fs/guestfish/none."""
 
-    def __init__(self, *, mode: str, injection: str = "auto", max_parallel: int = 4, guestfish: bool = True) -> None:
+    def __init__(self, *, mode: str, injection: str = "auto", max_parallel: int = 4, guestfish: bool = True,
+                 templates: Path | None = None) -> None:
         self.mode = mode
         self.injection = injection
         self.max_parallel = max_parallel
         #: Whether guestfish may edit the disks here (not when overlays name a base only their host has).
         self.guestfish = guestfish
+        #: Where the e2fs templates of base images are kept between boots (:class:`~.e2fs.TemplateCache`).
+        self.templates = templates
 
     def build(self, jobs: Sequence[DiskJob]) -> None:
         """Make every disk; on failure remove the ones made and re-raise."""
@@ -152,7 +155,8 @@ class DiskBuilder:
                     for plan in plans.values():
                         if plan.method == "e2fs":
                             assert plan.location is not None and plan.plan is not None
-                            plan.delta = e2fs.OverlayDelta(plan.base, plan.location, plan.plan, Path(tmp))
+                            plan.delta = e2fs.OverlayDelta(plan.base, plan.location, plan.plan, Path(tmp),
+                                                          cache=self.templates)
                 run_parallel(
                     lambda job: self._one(job, plans[job.base], made),
                     jobs,

@@ -34,6 +34,7 @@ link leading out, a device or a FIFO a repository put there.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
@@ -49,7 +51,7 @@ from attrs import frozen
 from pragma_core import DriverError
 
 from .qcow2 import CLUSTER_SIZE
-from .sparse import data_extents, nonzero_copy, sparse_copy
+from .sparse import copy_extents, data_extents, nonzero_copy, sparse_copy
 
 log = logging.getLogger(__name__)
 
@@ -265,26 +267,36 @@ class OverlayDelta:
     threads at once (each call works in its own scratch file).
     """
 
-    def __init__(self, base: Path, location: ExtLocation, plan: GuestPlan, workdir: Path) -> None:
+    def __init__(self, base: Path, location: ExtLocation, plan: GuestPlan, workdir: Path,
+                 cache: Path | None = None) -> None:
         self.base = base
         self.location = location
         self.plan = plan
         self.workdir = workdir
         self.template = _temp_file(workdir, "base-")
+        self.block_size = ext_block_size(base, location.offset)
+        templates = TemplateCache(cache) if cache is not None else None
+        key = templates.key(base, location) if templates is not None else ""
+        if templates is None or not templates.fetch(key, self.template):
+            self._make_template()
+            if templates is not None:
+                templates.keep(key, self.template)
+        with open(self.template, "rb") as fh:
+            self._template_extents = list(data_extents(fh.fileno()))
+
+    def _make_template(self) -> None:
         if shutil.which("e2image") is None:
             raise InjectionUnsupported("e2image is not installed (Debian package e2fsprogs)")
         # e2image -r: a sparse raw image of the filesystem metadata only. Most of
         # it is zeros (unused inode tables: 16 of 17 MiB on a 1 GiB ext4), made
         # holes here, so each node copies and compares only the rest.
-        self.block_size = ext_block_size(base, location.offset)
-        full = _temp_file(workdir, "e2image-")
+        full = _temp_file(self.workdir, "e2image-")
         try:
-            _run(["e2image", "-r", "-o", str(location.offset), str(base), str(full)], what=f"e2image of {base}")
+            _run(["e2image", "-r", "-o", str(self.location.offset), str(self.base), str(full)],
+                 what=f"e2image of {self.base}")
             nonzero_copy(full, self.template, block=self.block_size)
         finally:
             full.unlink(missing_ok=True)
-        with open(self.template, "rb") as fh:
-            self._template_extents = list(data_extents(fh.fileno()))
 
     def clusters(self, node: str, vcout: bytes) -> dict[int, bytes]:
         """Apply the edits for one node; return ``{disk offset: 64 KiB cluster}`` for its overlay."""
@@ -360,6 +372,75 @@ class OverlayDelta:
                     cluster[lo - offset : hi - offset] = os.pread(new.fileno(), hi - lo, lo - base_offset)
                 out[offset] = bytes(cluster)
         return out
+
+
+class TemplateCache:
+    """The metadata template of each base image (``e2image -r``), kept between boots.
+
+    Making it costs an ``e2image`` run over the base (~70 ms for a 1 GiB
+    ext4); every boot of an unchanged base reuses it. An entry is named by
+    the base's path and identity (device, inode, size, modification and
+    change times) and the filesystem's place in it, so a base staged anew or
+    changed in place gets a new one. The directory is pragma's own
+    (``<state_dir>/templates``); an entry is read only when it is a regular
+    file really inside it (a link is never followed), is written under a
+    temporary name and renamed into place, and an entry of the same base
+    path unused for :attr:`STALE_SECONDS` is deleted when a new one is kept.
+    A cache that cannot be used only costs the ``e2image`` run.
+    """
+
+    STALE_SECONDS = 600.0
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @staticmethod
+    def key(base: Path, location: ExtLocation) -> str:
+        """``<path digest>-<identity digest>``: the entry of ``base`` as it is now."""
+        st = base.stat()
+        where = hashlib.sha256(os.fsencode(os.path.realpath(base))).hexdigest()[:16]
+        what = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{location.offset}:{location.length}"
+        return f"{where}-{hashlib.sha256(what.encode()).hexdigest()[:16]}"
+
+    def fetch(self, key: str, target: Path) -> bool:
+        """Copy entry ``key`` to the new file ``target``; whether there was one to copy."""
+        from pragma_core.pluginkit import open_inside
+
+        try:
+            with open_inside(self.directory, self.directory / f"{key}.img") as src, open(target, "wb") as dst:
+                copy_extents(src.fileno(), dst.fileno())
+                os.utime(src.fileno())  # in use: not stale
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.warning("template cache %s: %s; making the template anew", self.directory, exc.strerror or exc)
+            return False
+        return True
+
+    def keep(self, key: str, template: Path) -> None:
+        """Store ``template`` as entry ``key``; drop the stale entries of the same base path."""
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=".img", dir=self.directory)
+            try:
+                with os.fdopen(fd, "wb") as dst, open(template, "rb") as src:
+                    copy_extents(src.fileno(), dst.fileno())
+                os.replace(name, self.directory / f"{key}.img")
+            except BaseException:
+                Path(name).unlink(missing_ok=True)
+                raise
+            self._prune(key)
+        except OSError as exc:
+            log.warning("template cache %s: cannot keep a template: %s", self.directory, exc.strerror or exc)
+
+    def _prune(self, key: str) -> None:
+        prefix = key.split("-", 1)[0] + "-"
+        now = time.time()
+        for entry in os.scandir(self.directory):  # older entries of this base; what a killed run was writing
+            ours = entry.name.startswith((prefix, ".tmp-")) and entry.name != f"{key}.img"
+            if (ours and entry.name.endswith(".img") and entry.is_file(follow_symlinks=False)
+                    and now - entry.stat(follow_symlinks=False).st_mtime > self.STALE_SECONDS):
+                Path(entry.path).unlink(missing_ok=True)
 
 
 def read_file(image: Path, location: ExtLocation, guest_path: str) -> bytes:

@@ -70,24 +70,29 @@ def sparse_copy(source: Path, target: Path, *, src_offset: int = 0, length: int 
     target gets exactly ``length`` bytes.
     """
     with open(source, "rb") as src, open(target, "wb") as dst:
-        size = os.fstat(src.fileno()).st_size
-        if length is None:
-            length = size - src_offset
-        end_all = min(size, src_offset + length)
-        for start, end in data_extents(src.fileno(), end_all):
-            if end <= src_offset:
-                continue
-            start = max(start, src_offset)
-            pos = start
-            while pos < end:
-                count = min(end - pos, _CHUNK)
-                try:
-                    done = os.copy_file_range(src.fileno(), dst.fileno(), count, pos, pos - src_offset)
-                except OSError as exc:
-                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                        raise
-                    done = os.pwrite(dst.fileno(), os.pread(src.fileno(), count, pos), pos - src_offset)
-                if done <= 0:
-                    raise OSError(errno.EIO, f"short copy from {source}")
-                pos += done
-        dst.truncate(length)
+        copy_extents(src.fileno(), dst.fileno(), src_offset=src_offset, length=length)
+
+
+def copy_extents(src: int, dst: int, *, src_offset: int = 0, length: int | None = None) -> None:
+    """:func:`sparse_copy` between open descriptors (``dst`` empty): the data extents only, then the size."""
+    size = os.fstat(src).st_size
+    if length is None:
+        length = size - src_offset
+    end_all = min(size, src_offset + length)
+    for start, end in data_extents(src, end_all):
+        if end <= src_offset:
+            continue
+        start = max(start, src_offset)
+        pos = start
+        while pos < end:
+            count = min(end - pos, _CHUNK)
+            try:
+                done = os.copy_file_range(src, dst, count, pos, pos - src_offset)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                done = os.pwrite(dst, os.pread(src, count, pos), pos - src_offset)
+            if done <= 0:
+                raise OSError(errno.EIO, "short copy")
+            pos += done
+    os.ftruncate(dst, length)
