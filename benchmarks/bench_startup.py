@@ -8,9 +8,11 @@ and prints each one's ratio to the floor. Beside them, the same listing written
 by hand as tightly as an expert would (:data:`HAND_LISTER`: the site file read
 with ``ast``, the entry points of ``sys.path`` scanned, the vcdb read with each
 name checked, the names printed; standard library only) -- run once as it is
-and once importing :mod:`logging` too, which pragma's contract requires (the
-command logs through the standard ``logging``): what any implementation pays
-before its own code.
+once importing :mod:`logging` too, which pragma's contract requires (the
+command logs through the standard ``logging``), and once importing as well
+:mod:`typing` and :mod:`pathlib`, which a driver's module needs (``Driver`` is
+generic over its config and state classes; paths are :class:`~pathlib.Path`):
+what any implementation of that contract pays before its own code.
 
 ``pragma`` is the installed console script of this interpreter's environment
 (``sysconfig``'s scripts directory), run directly -- not a version manager's
@@ -190,16 +192,18 @@ def main() -> None:
         listtime = measure(listing, opts.rounds)
         handtime = measure(by_hand, opts.rounds)
         handlogtime = measure([*by_hand, "logging"], opts.rounds)
+        handcontract = measure([*by_hand, "logging", "typing", "pathlib"], opts.rounds)
         rows = [("python -c pass", floor, None), ("pragma --help", helptime, 2.0),
                 (f"pragma list repository ({opts.clusters} images)", listtime, 2.5),
                 ("  the same, by hand", handtime, None),
-                ("  the same, by hand, importing logging", handlogtime, None)]
+                ("  the same, by hand, importing logging", handlogtime, None),
+                ("  ... and typing and pathlib", handcontract, None)]
         print(f"{'':40} {'wall':>8} {'ratio':>7} {'CPU':>8} {'ratio':>7}")
         for label, (wall, cpu), target in rows:
             goal = f"   (target < {target}x)" if target else ""
             print(f"{label:40} {wall * 1000:6.1f}ms {wall / floor[0]:6.2f}x {cpu * 1000:6.1f}ms {cpu / floor[1]:6.2f}x{goal}")
-        print(f"pragma list repository / by hand with logging: {listtime[0] / handlogtime[0]:.2f}x wall,"
-              f" {listtime[1] / handlogtime[1]:.2f}x CPU")
+        print(f"pragma list repository / by hand with logging, typing and pathlib:"
+              f" {listtime[0] / handcontract[0]:.2f}x wall, {listtime[1] / handcontract[1]:.2f}x CPU")
         if opts.instructions:
             counts = [(label, instructions(argv)) for label, argv in (
                 ("python -c pass", [interpreter, "-c", "pass"]), ("pragma --help", [interpreter, pragma, "--help"]),
