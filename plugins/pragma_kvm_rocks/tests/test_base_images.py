@@ -180,3 +180,24 @@ def test_a_kernel_the_domain_boots_is_a_regular_file_inside_the_cluster(tmp_path
         build()
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"<os><kernel> {cluster / kernel}: ") and expected in message
+
+
+def test_scratch_left_by_a_killed_build_is_removed_and_a_running_builds_is_kept(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])  # a process that has exited: its pid is free
+    gone.wait()
+    scratch = tmp_path / "scratch"
+    left = scratch / f"pragma-disks-{gone.pid}-abc123"
+    running = scratch / f"pragma-disks-{os.getppid()}-def456"
+    other = scratch / "not-ours"
+    for directory in (left, running, other):
+        (directory / "sub").mkdir(parents=True)
+        (directory / "sub" / "template.meta").write_bytes(b"x" * 1024)
+    cluster = tmp_path / "demo"
+    cluster.mkdir()
+    (cluster / "base.raw").write_bytes(bytes(2 * MIB))
+    base = qcow2_on(cluster / "demo.qcow2", "base.raw")
+    job = DiskJob(node="n0", base=base, base_format="qcow2", target=tmp_path / "disks" / "n0.qcow2")
+    DiskBuilder(mode="overlay", injection="none", scratch=scratch).build([job])
+    assert job.target.exists()
+    assert sorted(p.name for p in scratch.iterdir()) == sorted([running.name, other.name]), \
+        "the dead build's scratch goes; a live process's and anything not named so stay; this build's own is gone"

@@ -26,6 +26,9 @@ would resolve the relative backing name in the disk directory instead.
 from __future__ import annotations
 
 import logging
+import os
+import re
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +36,7 @@ from pathlib import Path
 from attrs import frozen
 
 from pragma_core import DriverError, StagingError
-from pragma_core.pluginkit import CheckedImage, check_image, run_parallel
+from pragma_core.pluginkit import CheckedImage, check_image, process_alive, run_parallel
 
 from . import e2fs, guestfish, qcow2
 from .sparse import sparse_copy
@@ -83,6 +86,9 @@ def disk_name(node: str, mode: str) -> str:
     return f"{node}.qcow2" if mode == "overlay" else f"{node}.img"
 
 
+_SCRATCH = re.compile(r"pragma-disks-([0-9]{1,10})-[A-Za-z0-9_]+")
+
+
 class _BasePlan:
     """How the disks of one base image get their vc-out."""
 
@@ -124,7 +130,7 @@ class DiskBuilder:
     """Makes node disks: ``mode`` is ``overlay`` or ``copy``; ``injection`` auto/e2fs/guestfish/none."""
 
     def __init__(self, *, mode: str, injection: str = "auto", max_parallel: int = 4, guestfish: bool = True,
-                 templates: Path | None = None) -> None:
+                 templates: Path | None = None, scratch: Path | None = None) -> None:
         self.mode = mode
         self.injection = injection
         self.max_parallel = max_parallel
@@ -132,6 +138,8 @@ class DiskBuilder:
         self.guestfish = guestfish
         #: Where the e2fs templates of base images are kept between boots (:class:`~.e2fs.TemplateCache`).
         self.templates = templates
+        #: Where a build's scratch directory goes (``None``: the system's temporary directory).
+        self.scratch = scratch
 
     def build(self, jobs: Sequence[DiskJob]) -> None:
         """Make every disk; on failure remove the ones made and re-raise."""
@@ -150,7 +158,7 @@ class DiskBuilder:
                     )
         made: list[Path] = []
         try:
-            with tempfile.TemporaryDirectory(prefix="pragma-disks-") as tmp:
+            with self._scratch_directory() as tmp:
                 if self.mode == "overlay":
                     for plan in plans.values():
                         if plan.method == "e2fs":
@@ -176,6 +184,19 @@ class DiskBuilder:
             for path in made:
                 path.unlink(missing_ok=True)
             raise
+
+    def _scratch_directory(self) -> tempfile.TemporaryDirectory[str]:
+        """This build's scratch directory, ``pragma-disks-<pid>-*``; those of builds whose process is gone
+        (killed before it could remove its own) are removed first."""
+        if self.scratch is None:
+            return tempfile.TemporaryDirectory(prefix="pragma-disks-")
+        self.scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for entry in os.scandir(self.scratch):
+            match = _SCRATCH.fullmatch(entry.name)
+            if match and entry.is_dir(follow_symlinks=False) and not process_alive(int(match.group(1))):
+                log.info("removing %s, left by a killed run", entry.path)
+                shutil.rmtree(entry.path, ignore_errors=True)
+        return tempfile.TemporaryDirectory(prefix=f"pragma-disks-{os.getpid()}-", dir=self.scratch)
 
     def _one(self, job: DiskJob, plan: _BasePlan, made: list[Path]) -> None:
         job.target.parent.mkdir(parents=True, exist_ok=True)

@@ -115,7 +115,7 @@ class Storage(abc.ABC):
     def builder(self) -> DiskBuilder:
         return DiskBuilder(mode=self.cfg.disk_mode, injection=self.cfg.vcout_injection,
                            max_parallel=self.cfg.max_parallel, guestfish=self.mode != "pool",
-                           templates=self.cfg.state_dir / "templates")
+                           templates=self.cfg.state_dir / "templates", scratch=self.cfg.state_dir / "scratch")
 
     def _jobs(self, disks: Sequence[NodeDisk], staged: Mapping[tuple[str, Path], str], directory: Path) -> list[DiskJob]:
         return [
