@@ -40,6 +40,7 @@ __all__ = [
     "no_follow",
     "open_inside",
     "open_lane",
+    "private_directory",
     "safe_join",
     "stat_inside",
 ]
@@ -78,6 +79,29 @@ def no_follow(path: str, flags: int) -> int:
     New files get mode 0644; the descriptor is close-on-exec.
     """
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
+def private_directory(path: Path) -> Path:
+    """``path`` as a directory only this user can use: made with mode 0700 when missing.
+
+    For what must not sit in a shared directory under a name others can
+    guess (a lock file in ``/tmp`` that another user could hold). An existing
+    ``path`` must be a real directory (not a link), owned by this user, that
+    no one else may write; otherwise :class:`UnsafeFileError` (an
+    :class:`OSError`) says why, and nothing is created in it.
+    """
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeFileError(path, "is not a directory (a link is never followed)", errno.ENOTDIR)
+    if st.st_uid != os.geteuid():
+        raise UnsafeFileError(path, f"belongs to user {st.st_uid}, not to this one ({os.geteuid()})", errno.EPERM)
+    if st.st_mode & 0o022:
+        raise UnsafeFileError(path, f"can be written by others (mode {stat.S_IMODE(st.st_mode):o})", errno.EPERM)
+    return path
 
 
 def fsync_directory(directory: Path) -> None:

@@ -387,3 +387,35 @@ def test_a_link_planted_at_the_allocation_lock_is_one_error_and_its_target_untou
         boot(driver, cluster, BootRequest(image="demo", cpus=1))
     assert victim.read_bytes() == b"keep me"
     assert sim.calls("createNetwork") == [] and sim.calls("deployVirtualMachine") == [], "nothing was made"
+
+
+def test_without_a_temp_directory_the_lock_is_in_a_private_directory_another_user_cannot_hold(
+    driver: CloudStackDriver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import tempfile
+
+    import attrs
+    from pragma_cloudstack.naming import cluster_lock
+
+    shared = tmp_path / "tmp"
+    shared.mkdir(mode=0o1777)
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    site = attrs.evolve(driver.site, temp_directory=None)
+    with cluster_lock(driver.config, site):
+        pass
+    private = shared / f"pragma-{os.geteuid()}"
+    assert private.is_dir() and private.stat().st_mode & 0o777 == 0o700
+    assert [p.name.startswith("pragma-cloudstack-") for p in private.iterdir()] == [True]
+    assert not list(shared.glob("pragma-cloudstack-*")), "nothing another user can open sits in the shared directory"
+    for directory in private.iterdir():
+        directory.unlink()
+    private.rmdir()
+    if os.geteuid() != 0:
+        pytest.skip("making a directory another user's needs root")
+    private.mkdir(mode=0o755)  # made first by someone else, say
+    os.chown(private, 65534, 65534)
+    with pytest.raises(DriverError, match=r"cannot take the allocation lock: .*pragma-0: belongs to user 65534, not"):
+        with cluster_lock(driver.config, site):
+            pass
+    assert list(private.iterdir()) == [], "nothing is made in it"

@@ -11,6 +11,7 @@ on one host never take the same name.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -79,10 +80,17 @@ def ordered(vms: list[dict]) -> list[dict]:
 @contextmanager
 def cluster_lock(config: CloudStackSettings, site: SiteConfig) -> Iterator[None]:
     """Hold the lock under which a name is chosen and its network made: one per CloudStack account, in the site's
-    temp directory. A lock file that cannot be used (a symbolic link is never followed) is one clear error."""
+    temp directory (without one, in ``pragma-<uid>``, this user's private directory in the system's: a lock in
+    ``/tmp`` itself could be held by any other user). A lock file that cannot be used (a symbolic link is never
+    followed) is one clear error."""
     from filelock import FileLock
 
-    directory = site.temp_directory or Path(tempfile.gettempdir())
+    from pragma_core.pluginkit import private_directory
+
+    try:
+        directory = site.temp_directory or private_directory(Path(tempfile.gettempdir()) / f"pragma-{os.geteuid()}")
+    except OSError as exc:
+        raise DriverError(f"cannot take the allocation lock: {exc}") from None
     digest = hashlib.sha256(f"{config.baseurl}\0{config.apikey}".encode()).hexdigest()[:16]
     lock = FileLock(str(Path(directory) / f"pragma-cloudstack-{digest}.lock"), timeout=300)
     try:
