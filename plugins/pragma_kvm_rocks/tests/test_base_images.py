@@ -201,3 +201,13 @@ def test_scratch_left_by_a_killed_build_is_removed_and_a_running_builds_is_kept(
     assert job.target.exists()
     assert sorted(p.name for p in scratch.iterdir()) == sorted([running.name, other.name]), \
         "the dead build's scratch goes; a live process's and anything not named so stay; this build's own is gone"
+
+
+def test_a_base_claiming_a_huge_virtual_size_is_refused_before_any_overlay_is_made(tmp_path: Path) -> None:
+    base = tmp_path / "demo" / "huge.qcow2"
+    base.parent.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "128T"], check=True)
+    job = DiskJob(node="n0", base=base, base_format="qcow2", target=tmp_path / "disks" / "n0.qcow2")
+    with pytest.raises(DriverError, match=r"claims a virtual size of 140737488355328 bytes \(at most 64 TiB\)"):
+        DiskBuilder(mode="overlay", injection="none").build([job])
+    assert not job.target.exists()

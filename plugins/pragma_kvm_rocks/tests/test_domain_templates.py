@@ -53,6 +53,28 @@ HOSTILE = {
     "rng from a host file": domain("", '<rng model="virtio"><backend model="random">/etc/shadow</backend></rng>'),
     "rng from a socket": domain("", '<rng model="virtio"><backend model="egd" type="tcp"><source mode="connect" host="h" service="1"/>'
                                     "</backend></rng>"),
+    # a second <devices> or <os>: libvirt reads every copy, the checks would see only the first
+    "a second devices element": domain("", "").replace(
+        "</domain>", '<devices><disk type="file" device="disk"><source file="/etc/shadow"/><target dev="vdb"/></disk>'
+                     '<filesystem type="mount" accessmode="passthrough"><source dir="/"/><target dir="r"/></filesystem>'
+                     "</devices></domain>"),
+    "a second os element": domain("").replace("<devices>", "<os><loader>/etc/shadow</loader><initrd>/etc/shadow</initrd>"
+                                                             "</os><devices>"),
+    "cdrom of another cluster's volume": domain("", '<disk type="volume" device="cdrom"><source pool="default" '
+                                                     'volume="other-compute-0.qcow2"/><target dev="hdc"/></disk>'),
+    "floppy of another cluster's volume": domain("", '<disk type="volume" device="floppy"><source pool="default" '
+                                                      'volume="other-compute-0.qcow2"/><target dev="fda"/></disk>'),
+    "cdrom fetched from the host's network": domain("", '<disk type="network" device="cdrom"><source protocol="http" '
+                                                         'name="/latest"><host name="169.254.169.254" port="80"/>'
+                                                         '</source><target dev="hdc"/></disk>'),
+    "lun passthrough": domain("", '<disk type="block" device="lun"><target dev="sda"/></disk>'),
+    "real-time scheduling": domain('<cputune><vcpusched vcpus="0" scheduler="fifo" priority="99"/></cputune>'),
+    "host io threads": domain("<iothreads>100000</iothreads>"),
+    "host numa pinning": domain('<numatune><memory mode="strict" nodeset="0"/></numatune>'),
+    "memory dump on crash": domain("<on_crash>coredump-restart</on_crash>"),
+    "watchdog dumps memory": domain("", '<watchdog model="i6300esb" action="dump"/>'),
+    "sdl display with the host's X authority": domain("", '<graphics type="sdl" display=":0" xauth="/root/.Xauthority"/>'),
+    "the host's smbios identity": domain("").replace("</os>", '<smbios mode="host"/></os>'),
 }
 
 
@@ -90,3 +112,15 @@ def test_the_templates_images_really_carry_still_build(template: str, tmp_path: 
     assert roms == ([{"enabled": "no"}] if template is ORDINARY else []), "a template's ROM switch is kept, never its file"
     assert [log.get("file") for log in root.iter("log")] == [str(tmp_path / "vc1.console.log")]
     assert not [s for s in root.iter("source") if s.get("path")], "a dumped pty's path is libvirt's to choose"
+
+
+def test_a_display_listens_where_the_host_says_not_where_the_template_says(tmp_path: Path) -> None:
+    template = domain("", '<graphics type="vnc" autoport="yes" listen="0.0.0.0"><listen type="address" address="0.0.0.0"/>'
+                          "</graphics>")
+    record = NodeRecord(cluster="vc1", name="vc1", hostname="vc1", role="frontend", host="localhost", cpus=1, memory_mib=256)
+    xml = build_domain_xml(template, name="vc1", domain_type="kvm", vcpus=1, memory_mib=256, disk=tmp_path / "d.qcow2",
+                           disk_format="qcow2", nics=[], record=record, cluster_dir=tmp_path,
+                           console_log=tmp_path / "vc1.console.log")
+    (graphics,) = SafeET.fromstring(xml).iter("graphics")
+    assert graphics.get("listen") is None and graphics.find("listen") is None, "qemu.conf's address (127.0.0.1) applies"
+

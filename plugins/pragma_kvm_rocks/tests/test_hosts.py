@@ -115,3 +115,17 @@ def test_a_lost_connection_is_opened_again(opened, monkeypatch) -> None:
     monkeypatch.setattr(first, "isAlive", lambda: 0)  # keepalive closed it
     assert hosts.conn("h1") is not first
     assert len(opened) == 2
+
+
+@pytest.mark.parametrize("attributes", ['cluster="vc1" name="vc1" cpus="x"', 'cluster="vc1" name="../../etc"',
+                                        'cluster="../x" name="vc1"', 'cluster="vc1" name="vc1" vlan="9" * 5000'])
+def test_a_domain_with_damaged_pragma_metadata_is_skipped_not_fatal_to_the_listing(attributes: str) -> None:
+    from pragma_kvm_rocks import hosts as hosts_module
+    from pragma_kvm_rocks.records import NAMESPACE
+
+    attributes = attributes.replace('"9" * 5000', '"' + "9" * 5000 + '"')
+    text = f'<pragma:node xmlns:pragma="{NAMESPACE}" {attributes}/>'
+    assert hosts_module._metadata("h", "d", text) == (None, None)
+    good = f'<pragma:node xmlns:pragma="{NAMESPACE}" cluster="vc1" name="vc1-compute-0" cpus="1"/>'
+    node, claim = hosts_module._metadata("h", "d", good)
+    assert node is not None and node.name == "vc1-compute-0" and claim is None

@@ -239,3 +239,13 @@ def test_ext_boot_partition_beside_a_non_ext_root_is_left_to_libguestfs(tmp_path
     ])
     with pytest.raises(e2fs.InjectionUnsupported, match="no ext2/3/4 partition holds /etc"):
         e2fs.find_root_filesystem(disk)
+
+
+def test_an_image_name_with_a_question_mark_never_reaches_e2fsprogs(tmp_path: Path) -> None:
+    base = make_ext4_disk(tmp_path / "root.img", size=48 << 20)
+    named = tmp_path / "root.img?offset=0"  # e2fsprogs would open root.img: a file nothing checked
+    named.write_bytes(b"")
+    with pytest.raises(e2fs.InjectionUnsupported, match=r"a '\?' in the name"):
+        e2fs.find_root_filesystem(named)
+    with pytest.raises(e2fs.InjectionUnsupported, match=r"a '\?' in the name"):
+        e2fs.read_file(named, e2fs.ExtLocation(offset=0, length=base.stat().st_size), "/etc/hostname")

@@ -62,6 +62,11 @@ class DiskJob:
     backing_name: str | None = None
 
 
+#: The largest virtual size of a base image: a qcow2 header can claim far more (each node's overlay
+#: table grows with it, in memory and on disk), a real cluster image is far less.
+MAX_VIRTUAL_SIZE = 64 << 40
+
+
 def check_base(base: Path, fmt: str, *, root: Path | None = None, mode: str = "overlay") -> CheckedImage:
     """Check a base image (and its backing chain) before anything opens it; a one-line :class:`DriverError`."""
     try:
@@ -73,6 +78,10 @@ def check_base(base: Path, fmt: str, *, root: Path | None = None, mode: str = "o
             f"refusing base image: {base} has a backing file ({checked.chain[0].backing_name}); "
             "disk_mode = copy needs a base image without one (use disk_mode = overlay)"
         )
+    if checked.virtual_size > MAX_VIRTUAL_SIZE:
+        raise DriverError(f"refusing base image: {base} claims a virtual size of {checked.virtual_size} bytes"
+                          f" (at most {MAX_VIRTUAL_SIZE >> 40} TiB): each node's overlay would need a table"
+                          " that large")
     return checked
 
 

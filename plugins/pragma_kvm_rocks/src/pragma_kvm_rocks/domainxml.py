@@ -184,13 +184,15 @@ def _log_console(devices: ET.Element, path: str) -> None:
 
 # --------------------------------------------------------------------------- what a template may ask of the host
 
-#: ``<domain>`` children a template may hold. Everything else is refused: among them ``<seclabel>``
-#: (confinement off), ``<qemu:commandline>`` (any QEMU argument), ``<sysinfo>`` fw_cfg files,
-#: ``<memoryBacking>`` files, ``<bootloader>`` (a host program), ``<idmap>``, ``<resource>``.
+#: ``<domain>`` children a template may hold, each at most once (libvirt reads every copy of
+#: ``<devices>`` or ``<os>``: a second one would escape these checks). Everything else is refused:
+#: among them ``<seclabel>`` (confinement off), ``<qemu:commandline>`` (any QEMU argument),
+#: ``<sysinfo>`` fw_cfg files, ``<memoryBacking>`` files, ``<bootloader>`` (a host program),
+#: ``<idmap>``, ``<resource>``, and the host tuning ``<cputune>`` (real-time scheduling),
+#: ``<numatune>``, ``<memtune>``, ``<blkiotune>``, ``<iothreads>``.
 _TOP = frozenset({
     "name", "uuid", "genid", "title", "description", "metadata", "memory", "currentMemory", "maxMemory", "vcpu",
-    "vcpus", "iothreads", "os", "features", "cpu", "clock", "on_poweroff", "on_reboot", "on_crash", "pm", "devices",
-    "memtune", "cputune", "numatune", "blkiotune",
+    "vcpus", "os", "features", "cpu", "clock", "on_poweroff", "on_reboot", "on_crash", "pm", "devices",
 })
 #: ``<os>`` children (``<loader>``, ``<nvram>``, ``<acpi>`` tables name host files: refused).
 _OS = frozenset({"type", "boot", "bootmenu", "smbios", "bios", "kernel", "initrd", "dtb", "cmdline"})
@@ -202,9 +204,15 @@ _DEVICES = frozenset({
 })
 #: Character devices that reach nothing of the host but a pty or the display.
 _CHAR_TYPES = frozenset({"pty", "spicevmc", "spiceport", "qemu-vdagent", "null", "vc"})
-#: Attributes that name a host path, wherever they appear.
-_PATH_ATTRIBUTES = frozenset({"file", "path", "dir", "socket", "rendernode", "evdev", "dev"})
+#: Attributes that name a host path, wherever they appear (``xauth``: SDL's X authority file).
+_PATH_ATTRIBUTES = frozenset({"file", "path", "dir", "socket", "rendernode", "evdev", "dev", "xauth"})
 _RNG_BACKENDS = frozenset({"/dev/random", "/dev/urandom", "/dev/hwrng"})
+#: Removable drives a template may keep: empty (no ``<source>``: no host file, volume or network disk).
+_DRIVES = frozenset({"cdrom", "floppy"})
+#: Displays: served by QEMU on the host, on the address qemu.conf sets (``listen`` is dropped).
+_GRAPHICS = frozenset({"vnc", "spice", "egl-headless", "dbus"})
+#: What a crash or a watchdog may do: no memory dump written on the host.
+_DUMPS = frozenset({"coredump-destroy", "coredump-restart", "dump"})
 
 
 def _confine(root: ET.Element) -> None:
@@ -215,33 +223,59 @@ def _confine(root: ET.Element) -> None:
     relabels named files for QEMU). So the template keeps only what touches
     the guest alone. One :class:`FormatError` names the first thing refused.
     """
+    seen: set[str] = set()
     for child in root:
         tag = child.tag if isinstance(child.tag, str) else ""
         if tag not in _TOP:
             _refuse(f"<{_local(tag)}>", "not something a domain template may set")
+        if tag in seen:
+            _refuse(f"a second <{tag}>", "libvirt would read both, and only the first is checked")
+        seen.add(tag)
+    if (root.findtext("on_crash") or "").strip() in _DUMPS:
+        _refuse("<on_crash> " + (root.findtext("on_crash") or "").strip(), "it writes the guest's memory on the host")
     os_el = root.find("os")
     for child in os_el if os_el is not None else ():
         if child.tag not in _OS:
             _refuse(f"<os><{child.tag}>", "it names host files")
+        if child.tag == "smbios" and child.get("mode") not in (None, "emulate"):
+            _refuse(f"<os><smbios mode={child.get('mode')!r}>", "it shows the host's identity to the guest")
     devices = root.find("devices")
     for device in devices if devices is not None else ():
-        kind = device.tag
-        if kind not in _DEVICES:
-            _refuse(f"<{kind}>", "a device that reaches the host")
-        if kind in ("emulator", "interface") or (kind == "disk" and device.get("device", "disk") == "disk"):
-            continue  # replaced by pragma's own
-        if kind in ("serial", "console", "parallel", "channel") and device.get("type", "pty") == "pty":
-            _forget_pty(device)  # what libvirt fills in for a running domain (a template dumped from one has it)
-        if kind in ("serial", "console", "parallel", "channel") and device.get("type", "pty") not in _CHAR_TYPES:
-            if not (kind == "channel" and device.get("type") == "unix" and not _names_host_path(device)):
-                _refuse(f"<{kind} type={device.get('type')!r}>", "only pty, spice and null character devices")
-        if kind == "rng":
-            for backend in device.iter("backend"):
-                model = backend.get("model", "random")
-                if model == "egd" or (model == "random" and (backend.text or "").strip() not in _RNG_BACKENDS | {""}):
-                    _refuse("<rng><backend>", f"only {', '.join(sorted(_RNG_BACKENDS))} or builtin")
-        if _names_host_path(device):
-            _refuse(f"<{kind}>", "it names a host path")
+        _confine_device(device)
+
+
+def _confine_device(device: ET.Element) -> None:
+    kind = device.tag
+    if kind not in _DEVICES:
+        _refuse(f"<{kind}>", "a device that reaches the host")
+    if kind in ("emulator", "interface") or (kind == "disk" and device.get("device", "disk") == "disk"):
+        return  # replaced by pragma's own
+    if kind == "disk":
+        drive = device.get("device")
+        if drive not in _DRIVES or device.get("type", "file") != "file" or device.find("source") is not None \
+                or device.find("auth") is not None:
+            _refuse(f"<disk device={drive!r} type={device.get('type')!r}>",
+                    "only an empty cdrom or floppy drive (no source: no host file, volume or network disk)")
+    if kind in ("serial", "console", "parallel", "channel") and device.get("type", "pty") == "pty":
+        _forget_pty(device)  # what libvirt fills in for a running domain (a template dumped from one has it)
+    if kind in ("serial", "console", "parallel", "channel") and device.get("type", "pty") not in _CHAR_TYPES:
+        if not (kind == "channel" and device.get("type") == "unix" and not _names_host_path(device)):
+            _refuse(f"<{kind} type={device.get('type')!r}>", "only pty, spice and null character devices")
+    if kind == "watchdog" and device.get("action") in _DUMPS:
+        _refuse("<watchdog action='dump'>", "it writes the guest's memory on the host")
+    if kind == "rng":
+        for backend in device.iter("backend"):
+            model = backend.get("model", "random")
+            if model == "egd" or (model == "random" and (backend.text or "").strip() not in _RNG_BACKENDS | {""}):
+                _refuse("<rng><backend>", f"only {', '.join(sorted(_RNG_BACKENDS))} or builtin")
+    if _names_host_path(device):
+        _refuse(f"<{kind}>", "it names a host path")
+    if kind == "graphics":
+        if device.get("type") not in _GRAPHICS:
+            _refuse(f"<graphics type={device.get('type')!r}>", f"only {', '.join(sorted(_GRAPHICS))}")
+        device.attrib.pop("listen", None)  # the host's qemu.conf decides (127.0.0.1 unless the site says otherwise)
+        for listen in device.findall("listen"):
+            device.remove(listen)
 
 
 def _forget_pty(device: ET.Element) -> None:

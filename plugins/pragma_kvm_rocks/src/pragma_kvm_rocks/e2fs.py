@@ -118,6 +118,7 @@ def find_root_filesystem(path: Path) -> ExtLocation:
     partition (no ``/etc``) is passed over: a root of another type is then not
     for this fast path (libguestfs handles it).
     """
+    _e2fs_name(path)
     size = path.stat().st_size
     if has_ext_magic(path, 0):
         return ExtLocation(offset=0, length=size)
@@ -148,7 +149,17 @@ def _is_directory(image: Path, location: ExtLocation, guest_path: str) -> bool:
 
 
 def _device(path: Path, offset: int) -> str:
-    return f"{path}?offset={offset}" if offset else str(path)
+    """The name e2fsprogs opens for the filesystem at ``offset`` of ``path`` (``path?offset=N``)."""
+    return f"{_e2fs_name(path)}?offset={offset}" if offset else _e2fs_name(path)
+
+
+def _e2fs_name(path: Path) -> str:
+    """``path`` as e2fsprogs takes it: refused when it holds a ``?``, which e2fsprogs reads as the start of
+    its options -- ``root.img?x`` would open ``root.img``, a file nothing checked (a link leading out, a FIFO)."""
+    name = str(path)
+    if "?" in name:
+        raise InjectionUnsupported(f"{path}: a '?' in the name (e2fsprogs would open another file)")
+    return name
 
 
 def _quote(path: str) -> str:
@@ -292,7 +303,7 @@ class OverlayDelta:
         # holes here, so each node copies and compares only the rest.
         full = _temp_file(self.workdir, "e2image-")
         try:
-            _run(["e2image", "-r", "-o", str(self.location.offset), str(self.base), str(full)],
+            _run(["e2image", "-r", "-o", str(self.location.offset), _e2fs_name(self.base), str(full)],
                  what=f"e2image of {self.base}")
             nonzero_copy(full, self.template, block=self.block_size)
         finally:

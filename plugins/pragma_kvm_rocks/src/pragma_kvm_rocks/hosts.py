@@ -21,6 +21,7 @@ import defusedxml.ElementTree as SafeET
 from attrs import field, frozen
 
 from pragma_core import DriverError
+from pragma_core.pluginkit import is_valid_name
 
 from .records import DAMAGED, NAMESPACE, ClusterRecord, NodeRecord, parse_record
 
@@ -331,7 +332,15 @@ def _metadata(host: str, name: str, text: str | None) -> tuple[NodeRecord | None
         return None, None
     tag = element.tag.rsplit("}", 1)[-1]
     if tag == "node":
-        return NodeRecord.from_element(element), None
+        try:
+            node = NodeRecord.from_element(element)
+        except DAMAGED as exc:  # one domain's bad metadata must not hide the host's others
+            log.warning("host %s: domain %s has unreadable pragma metadata (%s)", host, name, exc)
+            return None, None
+        if not is_valid_name(node.name) or (node.cluster and not is_valid_name(node.cluster)):
+            log.warning("host %s: domain %s has pragma metadata naming an invalid node or cluster", host, name)
+            return None, None
+        return node, None
     if tag == "claim":
         try:
             return None, _claim(element.text or "")
