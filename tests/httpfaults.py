@@ -61,8 +61,9 @@ class Fault:
     stall_after: int = 0
     #: announce a Content-Length this many bytes larger than the body, then close
     extra_length: int = 0
-    #: 302 redirect to this location
+    #: redirect to this location (with ``redirect_status``)
     redirect: str | None = None
+    redirect_status: int = 302
     #: no ETag, Last-Modified or Accept-Ranges headers
     no_validators: bool = False
     #: flip one bit of the body at this offset
@@ -100,6 +101,7 @@ class Request:
     query: str  # raw query string
     headers: dict[str, str]
     target: str = ""  # the request-target exactly as sent (raw path and query)
+    body: bytes = b""  # a POST's body
     status: int = 0
     sent: int = 0
     #: set when the server has finished answering (every body byte written or the connection dropped)
@@ -131,6 +133,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._serve(head=False)
 
+    def do_POST(self) -> None:
+        self._serve(head=False)
+
     def _take_fault(self, path: str) -> Fault | None:
         state = self.server.state
         with state.lock:
@@ -158,6 +163,8 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         path = unquote(parts.path)
         self.record = Request(self.command, path, parts.query, dict(self.headers.items()), target=self.path)
+        if self.command == "POST":
+            self.record.body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 20))
         with self.server.state.lock:
             self.server.state.requests.append(self.record)
         try:
@@ -175,7 +182,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(refused, {"Content-Type": "text/plain"}, b"Access denied\n")
                 return
         if fault is not None and fault.redirect is not None:
-            self._reply(302, {"Location": fault.redirect})
+            self._reply(fault.redirect_status, {"Location": fault.redirect})
             return
         if fault is not None and fault.status is not None:
             self._reply(fault.status, {"Content-Type": "text/plain"}, f"error {fault.status}\n".encode())
@@ -390,8 +397,17 @@ class _Server(ThreadingHTTPServer):
 class FaultServer:
     """Serve ``root`` on 127.0.0.1 in a background thread (a context manager)."""
 
-    def __init__(self, root: Path, *, authorize: Callable[[Request], int | None] | None = None) -> None:
+    def __init__(self, root: Path, *, authorize: Callable[[Request], int | None] | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self._server = _Server(Path(root), authorize)
+        self.scheme = "http"
+        if tls is not None:  # (certificate, key): serve https
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="faultserver", daemon=True
         )
@@ -417,7 +433,7 @@ class FaultServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def url(self, path: str = "") -> str:
         return f"{self.base_url}/{path.lstrip('/')}"

@@ -150,5 +150,5 @@ def test_the_plugin_kit_imports_nothing_until_a_name_is_used() -> None:
 def test_the_plugin_kit_exports_every_public_name_of_its_helper_modules(module: str) -> None:
     helper = importlib.import_module(module)
     exported = {name for name, (where, _attribute) in pluginkit._EXPORTS.items() if where == module}
-    missing = set(helper.__all__) - exported - ({"open_lane"} if module == "pragma_core.paths" else set())
+    missing = set(helper.__all__) - exported
     assert not missing, f"{module} publishes {sorted(missing)}, which plugins cannot import from pragma_core.pluginkit"

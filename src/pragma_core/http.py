@@ -73,6 +73,7 @@ __all__ = [
     "HeaderAuth",
     "HttpClient",
     "Outgoing",
+    "RedirectRefused",
     "Reply",
     "RetriesExhaustedError",
     "TooLargeError",
@@ -420,6 +421,77 @@ def _skip_redirect_body(response: Any, *args: Any, **kwargs: Any) -> Any:
     return response
 
 
+# --------------------------------------------------------------------------- redirects
+
+
+class RedirectRefused(TransferError):
+    """A redirect this client does not follow: from https to http, or to another origin with the request's
+    credentials in a body that would be sent again."""
+
+
+class _RedirectPolicy:
+    """What a redirect of one request may do: stay on https, and leave its origin without its credentials.
+
+    ``requests`` strips only ``Authorization`` when a redirect changes host;
+    a credential header an :class:`Auth` adds (``X-Goog-Api-Key``) and a
+    signed body re-sent by a 307/308 (CloudStack's POST) would go along.
+    """
+
+    __slots__ = ("body", "headers", "origin", "scheme")
+
+    def __init__(self, url: str, headers: frozenset[str], body: bool) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.scheme, self.origin = parts.scheme.lower(), _origin(parts)
+        self.headers, self.body = headers, body
+
+    def check(self, request: Any) -> None:
+        """Make the next hop ``request`` (a prepared request) safe to send, or raise :class:`RedirectRefused`."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(request.url)
+        if self.scheme == "https" and parts.scheme.lower() != "https":
+            raise RedirectRefused(f"redirected to {_redact_url(request.url)}: a redirect from https to"
+                                  f" {parts.scheme or '?'} is not followed")
+        if _origin(parts) == self.origin:
+            return
+        for name in self.headers:
+            request.headers.pop(name, None)
+        if self.body and request.body is not None:
+            raise RedirectRefused(f"redirected to {_redact_url(request.url)}: a redirect to another host would"
+                                  " carry the request's credentials")
+
+
+def _origin(parts: Any) -> tuple[str, str, int | None]:
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
+_redirects: threading.local = threading.local()  # the policy of the request this thread is sending
+
+
+_SESSION: Any = None
+
+
+def _session_class() -> Any:
+    """``requests.Session`` that applies the current request's :class:`_RedirectPolicy` at every hop."""
+    global _SESSION
+    if _SESSION is not None:
+        return _SESSION
+    import requests
+
+    class PolicySession(requests.Session):  # type: ignore[misc]
+        def rebuild_auth(self, prepared_request: Any, response: Any) -> None:
+            super().rebuild_auth(prepared_request, response)
+            policy = getattr(_redirects, "policy", None)
+            if policy is not None:
+                policy.check(prepared_request)
+
+    _SESSION = PolicySession
+    return _SESSION
+
+
 # --------------------------------------------------------------------------- answers
 
 
@@ -559,7 +631,7 @@ class Reply:
         encoding = match.group(1) if match else "utf-8"
         try:
             return self.content.decode(encoding, errors="replace")
-        except LookupError:
+        except (LookupError, UnicodeError):  # no such codec, or one that is not a text encoding ("undefined", "idna")
             return self.content.decode("utf-8", errors="replace")
 
     def json(self) -> Any:
@@ -643,11 +715,9 @@ class HttpClient:
         """The ``requests`` session (made on first use)."""
         with self._lock:
             if self._session is None:
-                import requests
-
                 from . import __version__
 
-                session = requests.Session()
+                session = _session_class()()
                 session.max_redirects = self.max_redirects
                 session.verify = self.verify
                 session.headers["User-Agent"] = self.user_agent or f"pragma/{__version__}"
@@ -685,8 +755,11 @@ class HttpClient:
         if limit.expired:
             raise limit.error(plain)
         request = Outgoing(method, url, dict(params or {}), data, dict(headers or {}))
+        given, body = dict(request.headers), request.data
         if self.auth is not None:
             self.auth.apply(request)
+        credentials = frozenset(k for k, v in request.headers.items() if given.get(k) != v)
+        _redirects.policy = _RedirectPolicy(request.url, credentials, request.data is not body)
         watch = _Watch(limit)
         wait = limit.timeout(self.timeout)
         try:
@@ -698,20 +771,30 @@ class HttpClient:
                     # explicit: a CA bundle named in the environment must not turn checking back on
                     verify=None if self.verify else False,
                 )
+        except RedirectRefused as exc:
+            watch.stop()
+            raise RedirectRefused(exc.reason, url=plain) from None
         except requests.TooManyRedirects:
             watch.stop()
             raise TransferError(f"too many redirects (more than {self.max_redirects})", url=plain) from None
         except requests.exceptions.SSLError as exc:  # a certificate problem does not go away by retrying
             watch.stop()
             raise TransferError(_describe(exc), url=plain) from None
-        except (requests.ConnectionError, requests.Timeout, OSError) as exc:
+        except (requests.ConnectionError, requests.Timeout) as exc:
             watch.stop()
             if watch.fired or limit.expired:
                 raise limit.error(plain) from None
             raise TransientError(_describe(exc), timed_out=isinstance(exc, requests.Timeout)) from None
-        except requests.RequestException as exc:
+        except requests.RequestException as exc:  # before OSError, its base: an invalid URL or scheme is final
             watch.stop()
             raise TransferError(_describe(exc), url=plain) from None
+        except OSError as exc:
+            watch.stop()
+            if watch.fired or limit.expired:
+                raise limit.error(plain) from None
+            raise TransientError(_describe(exc)) from None
+        finally:
+            _redirects.policy = None
         if watch.fired or limit.expired:  # the headers were cut short when the deadline passed
             watch.stop()
             response.close()
@@ -878,8 +961,14 @@ def redact_logs(redact: Callable[[str], str], *loggers: str) -> None:
 # --------------------------------------------------------------------------- helpers
 
 
+#: A whole number in a header: ASCII digits only (``str.isdigit`` takes "²"), and few enough that
+#: ``int()`` and ``float()`` take it at once (a 5,000-digit Retry-After must not end the command).
+_HEADER_INT = re.compile(r"[0-9]{1,32}")
+
+
 def _int_header(value: str | None) -> int | None:
-    if value is None or not value.strip().isdigit():
+    """A header's whole number, or ``None`` when it is absent or not a plain number of at most 32 digits."""
+    if value is None or not _HEADER_INT.fullmatch(value.strip()):
         return None
     return int(value)
 

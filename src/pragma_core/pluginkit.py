@@ -36,7 +36,7 @@ Secrets (:mod:`pragma_core.redaction`)
 Files (:mod:`pragma_core.paths`)
     :func:`safe_join`, :func:`open_inside`, :func:`stat_inside`,
     :func:`is_inside`, :func:`fsync_directory`, :func:`no_follow`,
-    :func:`private_directory`, :class:`UnsafeFileError`.
+    :func:`open_lane`, :func:`private_directory`, :class:`UnsafeFileError`.
 Images and catalogues
     :func:`check_image` (a disk image and its backing chain, before anything
     opens it), :func:`read_qcow2_header`; :func:`parse_cluster_xml`,
@@ -130,8 +130,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "install_log_redaction": ("pragma_core.redaction", "install"),
     **{
         name: ("pragma_core.paths", name)
-        for name in ("UnsafeFileError", "fsync_directory", "is_inside", "no_follow", "open_inside", "private_directory",
-                     "safe_join", "stat_inside")
+        for name in ("UnsafeFileError", "fsync_directory", "is_inside", "no_follow", "open_inside", "open_lane",
+                     "private_directory", "safe_join", "stat_inside")
     },
     **{name: ("pragma_core.imagecheck", name) for name in ("CheckedImage", "Qcow2Header", "check_image", "read_qcow2_header")},
     **{name: ("pragma_core.clusterxml", name) for name in ("MAX_DESCRIPTION_BYTES", "parse_cluster_xml", "replace_disk_source")},
@@ -186,6 +186,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time names load on first use
     from .paths import is_inside as is_inside
     from .paths import no_follow as no_follow
     from .paths import open_inside as open_inside
+    from .paths import open_lane as open_lane
     from .paths import private_directory as private_directory
     from .paths import safe_join as safe_join
     from .paths import stat_inside as stat_inside
