@@ -123,6 +123,21 @@ def make_plain_iso(directory: Path, iso: Path) -> Path:
     return iso
 
 
+def joliet_file_as_directory(iso: bytes, name: str) -> bytes:
+    """``iso`` with the Joliet record of file ``name`` flagged as a directory.
+
+    pycdlib then looks for a directory at that file's extent and fails with a
+    bare ``KeyError`` -- a hostile ISO in two bits.
+    """
+    wanted = name.encode("utf-16-be")
+    at = iso.find(bytes([len(wanted)]) + wanted)
+    assert at > 0, f"no Joliet record for {name}"
+    record = at - 32  # the name's length is byte 32 of a directory record; the flags, byte 25
+    data = bytearray(iso)
+    data[record + 25] |= 0x02
+    return bytes(data)
+
+
 def read_range(path: Path, offset: int, length: int, dest: Path) -> Path:
     """Copy bytes [offset, offset+length) of ``path`` to ``dest`` (sparse)."""
     with open(path, "rb") as src, open(dest, "wb") as out:

@@ -11,8 +11,10 @@ page whose form carries ``confirm`` and a one-time ``uuid``.
 Faults, queued per file id: ``quota`` and ``rate`` (403 with Drive's JSON
 error body), ``error500``, ``drop`` (close the connection halfway through
 the body), ``corrupt`` (flip a byte), ``drip`` (one byte every
-:data:`DRIP` seconds), ``oversize`` (4 KiB more than the listed size). Every
-request is recorded.
+:data:`DRIP` seconds), ``oversize`` (4 KiB more than the listed size). A
+hostile server's listing: ``listing``, when set, is called with the page token
+asked for (``None`` for the first page) and its result is sent as the JSON
+answer of every ``files.list``. Every request is recorded.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, quote_plus, urlsplit
@@ -32,6 +35,15 @@ FOLDER = "application/vnd.google-apps.folder"
 #: Seconds between two bytes of a ``drip`` fault.
 DRIP = 0.02
 _Q = re.compile(r"'([A-Za-z0-9_-]+)' in parents and trashed=false")
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that gave up (a deadline passed) is expected, not worth a traceback."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 class DriveSim:
@@ -45,8 +57,10 @@ class DriveSim:
         self.faults: dict[str, list[str]] = {}
         self.requests: list[dict] = []
         self.uuids: set[str] = set()
+        #: a hostile listing: page token asked for -> the JSON body sent instead of the real page
+        self.listing: Callable[[str | None], object] | None = None
         self.root = self.add_folder("pragma-root", None)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -120,7 +134,7 @@ class DriveSim:
                 self.send_json(404, {"error": {"code": 404, "message": "Not Found"}})
 
             # ---- helpers
-            def send_json(self, status: int, body: dict) -> None:
+            def send_json(self, status: int, body: object) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json; charset=UTF-8")
@@ -158,6 +172,8 @@ class DriveSim:
             def api_list(self, query: dict) -> None:
                 if not self.key_ok(query):
                     return
+                if sim.listing is not None:
+                    return self.send_json(200, sim.listing((query.get("pageToken") or [None])[0]))
                 match = _Q.fullmatch((query.get("q") or [""])[0])
                 if not match:
                     return self.api_error(400, "invalid", "Invalid Value")

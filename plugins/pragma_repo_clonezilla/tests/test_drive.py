@@ -195,3 +195,104 @@ def test_a_link_planted_at_the_part_file_is_never_written_through(drive_sim, tmp
     c.download(item, dest)
     assert dest.read_bytes() == data and not dest.is_symlink()
     assert victim.read_bytes() == b"keep me"
+
+
+def test_a_link_planted_at_the_resume_record_is_never_written_through(drive_sim, tmp_path: Path) -> None:
+    data = os.urandom(50_000)
+    ident = drive_sim.add_file("y-frontend.iso", drive_sim.root, data, modified=1_600_000_000)
+    c = client(drive_sim)
+    item = next(i for i in c.list_folder(drive_sim.root) if i.id == ident)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (tmp_path / "dl").mkdir()
+    record = tmp_path / "dl" / "y-frontend.iso.part.json"
+    record.symlink_to(victim)
+    drive_sim.fail(ident, *["quota"])  # stop after the record is written: it must not have gone through the link
+    with pytest.raises(DriveQuotaError):
+        c.download(item, tmp_path / "dl" / "y-frontend.iso")
+    assert victim.read_bytes() == b"keep me"
+    assert not record.is_symlink() and json.loads(record.read_text()) == item.version()
+    c.download(item, tmp_path / "dl" / "y-frontend.iso")
+    assert (tmp_path / "dl" / "y-frontend.iso").read_bytes() == data and victim.read_bytes() == b"keep me"
+
+
+# --------------------------------------------------------------------------- a hostile listing
+
+
+def _pages(count: int, *, per_page: int = 1, delay: float = 0.0):
+    """A listing of ``count`` pages, each with a new page token (a server that pages on and on)."""
+
+    def listing(token: str | None) -> dict:
+        time.sleep(delay)
+        page = int(token[4:]) if token else 0
+        body: dict = {"files": [{"id": f"id{page}x{i}", "name": f"f{page}-{i}.xml", "mimeType": "text/xml"} for i in range(per_page)]}
+        if page + 1 < count:
+            body["nextPageToken"] = f"tok-{page + 1}"
+        return body
+
+    return listing
+
+
+def test_a_listing_that_pages_on_and_on_stops_at_the_page_cap(drive_sim, monkeypatch) -> None:
+    monkeypatch.setattr(drive, "MAX_LIST_PAGES", 5)
+    drive_sim.listing = _pages(50, per_page=0)
+    with pytest.raises(DriveError) as info:
+        client(drive_sim).list_folder(drive_sim.root)
+    assert str(info.value) == f"listing Google Drive folder {drive_sim.root}: more than 5 pages; refused"
+    assert len([r for r in drive_sim.requests if r["path"] == "/drive/v3/files"]) == 5
+
+
+def test_a_listing_of_more_items_than_the_cap_is_refused(drive_sim, monkeypatch) -> None:
+    monkeypatch.setattr(drive, "MAX_LIST_ITEMS", 5)
+    drive_sim.listing = _pages(4, per_page=2)
+    with pytest.raises(DriveError) as info:
+        client(drive_sim).list_folder(drive_sim.root)
+    assert str(info.value) == f"listing Google Drive folder {drive_sim.root}: more than 5 items; refused"
+    assert len([r for r in drive_sim.requests if r["path"] == "/drive/v3/files"]) == 3
+    drive_sim.listing = None
+    for i in range(6):
+        drive_sim.add_file(f"file-{i}.xml", drive_sim.root, b"x")
+    with pytest.raises(DriveError, match="more than 5 items; refused"):
+        client(drive_sim, api=False).list_folder(drive_sim.root)
+
+
+def test_a_whole_listing_ends_within_one_deadline_however_quick_each_page(drive_sim, tmp_path: Path) -> None:
+    drive_sim.listing = _pages(30, delay=0.1)
+    settings = ClonezillaSettings(api_key=drive_sim.api_key, drive_api_url=f"{drive_sim.url}/drive/v3", retry_delay=0, timeout=5)
+    start = time.monotonic()
+    with pytest.raises(DriveError) as info:
+        DriveClient(settings, progress=False, deadline=0.5).list_folder(drive_sim.root)
+    assert time.monotonic() - start < 2.5, "each page had its own deadline"
+    assert str(info.value) == f"listing Google Drive folder {drive_sim.root}: not done within its 0.5 s deadline"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"files": ["x"]},
+        {"files": None},
+        {"files": "abc"},
+        {"files": {"id": "a"}},
+        [],
+        "files",
+        {"files": [], "nextPageToken": {"a": 1}},
+        {"files": [], "nextPageToken": "t" * 5000},
+        {"files": [{"id": {"x": 1}, "name": "a.xml"}]},
+        {"files": [{"id": "a'x", "name": "a.xml"}]},
+        {"files": [{"id": "abc", "name": ["a.xml"]}]},
+        {"files": [{"id": "abc", "name": "a.xml", "md5Checksum": 5}]},
+        {"files": [{"id": "abc", "name": "a.xml", "md5Checksum": "not-hex\nsecond line"}]},
+        {"files": [{"id": "abc", "name": "a.xml", "modifiedTime": 1_700_000_000}]},
+        {"files": [{"id": "abc", "name": "a.xml", "mimeType": {"x": 1}}]},
+        {"files": [{"id": "abc", "name": "a.xml", "size": "\u00b2"}]},
+        {"files": [{"id": "abc", "name": "a.xml", "size": "9" * 5000}]},
+        {"files": [{"id": "abc", "name": "a.xml", "size": -1}]},
+    ],
+    ids=lambda body: json.dumps(body)[:40],
+)
+def test_listing_json_of_the_wrong_shape_is_one_drive_error(drive_sim, body) -> None:
+    drive_sim.listing = lambda token: body
+    with pytest.raises(DriveError) as info:
+        client(drive_sim).list_folder(drive_sim.root)
+    assert str(info.value).startswith(f"listing Google Drive folder {drive_sim.root}: ")
+    assert "\n" not in str(info.value)

@@ -153,3 +153,26 @@ def test_two_clusters_restoring_into_one_root_image_fail_the_second(drive_sim, i
     with pytest.raises(RepositoryError, match=r"twin: .*clonezilla-live-demo-frontend.raw is already the image of demo"):
         repo.sync()
     assert repo.list() == ["demo"]
+
+
+# --------------------------------------------------------------------------- the cziso log
+
+
+def test_cziso_restore_never_writes_its_log_through_a_planted_link(tmp_path: Path) -> None:
+    import stat
+
+    from pragma_repo_clonezilla.target import cziso_restore
+
+    cziso = tmp_path / "cziso"
+    cziso.write_text("#!/bin/sh\necho \"cziso $*\"\n")
+    cziso.chmod(cziso.stat().st_mode | stat.S_IXUSR)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (tmp_path / "vc1").mkdir()
+    log = tmp_path / "vc1" / "img-frontend-restore.log"
+    log.symlink_to(victim)
+    target = resolve_target("zfs://nas/tank/$imagename", imagename="img-frontend", repository_dir=tmp_path, cluster="vc1")
+    cziso_restore(cziso, tmp_path / "vc1" / "img-frontend.iso", target, size_setting=None, log_file=log)
+    assert victim.read_bytes() == b"keep me"
+    assert not log.is_symlink() and log.read_text().startswith("cziso restore ")
+    assert [p.name for p in (tmp_path / "vc1").iterdir()] == [log.name], "no temporary file is left behind"

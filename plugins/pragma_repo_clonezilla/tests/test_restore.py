@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 from pathlib import Path
 
@@ -157,3 +158,44 @@ def test_an_iso_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> No
     fifo = tmp_path / "x-frontend.iso"
     os.mkfifo(fifo)
     _restore_fails(fifo, tmp_path, "cannot open the ISO")
+
+
+# ------------------------------------------------------------------ a hostile ISO
+
+
+def test_a_malformed_iso_that_trips_pycdlib_is_a_bad_image_naming_it(isos, tmp_path: Path) -> None:
+    from czbuild import joliet_file_as_directory
+
+    iso = tmp_path / "hostile-frontend.iso"
+    iso.write_bytes(joliet_file_as_directory(isos["frontend"].read_bytes(), "clonezilla-img"))
+    with pytest.raises(BadImageError, match=r"^hostile-frontend\.iso: unreadable ISO 9660 image \(KeyError: \d+\)$"):
+        restore_iso_to_raw(iso, tmp_path / "out.raw")
+    assert not (tmp_path / "out.raw").exists()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        KeyError(33),
+        AttributeError("'NoneType' object has no attribute 'extent_location'"),
+        UnicodeDecodeError("utf-16-be", b"\xd8\x00", 0, 2, "unexpected end of data"),
+        IndexError("list index out of range"),
+        struct.error("unpack requires a buffer of 33 bytes"),
+        TypeError("unsupported operand"),
+        RecursionError("maximum recursion depth exceeded"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+@pytest.mark.parametrize("where", ["open_fp", "walk", "get_file_byte_extents"])
+def test_any_error_of_pycdlib_on_a_hostile_iso_is_a_bad_image(isos, tmp_path: Path, monkeypatch, error, where) -> None:
+    import pycdlib
+
+    def hostile(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(pycdlib.PyCdlib, where, hostile)
+    with pytest.raises(BadImageError) as info:
+        restore_iso_to_raw(isos["frontend"], tmp_path / "out.raw")
+    message = str(info.value)
+    assert message.startswith(f"{isos['frontend'].name}: ") and "\n" not in message
+    assert f"unreadable ISO 9660 image ({type(error).__name__}" in message

@@ -223,3 +223,74 @@ def test_template_outside_the_repository_or_unknown_variable_fails_the_cluster(d
     repo = make_repo(drive_sim, tmp_path / "repo", local_image_url="file://$repository_dir/$cluster/$nope.raw")
     with pytest.raises(RepositoryError, match=r"unknown variable \$nope"):
         repo.sync()
+
+
+# --------------------------------------------------------------------------- hostile repository and ISOs
+
+
+def test_a_link_at_a_cluster_folder_is_refused_and_nothing_is_written_through_it(drive_sim, isos, tmp_path: Path) -> None:
+    publish(drive_sim, isos, "good", compute=False)
+    publish(drive_sim, isos, "linked", compute=False)
+    publish(drive_sim, isos, "plain", compute=False)
+    root, outside = tmp_path / "repo", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "linked").symlink_to(outside)
+    (root / "plain").write_text("a file where the cluster folder goes\n")
+    repo = make_repo(drive_sim, root)
+    with pytest.raises(RepositoryError) as info:
+        repo.sync()
+    message = str(info.value)
+    assert message.startswith("2 of 3 clusters failed") and "\n" not in message
+    assert f"linked: {root / 'linked'}: is a symbolic link" in message
+    assert f"plain: {root / 'plain'}: is not a directory" in message
+    assert list(outside.iterdir()) == [], "nothing may be downloaded or restored through the link"
+    assert (root / "linked").is_symlink() and (root / "plain").is_file()
+    assert repo.list() == ["good"]
+    good = next(ident for ident, item in drive_sim.items.items() if item["name"] == "good")
+    fetched = {r["path"].rsplit("/", 1)[1] for r in drive_sim.media_requests()}
+    assert fetched and all(drive_sim.items[ident]["parent"] == good for ident in fetched)
+
+
+def test_a_malformed_iso_that_trips_pycdlib_fails_only_its_cluster(drive_sim, isos, tmp_path: Path, caplog) -> None:
+    from czbuild import joliet_file_as_directory
+
+    publish(drive_sim, isos, "good", compute=False)
+    hostile = drive_sim.add_folder("hostile", drive_sim.root)
+    drive_sim.add_file("hostile.xml", hostile, XML % b"")
+    drive_sim.add_file("hostile-frontend.iso", hostile, joliet_file_as_directory(isos["frontend"].read_bytes(), "clonezilla-img"))
+    root = tmp_path / "repo"
+    repo = make_repo(drive_sim, root)
+    with pytest.raises(RepositoryError) as info:
+        repo.sync()
+    message = str(info.value)
+    assert message.startswith("1 of 2 clusters failed to sync: hostile: hostile-frontend.iso: unreadable ISO 9660 image (KeyError: ")
+    assert "\n" not in message
+    assert repo.list() == ["good"] and (root / "vcdb.txt").read_text() == "good,good/good-local.xml\n"
+    assert not (root / "hostile" / "hostile-frontend.iso").exists(), "a bad ISO is removed so the next sync retries"
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+
+
+def test_an_unexpected_error_in_one_cluster_is_its_failure_and_vcdb_is_still_written(
+    drive_sim, isos, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    from pragma_repo_clonezilla import sync
+
+    real = sync.classify
+
+    def classify(folder: str, files: list) -> sync.ClusterFiles:
+        if folder == "boom":
+            raise AttributeError("'list' object has no attribute 'get'")
+        return real(folder, files)
+
+    monkeypatch.setattr(sync, "classify", classify)
+    publish(drive_sim, isos, "good", compute=False)
+    publish(drive_sim, isos, "boom", compute=False)
+    root = tmp_path / "repo"
+    repo = make_repo(drive_sim, root)
+    with pytest.raises(RepositoryError) as info:
+        repo.sync()
+    assert str(info.value) == "1 of 2 clusters failed to sync: boom: unexpected error: AttributeError: 'list' object has no attribute 'get'"
+    assert repo.list() == ["good"] and (root / "vcdb.txt").read_text() == "good,good/good-local.xml\n"
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["sync boom: unexpected error: AttributeError: 'list' object has no attribute 'get'"]

@@ -14,10 +14,14 @@ Two modes, chosen by the ``api_key`` setting:
 Every request goes through core's HTTP client (:mod:`pragma_core.http`),
 the API key being its pluggable authentication (:class:`~pragma_core.http.HeaderAuth`):
 each call has an overall deadline however slowly the server answers, and
-each answer a size cap (listings and pages: :data:`MAX_PAGE_BYTES`).
+each answer a size cap (listings and pages: :data:`MAX_PAGE_BYTES`). A whole
+listing, every page of it, ends within the client's ``deadline`` and is
+refused past :data:`MAX_LIST_PAGES` pages or :data:`MAX_LIST_ITEMS` items;
+an answer whose JSON has the wrong shape is a :class:`DriveError`.
 
 Downloads go to ``<file>.part`` (with ``<file>.part.json`` naming the remote
-version it belongs to), resume with ``Range`` after a dropped connection or
+version it belongs to, replaced by rename: a link planted at either name is
+never written through), resume with ``Range`` after a dropped connection or
 on the next sync, are retried with back-off on network errors, 5xx and rate
 limits, never grow past the listed size, are checked against the listed
 size and MD5, then renamed into place with the remote modification time as
@@ -33,7 +37,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -54,6 +60,7 @@ from pragma_core.pluginkit import (
     TransferError,
     TransientError,
     no_follow,
+    open_inside,
 )
 
 from .drivepage import parse_download_form, parse_folder_view, parse_modified
@@ -74,6 +81,25 @@ _QUOTA_REASONS = {"downloadQuotaExceeded", "quotaExceeded", "dailyLimitExceeded"
 _MAX_DELAY = 60.0
 #: Largest listing page, folder view or confirm page read.
 MAX_PAGE_BYTES = 8 << 20
+#: Most pages one folder listing may take (a server handing out page tokens forever is refused).
+MAX_LIST_PAGES = 1_000
+#: Most items one folder may list.
+MAX_LIST_ITEMS = 10_000
+#: Most bytes all the pages of one listing may hold together.
+MAX_LIST_BYTES = 64 << 20
+#: Longest page token accepted (Drive's are a few hundred characters).
+_MAX_TOKEN = 4096
+#: Largest resume record (``<file>.part.json``) read back.
+_MAX_RECORD_BYTES = 64 * 1024
+#: What a Drive id looks like (it goes into listing queries and download URLs).
+_DRIVE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
+#: The optional string fields of a ``files.list`` entry, and the shape each must have (``None``: any).
+_ENTRY_FIELDS: dict[str, re.Pattern[str] | None] = {
+    "mimeType": None,
+    "modifiedTime": None,
+    "md5Checksum": re.compile(r"[0-9A-Fa-f]{32}"),
+    "size": re.compile(r"[0-9]{1,20}"),
+}
 
 
 class DriveError(RepositoryError):
@@ -181,16 +207,25 @@ class DriveClient:
     # ------------------------------------------------------------------ listing
 
     def list_folder(self, folder_id: str, *, label: str = "") -> list[DriveFile]:
-        """The items of folder ``folder_id`` (not trashed), sorted by name."""
+        """The items of folder ``folder_id`` (not trashed), sorted by name.
+
+        The whole listing, every page and retry included, ends within the
+        client's ``deadline``.
+        """
         what = f"listing Google Drive folder {label or folder_id}"
-        files = self._list_api(folder_id, what) if self.uses_api else self._list_web(folder_id, what)
+        deadline = Deadline(self.http.deadline)
+        if self.uses_api:
+            files = self._list_api(folder_id, what, deadline)
+        else:
+            files = self._list_web(folder_id, what, deadline)
         return sorted(files, key=lambda f: f.name)
 
-    def _list_api(self, folder_id: str, what: str) -> list[DriveFile]:
+    def _list_api(self, folder_id: str, what: str, deadline: Deadline) -> list[DriveFile]:
         files: list[DriveFile] = []
         token: str | None = None
         seen_tokens: set[str] = set()
-        while True:
+        received = 0
+        for _ in range(MAX_LIST_PAGES):
             params = {
                 "q": f"'{folder_id}' in parents and trashed=false",
                 "fields": _LIST_FIELDS,
@@ -200,41 +235,30 @@ class DriveClient:
             }
             if token:
                 params["pageToken"] = token
-            response = self._get(f"{self.settings.drive_api_url}/files", what, params=params)
-            try:
-                body = response.json()
-                items = body.get("files", [])
-                token = body.get("nextPageToken")
-            except (ValueError, AttributeError):
-                raise DriveError(f"{what}: the answer is not Drive API JSON") from None
-            for item in items:
-                try:
-                    size = int(item["size"]) if item.get("size") is not None else None
-                    files.append(
-                        DriveFile(
-                            id=str(item["id"]),
-                            name=str(item["name"]),
-                            mime_type=str(item.get("mimeType", "")),
-                            modified=_parse_rfc3339(item.get("modifiedTime")),
-                            md5=item.get("md5Checksum"),
-                            size=size,
-                            is_folder=item.get("mimeType") == FOLDER_MIME,
-                        )
-                    )
-                except (KeyError, TypeError, ValueError):
-                    raise DriveError(f"{what}: malformed file entry in the answer") from None
+            response = self._get(f"{self.settings.drive_api_url}/files", what, params=params, deadline=deadline)
+            received += len(response.content)
+            if received > MAX_LIST_BYTES:
+                raise DriveError(f"{what}: the pages hold more than {MAX_LIST_BYTES} bytes; refused")
+            items, token = _listing_page(response, what)
+            if len(files) + len(items) > MAX_LIST_ITEMS:
+                raise DriveError(f"{what}: more than {MAX_LIST_ITEMS} items; refused")
+            files.extend(_drive_file(item, what) for item in items)
             if not token:
                 return files
             if token in seen_tokens:
-                raise DriveError(f"{what}: the server repeated page token {token!r}")
+                raise DriveError(f"{what}: the server repeated page token {token[:40]!r}")
             seen_tokens.add(token)
+        raise DriveError(f"{what}: more than {MAX_LIST_PAGES} pages; refused")
 
-    def _list_web(self, folder_id: str, what: str) -> list[DriveFile]:
-        response = self._get(f"{self.settings.drive_web_url}/embeddedfolderview", what, params={"id": folder_id})
+    def _list_web(self, folder_id: str, what: str, deadline: Deadline) -> list[DriveFile]:
+        response = self._get(f"{self.settings.drive_web_url}/embeddedfolderview", what, params={"id": folder_id},
+                             deadline=deadline)
         page = response.text
         entries = parse_folder_view(page)
         if not entries and "flip-entry" not in page and "flip-list" not in page:
             raise DriveError(f"{what}: the page is not a public folder view (is the folder shared with 'anyone with the link'?)")
+        if len(entries) > MAX_LIST_ITEMS:
+            raise DriveError(f"{what}: more than {MAX_LIST_ITEMS} items; refused")
         return [
             DriveFile(
                 id=e.id,
@@ -276,16 +300,12 @@ class DriveClient:
         os.replace(part, dest)
         meta.unlink(missing_ok=True)
         if item.modified is not None:
-            os.utime(dest, (item.modified, item.modified))
+            os.utime(dest, (item.modified, item.modified), follow_symlinks=False)
 
     def _reuse_or_reset(self, part: Path, meta: Path, item: DriveFile) -> None:
-        try:
-            previous = json.loads(meta.read_text())
-        except (OSError, ValueError):
-            previous = None
-        if previous != item.version() or (item.modified is None and item.md5 is None) or part.is_symlink():
+        if _read_record(meta) != item.version() or (item.modified is None and item.md5 is None) or part.is_symlink():
             part.unlink(missing_ok=True)  # a link is never resumed (nor written through: no_follow)
-        meta.write_text(json.dumps(item.version()))
+        _write_record(meta, item.version())
 
     def _fetch(self, item: DriveFile, part: Path, label: str, deadline: Deadline, max_bytes: int | None) -> None:
         offset = part.stat().st_size if part.exists() else 0
@@ -392,6 +412,70 @@ class DriveClient:
         )
 
 
+def _listing_page(response: Reply, what: str) -> tuple[list[Any], str | None]:
+    """The ``files`` and ``nextPageToken`` of one ``files.list`` answer, their types checked."""
+    try:
+        body = response.json()
+    except (ValueError, RecursionError):
+        raise DriveError(f"{what}: the answer is not Drive API JSON") from None
+    if not isinstance(body, dict):
+        raise DriveError(f"{what}: the answer is not a Drive API JSON object")
+    items = body.get("files", [])
+    token = body.get("nextPageToken")
+    if not isinstance(items, list):
+        raise DriveError(f"{what}: 'files' in the answer is not a list")
+    if token is not None and (not isinstance(token, str) or len(token) > _MAX_TOKEN):
+        raise DriveError(f"{what}: 'nextPageToken' in the answer is not a string of at most {_MAX_TOKEN} characters")
+    return items, token or None
+
+
+def _drive_file(item: Any, what: str) -> DriveFile:
+    """One ``files.list`` entry as a :class:`DriveFile`; a :class:`DriveError` unless every field has its shape."""
+    if not isinstance(item, dict):
+        raise DriveError(f"{what}: malformed file entry in the answer (not an object)")
+    if not isinstance(item.get("id"), str) or not _DRIVE_ID.fullmatch(item["id"]):
+        raise DriveError(f"{what}: malformed file entry in the answer ('id' is not a Drive id)")
+    if not isinstance(item.get("name"), str) or not item["name"]:
+        raise DriveError(f"{what}: malformed file entry in the answer ('name' is not a non-empty string)")
+    for key, shape in _ENTRY_FIELDS.items():
+        value = item.get(key)
+        if value is not None and (not isinstance(value, str) or (shape is not None and not shape.fullmatch(value))):
+            raise DriveError(f"{what}: malformed file entry {item['name']!r} in the answer (bad {key!r})")
+    size, mime = item.get("size"), item.get("mimeType") or ""
+    return DriveFile(
+        id=item["id"],
+        name=item["name"],
+        mime_type=mime,
+        modified=_parse_rfc3339(item.get("modifiedTime")),
+        md5=item.get("md5Checksum"),
+        size=int(size) if size is not None else None,
+        is_folder=mime == FOLDER_MIME,
+    )
+
+
+def _read_record(meta: Path) -> Any:
+    """The resume record at ``meta``; ``None`` when missing, unreadable, too large or not a regular file in its directory."""
+    try:
+        with open_inside(meta.parent, meta) as handle:
+            data = handle.read(_MAX_RECORD_BYTES + 1)
+        return json.loads(data) if len(data) <= _MAX_RECORD_BYTES else None
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _write_record(meta: Path, record: dict[str, Any]) -> None:
+    """Write the resume record through a fresh file renamed onto ``meta``: whatever was there is replaced, never written through."""
+    handle, tmp = tempfile.mkstemp(prefix=f".{meta.name}.", suffix=".tmp", dir=meta.parent)
+    try:
+        os.fchmod(handle, 0o644)
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(record, out)
+        os.replace(tmp, meta)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _content_range_start(value: str) -> int | None:
     try:
         return int(value.split()[1].split("-")[0])
@@ -446,7 +530,7 @@ def _drive_reason(reply: Reply) -> tuple[str, str]:
         return str(errors[0].get("reason", "") or error.get("status", "")), str(
             error.get("message", "") or errors[0].get("message", "")
         )
-    except (ValueError, AttributeError, TypeError, IndexError, TransferError):
+    except (ValueError, AttributeError, TypeError, IndexError, RecursionError, TransferError):
         return "", ""
 
 

@@ -3,7 +3,10 @@
 :class:`IsoFile` opens a restore ISO with pycdlib, lists a directory by its
 Rock Ridge (else Joliet) names and streams a file's bytes straight from the
 ISO's extents. Anything wrong with the ISO itself is a :class:`BadImageError`
-(the sync then deletes the download so the next sync fetches it again).
+(the sync then deletes the download so the next sync fetches it again):
+pycdlib meets a malformed image with all sorts of exceptions (``KeyError``,
+``AttributeError``, ``UnicodeDecodeError``, ``struct.error`` ...), and every
+one of them becomes that one error naming the ISO.
 
 The ISO is opened once, with :func:`pragma_core.pluginkit.open_inside` (a
 regular file really in its directory: no link leading out, no FIFO), and
@@ -13,8 +16,10 @@ read through that one descriptor, so what is parsed is what is streamed.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -81,7 +86,6 @@ class IsoFile:
 
     def __init__(self, path: Path) -> None:
         import pycdlib
-        from pycdlib.pycdlibexception import PyCdlibException
 
         self.path = Path(path)
         try:
@@ -91,24 +95,40 @@ class IsoFile:
         self._fd = self._file.fileno()
         self._iso = pycdlib.PyCdlib()
         try:
-            if not _has_magic(self._fd):
-                raise BadImageError(f"{self.path.name}: not an ISO 9660 image")
-            self._iso.open_fp(self._file)
-        except BadImageError:
-            self._file.close()
+            self._kind = self._open()
+        except BaseException:
+            self._abandon()
             raise
-        except (PyCdlibException, OSError, ValueError, IndexError, struct_error()) as exc:
-            self._file.close()
-            raise BadImageError(f"{self.path.name}: unreadable ISO 9660 image ({_first_line(exc)})") from None
-        if self._iso.has_rock_ridge():
-            self._kind = "rr_path"
-        elif self._iso.has_joliet():
-            self._kind = "joliet_path"
-        else:
-            self._iso.close()
-            self._file.close()
-            raise BadImageError(f"{self.path.name}: the ISO has neither Rock Ridge nor Joliet names")
         self._size = os.fstat(self._fd).st_size
+
+    def _open(self) -> str:
+        """Parse the ISO; the pycdlib keyword of the long names it has (``rr_path`` or ``joliet_path``)."""
+        if not _has_magic(self._fd):
+            raise BadImageError(f"{self.path.name}: not an ISO 9660 image")
+        with self._parsing():
+            self._iso.open_fp(self._file)
+            if self._iso.has_rock_ridge():
+                return "rr_path"
+            if self._iso.has_joliet():
+                return "joliet_path"
+        raise BadImageError(f"{self.path.name}: the ISO has neither Rock Ridge nor Joliet names")
+
+    def _abandon(self) -> None:
+        """Let go of a half-opened ISO (pycdlib may fail to close what it failed to parse)."""
+        with contextlib.suppress(Exception):
+            self._iso.close()
+        self._file.close()
+
+    @contextlib.contextmanager
+    def _parsing(self, path: str = "") -> Iterator[None]:
+        """Any exception pycdlib raises on a malformed image as a :class:`BadImageError` naming the ISO."""
+        try:
+            yield
+        except BadImageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - pycdlib's errors on hostile input are of every kind
+            where = f"{self.path.name}: {path}: " if path else f"{self.path.name}: "
+            raise BadImageError(f"{where}unreadable ISO 9660 image ({_describe(exc)})") from None
 
     def __enter__(self) -> IsoFile:
         return self
@@ -126,25 +146,27 @@ class IsoFile:
         """The sub-directory and file names in directory ``path``; ``([], [])`` when it does not exist."""
         from pycdlib.pycdlibexception import PyCdlibException
 
-        try:
-            for _, dirs, files in self._iso.walk(**{self._kind: path}):
-                return sorted(dirs), sorted(files)
-        except PyCdlibException:
-            return [], []
+        with self._parsing(path):
+            try:
+                for _, dirs, files in self._iso.walk(**{self._kind: path}):
+                    return sorted(dirs), sorted(files)
+            except PyCdlibException:
+                return [], []
         return [], []
 
     def _extents(self, path: str) -> list[tuple[int, int]]:
         from pycdlib.pycdlibexception import PyCdlibException
 
-        try:
-            if hasattr(self._iso, "get_file_byte_extents"):
-                extents = list(self._iso.get_file_byte_extents(**{self._kind: path}))
-            else:  # pycdlib < 1.22: one extent per directory record
+        with self._parsing(path):
+            try:
+                if hasattr(self._iso, "get_file_byte_extents"):
+                    found = self._iso.get_file_byte_extents(**{self._kind: path})
+                    return [(int(offset), int(length)) for offset, length in found]
+                # pycdlib < 1.22: one extent per directory record
                 record = self._iso.get_record(**{self._kind: path})
-                extents = [(record.extent_location() * self._iso.logical_block_size, record.get_data_length())]
-        except PyCdlibException as exc:
-            raise BadImageError(f"{self.path.name}: {path}: {_first_line(exc)}") from None
-        return extents
+                return [(record.extent_location() * self._iso.logical_block_size, record.get_data_length())]
+            except PyCdlibException as exc:  # no such file, mostly
+                raise BadImageError(f"{self.path.name}: {path}: {_first_line(exc) or type(exc).__name__}") from None
 
     def size(self, path: str) -> int:
         """The length in bytes of file ``path``."""
@@ -154,7 +176,7 @@ class IsoFile:
         """A binary stream of file ``path``; reading past the end of a truncated ISO raises :class:`BadImageError`."""
         extents = self._extents(path)
         for offset, length in extents:
-            if offset + length > self._size:
+            if offset < 0 or length < 0 or offset + length > self._size:
                 raise BadImageError(f"{self.path.name}: {path} lies past the end of the ISO (truncated download)")
         return io.BufferedReader(_ExtentReader(self._fd, extents, f"{self.path.name}: {path}"), buffer_size=1 << 20)
 
@@ -166,12 +188,16 @@ class IsoFile:
             return handle.read()
 
 
-def struct_error() -> type[Exception]:
-    import struct
+def _describe(exc: BaseException) -> str:
+    """What pycdlib said: its own message, or the exception's type and first line."""
+    from pycdlib.pycdlibexception import PyCdlibException
 
-    return struct.error
+    text = _first_line(exc)
+    if isinstance(exc, PyCdlibException) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return text[0] if text else ""

@@ -13,9 +13,11 @@ One run, under an exclusive lock (``<repository_dir>/.pragma-sync.lock``):
    if it had one: its old images are untouched; a cluster never synced
    successfully gets none).
 
-A failing cluster is one log line (ERROR) and does not stop the others; a
-bad ISO is deleted so the next sync downloads it again. Quiet otherwise:
-INFO lines only for what changed.
+A failing cluster is one log line (ERROR) and does not stop the others,
+whatever went wrong (an unexpected exception too); a bad ISO is deleted so
+the next sync downloads it again. A cluster folder in the repository must be
+a real directory: a symbolic link planted at its name is refused, never
+followed. Quiet otherwise: INFO lines only for what changed.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from attrs import define, field
 from pragma_core import PragmaError, RepositoryError
 from pragma_core.pluginkit import (
     is_valid_name,
+    open_lane,
     parse_cluster_xml,
     read_vcdb,
     safe_join,
@@ -158,10 +161,12 @@ class Syncer:
                 if not is_valid_name(folder.name):
                     raise RepositoryError("the folder name is not a valid image name (letters, digits, '._-+')")
                 entry, changed = self.sync_cluster(folder)
-            except (PragmaError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - one cluster's failure, whatever it is, never stops the others
                 message = _one_line(exc)
                 report.failures[folder.name] = message
                 log.error("sync %s: %s", folder.name, message)
+                if not isinstance(exc, (PragmaError, OSError)):
+                    log.debug("sync %s: where the unexpected error arose", folder.name, exc_info=exc)
                 continue
             report.synced.append(folder.name)
             report.changed |= changed
@@ -181,8 +186,7 @@ class Syncer:
     def sync_cluster(self, folder: DriveFile) -> tuple[Path, bool]:
         """Sync one cluster folder; its ``-local.xml`` path and whether anything changed."""
         files = classify(folder.name, self.client.list_folder(folder.id, label=folder.name))
-        cluster_dir = safe_join(self.root, folder.name, what="cluster folder")
-        cluster_dir.mkdir(parents=True, exist_ok=True)
+        cluster_dir = self._cluster_directory(folder.name)
         changed = False
         for item in (files.xml, *files.isos.values()):
             changed |= self._fetch(item, cluster_dir / item.name, folder.name)
@@ -225,6 +229,16 @@ class Syncer:
                 raise
         return local, changed
 
+    def _cluster_directory(self, name: str) -> Path:
+        """``root/name``, made when missing; an :class:`UnsafeFileError` if it is a symbolic link or not a directory.
+
+        Everything of the cluster is written there by name, as root: a link
+        planted at that name would send the downloads and restores elsewhere.
+        """
+        path = safe_join(self.root, name, what="cluster folder")
+        os.close(open_lane(self.root, name, create=True))
+        return path
+
     def _fetch(self, item: DriveFile, local: Path, cluster: str) -> bool:
         try:
             mtime: float | None = local.stat().st_mtime
@@ -246,8 +260,12 @@ class Syncer:
 
 
 def _one_line(exc: BaseException) -> str:
+    """One line about a cluster's failure; an unexpected exception is named by its type."""
     if isinstance(exc, OSError) and not isinstance(exc, PragmaError):
         where = f"{exc.filename}: " if exc.filename else ""
         return f"{where}{exc.strerror or exc}"
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    first = text[0] if text else ""
+    if isinstance(exc, PragmaError):
+        return first or type(exc).__name__
+    return f"unexpected error: {type(exc).__name__}" + (f": {first}" if first else "")

@@ -32,7 +32,7 @@ import string
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from attrs import frozen
 
@@ -225,14 +225,36 @@ def _qemu_img_convert(raw: Path, qcow: Path) -> None:
 
 
 def cziso_restore(cziso: Path, iso: Path, target: Target, *, size_setting: int | None, log_file: Path) -> None:
-    """Restore with the legacy ``cziso`` tool (boots a VM): ``cziso restore <iso> <url> overwrite=true``."""
+    """Restore with the legacy ``cziso`` tool (boots a VM): ``cziso restore <iso> <url> overwrite=true``.
+
+    Its output goes to ``log_file``, a new file put in place by rename: a
+    symbolic link (or anything else) planted at that name is replaced, never
+    written through.
+    """
     argv = [str(cziso), "restore", str(iso), target.url, "overwrite=true"]
     if size_setting:
         argv.append(f"size={-(-size_setting // (1 << 30))}")
-    with open(log_file, "wb") as out:
+    with _fresh_log(log_file) as out:
         try:
             result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)
         except OSError as exc:
             raise ToolError(f"cannot run {cziso}: {exc.strerror or exc}") from None
     if result.returncode != 0:
         raise ToolError(f"cziso restore {iso.name} failed (exit {result.returncode}); see {log_file}")
+
+
+def _fresh_log(log_file: Path) -> BinaryIO:
+    """A new, empty file renamed onto ``log_file`` (whatever was there is replaced, not opened), open for writing."""
+    try:
+        handle, tmp = tempfile.mkstemp(prefix=f".{log_file.name}.", suffix=".tmp", dir=log_file.parent)
+    except OSError as exc:
+        raise ToolError(f"{log_file}: cannot create the restore log: {exc.strerror or exc}") from None
+    out = os.fdopen(handle, "wb")
+    try:
+        os.fchmod(handle, 0o644)
+        os.replace(tmp, log_file)
+    except OSError as exc:
+        out.close()
+        Path(tmp).unlink(missing_ok=True)
+        raise ToolError(f"{log_file}: cannot create the restore log: {exc.strerror or exc}") from None
+    return out
