@@ -42,6 +42,10 @@ Settings of ``site_conf.conf`` (legacy keys first):
     a cluster description may override it.
 ``delete_parts_after_staging``
     ``True`` to delete an image's parts once it is staged (default ``False``).
+``max_image_size``
+    the largest image staging may write, in bytes (default 1 TiB): a part
+    that decompresses past it is refused, as is one that would leave less
+    than 1 GiB free on the staging filesystem.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from attrs import field, frozen
 
 from .errors import ConfigError
 from .settings import (  # noqa: F401 - to_* and invalid are re-exported for plugins that import them from here
+    int_between,
     invalid,
     optional,
     setting,
@@ -922,6 +927,7 @@ class SiteConfig:
     repository: RepositorySettings | None = setting(default=None, aliases=("repository_settings",))
     vcout_format: int = setting(_vcout_format, default=2, help="vc-out.xml format, 1 or 2")
     delete_parts_after_staging: bool = setting(to_bool, default=False, help="delete parts once staged")
+    max_image_size: int = setting(int_between(1 << 20, 1 << 53), default=1 << 40, help="largest staged image, in bytes")
 
     def require(self, key: str) -> Any:
         value = getattr(self, key)

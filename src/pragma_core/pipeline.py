@@ -80,7 +80,8 @@ class Pipeline:
 
             registry = ProcessorRegistry()
             registry.load_hooks(self.hooks)
-            self._stager = Stager(processors=registry, delete_parts=self.site.delete_parts_after_staging)
+            self._stager = Stager(processors=registry, delete_parts=self.site.delete_parts_after_staging,
+                                  max_image_size=self.site.max_image_size)
         return self._stager
 
     def announce(self, event: StageEvent) -> None:

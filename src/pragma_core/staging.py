@@ -119,6 +119,13 @@ PartOpener = Callable[[Part], AbstractContextManager[BinaryIO]]
 INPUT_CHUNK = 256 << 10
 #: Granularity of hole detection; aligned to file offsets so holes are whole blocks.
 SPARSE_BLOCK = 64 << 10
+#: Default largest staged image (``max_image_size``): parts decompress to at most this.
+DEFAULT_MAX_IMAGE_SIZE = 1 << 40
+#: Space a staging leaves free on its filesystem: the output is refused before it takes the rest
+#: (a few MB of gzip can decompress to a TiB of non-zero bytes).
+FREE_SPACE_RESERVE = 1 << 30
+#: Bytes of data written between two checks of the free space.
+_FREE_SPACE_CHECK = 256 << 20
 _ZERO_BLOCK = bytes(SPARSE_BLOCK)
 _ZERO_PAGE = bytes(4096)
 #: Start writing dirty pages to disk after this many bytes of data (in the
@@ -354,11 +361,13 @@ class _SparseWriter:
     in a :class:`_Flusher`.
     """
 
-    def __init__(self, fd: int, label: Path, digests: _Digests) -> None:
+    def __init__(self, fd: int, label: Path, digests: _Digests, *, limit: int = DEFAULT_MAX_IMAGE_SIZE) -> None:
         self.fd = fd
         self.label = label
         self.digests = digests
+        self.limit = limit
         self.pos = 0
+        self._until_check = 0  # data bytes left before the free space is checked again
         self.flusher = _Flusher(fd)
         self._unflushed = 0  # bytes written since writeback was last started
         self._flushed_to = 0  # offset up to which writeback was started
@@ -370,7 +379,14 @@ class _SparseWriter:
             del piece
 
     def write(self, data: bytes) -> None:
-        """Write ``data`` after what came before (holes for its zero blocks)."""
+        """Write ``data`` after what came before (holes for its zero blocks).
+
+        Raises :class:`StagingError` when the image would grow past
+        ``limit`` (``max_image_size``), or when less than
+        :data:`FREE_SPACE_RESERVE` would stay free on its filesystem.
+        """
+        if self.pos + len(data) > self.limit:
+            raise StagingError(f"{self.label}: the image grows past {self.limit} bytes (max_image_size); refused")
         if type(data) is not bytes:
             data = bytes(data)
         if self.digests:
@@ -413,6 +429,10 @@ class _SparseWriter:
 
     def _pwrite(self, view: memoryview, offset: int) -> None:
         self._unflushed += len(view)
+        self._until_check -= len(view)
+        if self._until_check <= 0:
+            self._check_free_space()
+            self._until_check = _FREE_SPACE_CHECK
         try:
             while view:
                 written = os.pwrite(self.fd, view, offset)
@@ -424,6 +444,15 @@ class _SparseWriter:
             self.flusher.start_writeback(self._flushed_to, offset)
             self._flushed_to = offset
             self._unflushed = 0
+
+    def _check_free_space(self) -> None:
+        try:
+            fs = os.fstatvfs(self.fd)
+        except OSError:
+            return  # no answer: ENOSPC still stops the write
+        if fs.f_bavail * fs.f_frsize < FREE_SPACE_RESERVE + _FREE_SPACE_CHECK:
+            raise StagingError(f"{self.label}: fewer than {(FREE_SPACE_RESERVE + _FREE_SPACE_CHECK) >> 20} MiB"
+                               " would stay free on its filesystem; refused")
 
     def finish(self) -> os.stat_result:
         """Set the exact size (trailing zeros are a hole too), start the ``fsync``.
@@ -663,10 +692,12 @@ class Stager:
         processors: ProcessorRegistry | None = None,
         delete_parts: bool = False,
         progress: bool | None = None,
+        max_image_size: int = DEFAULT_MAX_IMAGE_SIZE,
     ) -> None:
         self.processors = processors if processors is not None else ProcessorRegistry()
         self.delete_parts = delete_parts
         self.progress = progress
+        self.max_image_size = max_image_size
         self.reports: list[StageReport] = []
 
     # -- public API ---------------------------------------------------------
@@ -1105,7 +1136,8 @@ class Stager:
         try:
             out.fd = _create(lane, temp, _OUTPUT_MODE)
             out.mode = _mode_of(os.fstat(out.fd))
-            out.writer = _SparseWriter(out.fd, plan.output, _Digests(self._expected_image(plan)))
+            out.writer = _SparseWriter(out.fd, plan.output, _Digests(self._expected_image(plan)),
+                                       limit=self.max_image_size)
             decoder = plan.processor.decoder(label=str(plan.part_paths[0]))
             streamed = [
                 self._stream_part(plan, index, opener, expected_parts[index], out, decoder, bar)

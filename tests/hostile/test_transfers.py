@@ -25,7 +25,7 @@ from pragma_core.config import ConfigFile, RepositorySettings, SiteConfig
 from pragma_core.download import sidecar_path
 from pragma_core.errors import PragmaError, RepositoryError
 from pragma_core.http import HttpClient
-from pragma_core.model import Checksum
+from pragma_core.model import Checksum, ClusterDescription, DiskImage
 from pragma_core.repositories.http import HttpRepository
 from pragma_core.staging import Stager
 from pragma_core.vcdb import MAX_CATALOGUE_BYTES
@@ -353,3 +353,41 @@ def test_a_link_planted_at_the_download_lock_is_refused_and_its_target_untouched
     assert ".file.lock" in message, message
     assert victim.read_bytes() == b"keep me"
     assert not (out / "file").exists()
+
+
+def _bomb(tmp_path: Path, size: int) -> tuple[Stager, ClusterDescription, DiskImage]:
+    """A 1-part gzip image of ``size`` bytes of 0x01 (no holes: every byte is written)."""
+    import gzip
+
+    from stagingkit import describe
+
+    from pragma_core.model import Part
+
+    compressor = gzip.GzipFile(tmp_path / "img.raw.gz.0", "wb", compresslevel=9)
+    block = b"\x01" * (1 << 20)
+    for _ in range(size >> 20):
+        compressor.write(block)
+    compressor.close()
+    disk = DiskImage(source="img.raw", processor="gzip", parts=[Part(name="img.raw.gz.0")])
+    return Stager(progress=False, max_image_size=8 << 20), describe(tmp_path, disk), disk
+
+
+def test_a_part_that_decompresses_past_max_image_size_is_refused_and_nothing_is_left(tmp_path):
+    stager, description, disk = _bomb(tmp_path, 32 << 20)
+    assert (tmp_path / "img.raw.gz.0").stat().st_size < 100_000, "a small part..."
+    with pytest.raises(PragmaError) as info:
+        stager.stage_image(description, disk)
+    assert str(info.value) == f"{tmp_path / 'img.raw'}: the image grows past {8 << 20} bytes (max_image_size); refused"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["img.raw.gz.0"], \
+        "no image, no temporary file"
+
+
+def test_staging_stops_before_it_would_take_the_last_free_space_of_its_filesystem(tmp_path, monkeypatch):
+    from pragma_core import staging
+
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    monkeypatch.setattr(staging, "FREE_SPACE_RESERVE", free)  # as if this filesystem were that full
+    stager, description, disk = _bomb(tmp_path, 4 << 20)
+    with pytest.raises(PragmaError, match=r"would stay free on its filesystem; refused"):
+        stager.stage_image(description, disk)
+    assert not (tmp_path / "img.raw").exists()
