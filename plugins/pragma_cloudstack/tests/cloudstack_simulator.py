@@ -15,9 +15,22 @@ lower-cased, HMAC-SHA1, base64. ``signatureVersion=3`` requests must carry an
 
 State: zones, network offerings, networks (with egress rules), service
 offerings, templates, VMs (Stopped/Starting/Running/Stopping/Destroyed/
-Expunging) with NICs (IP, MAC), tags, userdata, async jobs, an account with a
-CPU limit. Faults can be injected per command: a failed job, a slow job, an
-HTTP 5xx, a dropped connection, an expired signature.
+Expunging) with NICs (IP, MAC), tags, userdata, async jobs, domains and
+accounts (each with its API key and a CPU limit). Faults can be injected per
+command: a failed job, a slow job, an HTTP 5xx, a dropped connection, an
+expired signature, a list that ignores its account filter, endless pages.
+
+Accounts are modelled as CloudStack scopes them (``buildACLSearchParameters``,
+``searchForAccountsInternal``): every request acts as the account its API key
+belongs to. VMs and networks carry ``account``, ``domainid`` and ``domain``
+(a shared network carries no ``account``: it is the domain's). A list shows
+the caller's own resources; with ``listall=true`` an admin sees every one it
+may reach (a root admin: all; a domain admin: its domain and the ones below);
+``account`` with ``domainid`` restricts it to that account (an error when the
+caller may not reach it). ``listAccounts`` without ``listall``, ``domainid``,
+``id`` or ``name`` gives the caller's own account. A user may act only on its
+own resources; an admin on every one it may reach (so a destroy with an admin
+key *does* remove another tenant's VM).
 """
 
 from __future__ import annotations
@@ -55,6 +68,8 @@ INTERNAL_ERROR = 530
 ACCOUNT_ERROR = 531
 INSUFFICIENT_CAPACITY_ERROR = 533
 RESOURCE_ALLOCATION_ERROR = 535
+# Account types (Account.Type): a user, a root admin, a domain admin.
+USER, ROOT_ADMIN, DOMAIN_ADMIN = 0, 1, 2
 
 
 # --------------------------------------------------------------------------- the Java side
@@ -138,8 +153,9 @@ class _Fault:
 class Job:
     """An async job: its effect runs when it is due (``due`` is a monotonic time)."""
 
-    def __init__(self, cmd: str, due: float, effect: Callable[[], dict]) -> None:
+    def __init__(self, cmd: str, due: float, effect: Callable[[], dict], accountid: str = "") -> None:
         self.id = str(uuid.uuid4())
+        self.accountid = accountid
         self.cmd = cmd
         self.due = due
         self.effect = effect
@@ -154,11 +170,14 @@ def _now_text() -> str:
 
 
 class CloudStackSimulator:
-    """State and behaviour of a small CloudStack cloud with one account.
+    """State and behaviour of a small CloudStack cloud; ``api_key`` is account ``pragma``'s, in domain ROOT.
 
     ``job_latency`` is how long an async job stays pending (seconds);
     ``default_page_size`` is what a list returns without ``pagesize``
-    (CloudStack's ``default.page.size``).
+    (CloudStack's ``default.page.size``); ``accounttype`` is the ``pragma``
+    account's (:data:`USER`, :data:`ROOT_ADMIN`, :data:`DOMAIN_ADMIN`);
+    ``cpu_limit`` is every account's CPU limit. :meth:`add_account` adds
+    other tenants, each with its own keys.
     """
 
     JOB_CLASSES: ClassVar[dict[str, str]] = {
@@ -180,6 +199,7 @@ class CloudStackSimulator:
         default_page_size: int = 500,
         cpu_limit: int | None = None,
         allow_user_expunge: bool = True,
+        accounttype: int = USER,
     ) -> None:
         self.api_key = api_key
         self.secret_key = secret_key
@@ -205,8 +225,109 @@ class CloudStackSimulator:
         self._vlans = itertools.count(1000)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.domains: dict[str, dict] = {}
+        self.accounts: dict[str, dict] = {}
+        #: API key -> (secret key, account id).
+        self.keys: dict[str, tuple[str, str]] = {}
+        #: The account of the request being handled (set under ``lock``).
+        self.caller: dict = {}
+        self.root = self.add_domain("ROOT")
+        self.account = self.add_account("pragma", accounttype=accounttype, api_key=api_key, secret_key=secret_key)
 
     # ------------------------------------------------------------------ setup helpers
+
+    def add_domain(self, name: str, parent: dict | None = None) -> dict:
+        """A domain (``ROOT`` when it has no parent), below ``parent``."""
+        domain = {
+            "id": str(uuid.uuid4()),
+            "name": name,
+            "path": name if parent is None else f"{parent['path']}/{name}",
+            "parentdomainid": None if parent is None else parent["id"],
+        }
+        self.domains[domain["id"]] = domain
+        return domain
+
+    def add_account(
+        self, name: str, *, domain: dict | None = None, accounttype: int = USER, api_key: str | None = None, secret_key: str | None = None
+    ) -> dict:
+        """An account in ``domain`` (default ROOT) with its API key and secret key (``_apikey``, ``_secretkey``)."""
+        home = domain or self.root
+        account = {
+            "id": str(uuid.uuid4()),
+            "name": name,
+            "accounttype": accounttype,
+            "domainid": home["id"],
+            "domain": home["name"],
+            "state": "enabled",
+            "_apikey": api_key or f"key-{uuid.uuid4().hex}",
+            "_secretkey": secret_key or f"secret-{uuid.uuid4().hex}",
+        }
+        self.accounts[account["id"]] = account
+        self.keys[account["_apikey"]] = (account["_secretkey"], account["id"])
+        return account
+
+    def _in_domain(self, domainid: str | None, top: str, *, recursive: bool = True) -> bool:
+        """Whether domain ``domainid`` is ``top`` (or, ``recursive``, below it)."""
+        domain, above = self.domains.get(domainid or ""), self.domains.get(top)
+        if domain is None or above is None:
+            return False
+        return domain["id"] == above["id"] or (recursive and domain["path"].startswith(above["path"] + "/"))
+
+    def _reaches(self, caller: dict, accountid: str | None, domainid: str | None) -> bool:
+        """Whether ``caller`` may see and act on what account ``accountid`` of domain ``domainid`` owns."""
+        if caller["accounttype"] == ROOT_ADMIN:
+            return True
+        if caller["accounttype"] == DOMAIN_ADMIN:
+            return self._in_domain(domainid, caller["domainid"])
+        return accountid == caller["id"]
+
+    def _may_act_on(self, obj: dict) -> None:
+        """Raise the permission error CloudStack gives when the caller may not act on ``obj``."""
+        caller = self.caller
+        if obj.get("_accountid") is None and caller["accounttype"] != USER:
+            return  # a shared network: an admin's
+        if obj.get("_accountid") is None or not self._reaches(caller, obj["_accountid"], obj.get("domainid")):
+            raise ApiError(ACCOUNT_ERROR, f"Account {caller['name']} does not have permission to operate within domain id={obj.get('domainid')}")
+
+    def _owner_for(self, p: dict[str, str]) -> dict:
+        """The account a new VM or network is for: the caller's, or ``account``/``domainid`` when an admin gives them."""
+        return self._named_account(p) if _param(p, "account") is not None else self.caller
+
+    def _named_account(self, p: dict[str, str]) -> dict:
+        """The account ``account`` with ``domainid`` name, checked to be within the caller's reach."""
+        name, domainid = _param(p, "account"), _param(p, "domainid")
+        account = next((a for a in self.accounts.values() if a["name"] == name and a["domainid"] == domainid), None)
+        if account is None:
+            raise ApiError(PARAM_ERROR, f"Unable to find account {name} in domain id={domainid}")
+        if not self._reaches(self.caller, account["id"], account["domainid"]):
+            raise ApiError(ACCOUNT_ERROR, f"Account {self.caller['name']} does not have permission to access account {name}")
+        return account
+
+    def _owned_by(self, account: dict) -> dict:
+        """The fields a VM or network of ``account`` carries."""
+        return {"account": account["name"], "domainid": account["domainid"], "domain": account["domain"], "_accountid": account["id"]}
+
+    def _visible(self, p: dict[str, str], *, unscoped: bool = False) -> Callable[[dict], bool]:
+        """Which VMs and networks a list shows the caller (shared networks: always)."""
+        caller = self.caller
+
+        def shared(obj: dict) -> bool:
+            return obj.get("_accountid") is None
+
+        if unscoped:  # a server ignoring account/domainid: everything, as a root admin's listall
+            return lambda obj: True
+        if _param(p, "account") is not None:
+            account = self._named_account(p)
+            return lambda obj: shared(obj) or obj["_accountid"] == account["id"]
+        listall = (_param(p, "listall") or "").lower() == "true"
+        domainid = _param(p, "domainid")
+        if caller["accounttype"] != USER and (listall or domainid is not None):
+            top = domainid or caller["domainid"]
+            if not self._reaches(caller, None, top):
+                raise ApiError(ACCOUNT_ERROR, f"Account {caller['name']} does not have permission to access domain id={top}")
+            recursive = listall or (_param(p, "isrecursive") or "").lower() == "true"
+            return lambda obj: shared(obj) or self._in_domain(obj.get("domainid"), top, recursive=recursive)
+        return lambda obj: shared(obj) or obj["_accountid"] == caller["id"]
 
     def add_zone(self, name: str, **extra: Any) -> dict:
         zone = {
@@ -324,9 +445,13 @@ class CloudStackSimulator:
         ``reason=True``, the HTTP reason phrase of a non-JSON answer -- repeats
         the request's ``apiKey``, ``signature`` and whole query, raw,
         URL-encoded and JSON-quoted, see :func:`echo_of`; option ``status``,
-        default 431).
+        default 431), ``unscoped`` (a list that ignores ``account``,
+        ``domainid`` and ``listall``: it shows every account's VMs or
+        networks), ``endless`` (from now on, every page of the list is full,
+        with a ``count`` always one page ahead: see :meth:`_endless_page`).
         """
-        assert kind in ("fail_job", "slow_job", "http_error", "drop", "drop_after", "expire", "drip", "huge", "echo"), kind
+        kinds = ("fail_job", "slow_job", "http_error", "drop", "drop_after", "expire", "drip", "huge", "echo", "unscoped", "endless")
+        assert kind in kinds, kind
         with self.lock:
             self.faults.setdefault(command, []).append(_Fault(kind, count, **options))
 
@@ -337,7 +462,8 @@ class CloudStackSimulator:
                     if fault.options.get("skip", 0) > 0:
                         fault.options["skip"] -= 1
                         continue
-                    fault.count -= 1
+                    if fault.kind != "endless":  # an endless list never ends
+                        fault.count -= 1
                     return fault
         return None
 
@@ -405,8 +531,13 @@ class CloudStackSimulator:
         if handler is None:
             text = f"The given command:{command} does not exist or it is not available for user"
             return UNSUPPORTED_ACTION_ERROR, {"errorresponse": {"uuidList": [], "errorcode": UNSUPPORTED_ACTION_ERROR, "errortext": text}}, None
+        api_key = next(v for k, v in params.items() if k.lower() == "apikey")
+        endless = self._take_fault(command, ("endless",))
+        if endless is not None:
+            return 200, {key: self._endless_page(command, params, endless)}, None
         try:
             with self.lock:
+                self.caller = self.accounts[self.keys[api_key][1]]
                 self._tick()
                 answer = handler(params, method)
         except ApiError as exc:
@@ -421,8 +552,9 @@ class CloudStackSimulator:
         api_key = next((v for k, v in params.items() if k.lower() == "apikey"), None)
         if not signature or not api_key:
             return "missing signature or apiKey"
-        if api_key != self.api_key:
+        if api_key not in self.keys:
             return "unknown apiKey"
+        secret = self.keys[api_key][0]
         version = next((v for k, v in params.items() if k.lower() == "signatureversion"), None)
         if version == "3":
             expires = next((v for k, v in params.items() if k.lower() == "expires"), None)
@@ -434,7 +566,7 @@ class CloudStackSimulator:
                 return f"bad expires format {expires!r}"
             if moment.timestamp() < time.time() + skew:
                 return "request expired"
-        expected = server_signature(params, self.secret_key)
+        expected = server_signature(params, secret)
         if not hmac.compare_digest(signature, expected):
             return "signature mismatch"
         return None
@@ -469,7 +601,7 @@ class CloudStackSimulator:
                     on_fail()
                 raise ApiError(INTERNAL_ERROR, text)
 
-        job = Job(self.JOB_CLASSES.get(command, command), time.monotonic() + latency, effect)
+        job = Job(self.JOB_CLASSES.get(command, command), time.monotonic() + latency, effect, self.caller.get("id", ""))
         self.jobs[job.id] = job
         return job
 
@@ -478,7 +610,7 @@ class CloudStackSimulator:
         if job is None:
             raise ApiError(PARAM_ERROR, f"Unable to find job by id {p['jobid']}")
         answer: dict[str, Any] = {
-            "accountid": "acc-1",
+            "accountid": job.accountid,
             "userid": "user-1",
             "cmd": job.cmd,
             "jobstatus": job.status,
@@ -495,6 +627,13 @@ class CloudStackSimulator:
         return answer
 
     # ------------------------------------------------------------------ lists
+
+    def _endless_page(self, command: str, p: dict[str, str], fault: _Fault) -> dict:
+        """A full page of made-up items, and a ``count`` one page beyond it: the list never ends."""
+        size = int(_param(p, "pagesize") or self.default_page_size)
+        page = int(_param(p, "page") or 1)
+        item = fault.options.get("item") or command[4:].lower().removesuffix("s")
+        return {"count": (page + 1) * size, item: [{"id": f"{page}-{i}", "name": f"item-{page}-{i}"} for i in range(size)]}
 
     def _page(self, p: dict[str, str], items: list[dict], key: str) -> dict:
         if "page" in p and "pagesize" not in p:
@@ -548,16 +687,18 @@ class CloudStackSimulator:
         return self._page(p, result, "template")
 
     def cmd_listNetworks(self, p: dict[str, str], method: str) -> dict:
+        visible = self._visible(p, unscoped=self._take_fault("listNetworks", ("unscoped",)) is not None)
         result = [
             n for n in self.networks.values()
-            if _matches(n, p, ("id", "zoneid")) and _keyword(n, p) and self._tagged(n, p)
+            if visible(n) and _matches(n, p, ("id", "zoneid")) and _keyword(n, p) and self._tagged(n, p)
         ]
         return self._page(p, result, "network")
 
     def cmd_listVirtualMachines(self, p: dict[str, str], method: str) -> dict:
+        visible = self._visible(p, unscoped=self._take_fault("listVirtualMachines", ("unscoped",)) is not None)
         result = []
         for vm in self.vms.values():
-            if not _matches(vm, p, ("id", "state")):
+            if not visible(vm) or not _matches(vm, p, ("id", "state")):
                 continue
             # CloudStack matches "name" as a substring (SQL LIKE %name%).
             if "name" in p and p["name"] not in vm["name"]:
@@ -570,16 +711,42 @@ class CloudStackSimulator:
         return self._page(p, result, "virtualmachine")
 
     def cmd_listAccounts(self, p: dict[str, str], method: str) -> dict:
-        used = sum(vm["cpunumber"] for vm in self.vms.values() if vm["state"] not in ("Destroyed", "Expunging"))
+        """As ``searchForAccountsInternal``: the caller's own account unless an admin asks for more."""
+        caller = self.caller
+        listall = (_param(p, "listall") or "").lower() == "true"
+        domainid, wanted_id, name = _param(p, "domainid"), _param(p, "id"), _param(p, "name")
+        reachable = [a for a in self.accounts.values() if self._reaches(caller, a["id"], a["domainid"])]
+        if wanted_id is not None:
+            result = [a for a in reachable if a["id"] == wanted_id]
+        elif caller["accounttype"] != USER and domainid is not None:
+            recursive = listall or (_param(p, "isrecursive") or "").lower() == "true"
+            result = [a for a in reachable if self._in_domain(a["domainid"], domainid, recursive=recursive)]
+        elif caller["accounttype"] != USER and listall:
+            result = [a for a in reachable if self._in_domain(a["domainid"], caller["domainid"])]
+        elif caller["accounttype"] != USER and name is not None:
+            result = [a for a in reachable if a["domainid"] == caller["domainid"]]
+        else:
+            result = [caller]
+        if name is not None:
+            result = [a for a in result if a["name"] == name]
+        return self._page(p, [self._account_view(a) for a in result], "account")
+
+    def _account_view(self, account: dict) -> dict:
+        """An account as ``listAccounts`` shows it, with its CPU counts."""
+        used = self._cpus_used(account)
         limit = "Unlimited" if self.cpu_limit is None else str(self.cpu_limit)
         available = "Unlimited" if self.cpu_limit is None else str(max(self.cpu_limit - used, 0))
-        account = {
-            "id": "acc-1", "name": "pragma", "accounttype": 0, "domain": "ROOT", "state": "enabled",
-            "cpulimit": limit, "cputotal": used, "cpuavailable": available,
-            "vmlimit": "Unlimited", "vmtotal": sum(1 for vm in self.vms.values() if vm["state"] != "Expunging"),
-            "vmavailable": "Unlimited",
+        mine = [vm for vm in self.vms.values() if vm["_accountid"] == account["id"] and vm["state"] != "Expunging"]
+        return {
+            **account, "cpulimit": limit, "cputotal": used, "cpuavailable": available,
+            "vmlimit": "Unlimited", "vmtotal": len(mine), "vmavailable": "Unlimited",
         }
-        return self._page(p, [account], "account")
+
+    def _cpus_used(self, account: dict) -> int:
+        return sum(
+            vm["cpunumber"] for vm in self.vms.values()
+            if vm["_accountid"] == account["id"] and vm["state"] not in ("Destroyed", "Expunging")
+        )
 
     def _tagged(self, obj: dict, p: dict[str, str]) -> bool:
         """``tags[i].key`` / ``tags[i].value`` filters: every given pair must be on the object (exact)."""
@@ -615,6 +782,10 @@ class CloudStackSimulator:
             "networkdomain": domain,
             "state": "Allocated",
             "broadcastdomaintype": "Vlan",
+            "acltype": "Domain",
+            "domainid": self.root["id"],
+            "domain": self.root["name"],
+            "_accountid": None,
             "tags": [],
             "_used": {str(net.network_address + 1)},
         }
@@ -636,14 +807,16 @@ class CloudStackSimulator:
             net = ipaddress.IPv4Network(f"{p['gateway']}/{p['netmask']}", strict=False)
         else:
             net = ipaddress.IPv4Network(zone["guestcidraddress"])
+        owner = self._owner_for(p)
         network = self._network_dict(p["name"], zone, net, type_="Isolated", offering=offering, domain="cs1cloud.internal")
-        network["displaytext"] = p["displaytext"]
+        network.update(self._owned_by(owner), acltype="Account", displaytext=p["displaytext"])
         network["egressdefaultpolicy"] = offering["egressdefaultpolicy"]
         self.networks[network["id"]] = network
         return {"network": _public(network)}
 
     def cmd_deleteNetwork(self, p: dict[str, str], method: str) -> dict:
         network = self._get_network(_require(p, "id"))
+        self._may_act_on(network)
         network_id = network["id"]
 
         def effect() -> dict:
@@ -666,6 +839,7 @@ class CloudStackSimulator:
 
     def cmd_createEgressFirewallRule(self, p: dict[str, str], method: str) -> dict:
         network = self._get_network(_require(p, "networkid"))
+        self._may_act_on(network)
         protocol = _require(p, "protocol").lower()
         if protocol not in ("tcp", "udp", "icmp", "all"):
             raise ApiError(PARAM_ERROR, f"Invalid protocol {protocol}")
@@ -707,6 +881,7 @@ class CloudStackSimulator:
         for rid in ids:
             if rid not in store:
                 raise ApiError(PARAM_ERROR, f"Unable to find resource by id {rid} and type {rtype}")
+            self._may_act_on(store[rid])
 
         def effect() -> dict:
             for rid in ids:
@@ -716,7 +891,10 @@ class CloudStackSimulator:
                 for pair in pairs.values():
                     if any(t["key"] == pair["key"] for t in obj["tags"]):
                         raise ApiError(PARAM_ERROR, f"tag {pair['key']} already exists on {rid}")
-                    tag = {"key": pair["key"], "value": pair.get("value", ""), "resourcetype": rtype, "resourceid": rid}
+                    tag = {
+                        "key": pair["key"], "value": pair.get("value", ""), "resourcetype": rtype, "resourceid": rid,
+                        "account": obj.get("account"), "domainid": obj.get("domainid"), "domain": obj.get("domain"),
+                    }
                     obj["tags"].append(tag)
                     self.tags.append(tag)
             return {"success": True}
@@ -742,8 +920,7 @@ class CloudStackSimulator:
         name = p.get("name") or f"VM-{uuid.uuid4()}"
         if not VM_NAME.match(name):
             raise ApiError(PARAM_ERROR, "Invalid name. Vm name can contain ASCII letters 'a' through 'z', the digits '0' through '9', and the hyphen ('-'), must be between 1 and 63 characters long, and can't start or end with \"-\" and can't start with digit")
-        if any(vm["name"] == name and vm["state"] != "Expunging" for vm in self.vms.values()):
-            raise ApiError(PARAM_ERROR, f"The vm with hostName {name} already exists in the network domain: cs1cloud.internal; network=...")
+        owner = self._owner_for(p)
         requested: list[tuple[str, str | None]] = []
         indexed: dict[int, dict[str, str]] = {}
         for key, value in p.items():
@@ -757,10 +934,20 @@ class CloudStackSimulator:
         if not requested:
             raise ApiError(PARAM_ERROR, "Can't deploy a VM in an advanced zone without a network")
         networks = [self._get_network(nid) for nid, _ in requested]
+        for network in networks:
+            if network["_accountid"] not in (None, owner["id"]):
+                raise ApiError(ACCOUNT_ERROR, f"Account {owner['name']} does not have permission to access network {network['id']}")
+            # The host name is unique within each network the VM joins (checkIfHostNameUniqueInNtwkDomain).
+            taken = any(
+                vm["name"] == name and vm["state"] != "Expunging" and any(n["networkid"] == network["id"] for n in vm["nic"])
+                for vm in self.vms.values()
+            )
+            if taken:
+                raise ApiError(PARAM_ERROR, f"The vm with hostName {name} already exists in the network domain: {network['networkdomain']}; network={network['name']}")
         if self.cpu_limit is not None:
-            used = sum(vm["cpunumber"] for vm in self.vms.values() if vm["state"] not in ("Destroyed", "Expunging"))
+            used = self._cpus_used(owner)
             if used + offering["cpunumber"] > self.cpu_limit:
-                raise ApiError(RESOURCE_ALLOCATION_ERROR, f"Maximum number of resources of type 'cpu' for account name=pragma in domain id=1 has been exceeded. Amount of Resources Used: {used}, Requested: {offering['cpunumber']}, Limit: {self.cpu_limit}")
+                raise ApiError(RESOURCE_ALLOCATION_ERROR, f"Maximum number of resources of type 'cpu' for account name={owner['name']} in domain id={owner['domainid']} has been exceeded. Amount of Resources Used: {used}, Requested: {offering['cpunumber']}, Limit: {self.cpu_limit}")
         userdata = p.get("userdata")
         if userdata is not None:
             self._check_userdata(userdata, method)
@@ -772,8 +959,7 @@ class CloudStackSimulator:
             "name": name,
             "displayname": p.get("displayname", name),
             "instancename": f"i-2-{len(self.vms) + 3}-VM",
-            "account": "pragma",
-            "domain": "ROOT",
+            **self._owned_by(owner),
             "state": "Stopped",
             "zoneid": zone["id"],
             "zonename": zone["name"],
@@ -847,6 +1033,7 @@ class CloudStackSimulator:
         vm = self.vms.get(vm_id)
         if vm is None or vm["state"] == "Expunging":
             raise ApiError(PARAM_ERROR, f"Unable to find virtual machine with id {vm_id}")
+        self._may_act_on(vm)
         return vm
 
     def cmd_updateVirtualMachine(self, p: dict[str, str], method: str) -> dict:

@@ -11,8 +11,10 @@ import pytest
 from cloudstack_simulator import CloudStackSimulator
 from pragma_core.errors import CapacityError, DriverError
 
+from pragma_cloudstack import client as client_module
 from pragma_cloudstack.client import (
     MAX_ANSWER_BYTES,
+    MAX_LIST_ITEMS,
     CloudStackAuth,
     CloudStackCapacityError,
     CloudStackClient,
@@ -20,10 +22,19 @@ from pragma_cloudstack.client import (
     CloudStackJobTimeout,
     is_idempotent,
 )
+from pragma_cloudstack.driver import CloudStackDriver
 
 
 def public_network(sim: CloudStackSimulator) -> dict:
     return next(n for n in sim.networks.values() if n["name"] == "public")
+
+
+def own_network(sim: CloudStackSimulator, client: CloudStackClient) -> dict:
+    """An isolated network of the client's account (a user may tag only its own resources, not the shared one)."""
+    zone = next(iter(sim.zones.values()))
+    offering = next(o for o in sim.network_offerings.values() if o["name"].startswith("DefaultIsolatedNetworkOfferingWith"))
+    answer = client.request("createNetwork", {"name": "mine", "displaytext": "mine", "zoneid": zone["id"], "networkofferingid": offering["id"]})
+    return answer["network"]
 
 
 def test_list_pages_through_every_result(sim: CloudStackSimulator, client: CloudStackClient) -> None:
@@ -35,6 +46,36 @@ def test_list_pages_through_every_result(sim: CloudStackSimulator, client: Cloud
     assert sorted(names) == sorted(t["name"] for t in sim.templates.values())
     pages = [(p["page"], p["pagesize"]) for _, p in sim.calls("listTemplates")]
     assert pages == [("1", "2"), ("2", "2"), ("3", "2"), ("4", "2"), ("5", "2"), ("6", "2")]
+
+
+def test_a_server_sending_full_pages_forever_is_cut_off_after_max_list_items(sim: CloudStackSimulator, client: CloudStackClient) -> None:
+    sim.inject("listVirtualMachines", "endless")
+    with pytest.raises(CloudStackError) as info:
+        client.list("listVirtualMachines", {"listall": "true"}, key="virtualmachine")
+    pages = MAX_LIST_ITEMS // client.page_size
+    assert str(info.value) == f"CloudStack listVirtualMachines: the list goes on past {MAX_LIST_ITEMS} items ({pages} pages); refused"
+    assert isinstance(info.value, DriverError)
+    assert len(sim.calls("listVirtualMachines")) == pages
+
+
+def test_a_server_sending_full_pages_forever_is_cut_off_after_max_list_pages(
+    sim: CloudStackSimulator, client: CloudStackClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "MAX_LIST_PAGES", 25)
+    client.page_size = 2
+    sim.inject("listZones", "endless")
+    with pytest.raises(CloudStackError, match=r"^CloudStack listZones: the list goes on past 25 pages of 2; refused$"):
+        client.list("listZones", key="zone")
+    assert [p["page"] for _, p in sim.calls("listZones")] == [str(n) for n in range(1, 26)]
+
+
+def test_clean_against_endless_pages_is_one_error_line(sim: CloudStackSimulator, driver: CloudStackDriver) -> None:
+    sim.inject("listVirtualMachines", "endless")
+    with pytest.raises(DriverError) as info:
+        driver.clean("vc-1")
+    pages = MAX_LIST_ITEMS // driver.config.page_size
+    assert str(info.value) == f"CloudStack listVirtualMachines: the list goes on past {MAX_LIST_ITEMS} items ({pages} pages); refused"
+    assert sim.calls("destroyVirtualMachine") == []
 
 
 def test_list_of_nothing_is_an_empty_list(client: CloudStackClient) -> None:
@@ -76,14 +117,14 @@ def test_non_idempotent_call_is_never_retried(sim: CloudStackSimulator, client: 
 
 
 def test_poll_of_a_job_survives_a_dropped_connection(sim: CloudStackSimulator, client: CloudStackClient) -> None:
-    net = public_network(sim)
+    net = own_network(sim, client)
     jobid, _ = client.start_job("createTags", {"resourceids": net["id"], "resourcetype": "Network", "tags[0].key": "a", "tags[0].value": "b"})
     sim.inject("queryAsyncJobResult", "drop")
     assert client.wait_job("createTags", jobid) == {"success": True}
 
 
 def test_failed_job_surfaces_cloudstack_errortext(sim: CloudStackSimulator, client: CloudStackClient) -> None:
-    net = public_network(sim)
+    net = own_network(sim, client)
     sim.inject("createTags", "fail_job", errortext="Failed to create tags: database is on fire")
     with pytest.raises(CloudStackError) as info:
         client.call("createTags", {"resourceids": net["id"], "resourcetype": "Network", "tags[0].key": "a", "tags[0].value": "b"})
@@ -99,7 +140,7 @@ def test_slow_job_is_polled_with_growing_waits_until_done(sim: CloudStackSimulat
         time.sleep(seconds)
 
     client = CloudStackClient(sim.url, sim.api_key, sim.secret_key, poll_interval=0.005, poll_max_interval=0.02, job_timeout=5, sleep=sleep)
-    net = public_network(sim)
+    net = own_network(sim, client)
     sim.inject("createTags", "slow_job", delay=0.15)
     assert client.call("createTags", {"resourceids": net["id"], "resourcetype": "Network", "tags[0].key": "a", "tags[0].value": "b"}) == {"success": True}
     assert waits[:3] == [0.005, 0.01, 0.02]
@@ -109,7 +150,7 @@ def test_slow_job_is_polled_with_growing_waits_until_done(sim: CloudStackSimulat
 
 
 def test_job_that_never_ends_times_out(sim: CloudStackSimulator, client: CloudStackClient) -> None:
-    net = public_network(sim)
+    net = own_network(sim, client)
     sim.inject("createTags", "slow_job", delay=60)
     jobid, _ = client.start_job("createTags", {"resourceids": net["id"], "resourcetype": "Network", "tags[0].key": "a", "tags[0].value": "b"})
     with pytest.raises(CloudStackJobTimeout, match=f"CloudStack createTags: job {jobid} did not finish within 0.1 s"):

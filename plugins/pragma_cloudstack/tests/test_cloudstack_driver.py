@@ -282,12 +282,18 @@ def test_failed_deploy_is_rolled_back_and_rollback_twice_is_safe(sim: CloudStack
 
 
 @pytest.mark.parametrize("state", [None, CloudStackState()], ids=["no-state", "no-ids"])
-def test_rollback_of_a_half_made_allocation_still_finds_the_vms_by_tag(
-    sim: CloudStackSimulator, driver: CloudStackDriver, cluster: StagedCluster, state: CloudStackState | None
+def test_rollback_of_an_allocation_recording_no_ids_removes_nothing_and_says_to_clean(
+    sim: CloudStackSimulator, driver: CloudStackDriver, cluster: StagedCluster, state: CloudStackState | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     allocation = driver.allocate(request(2), cluster)
     partial = attrs.evolve(allocation, state=state)
+    before = leftovers(sim)
     driver.rollback(partial)
+    assert leftovers(sim) == before, "nothing is removed by its name or tag alone"
+    assert sim.calls("destroyVirtualMachine") == [] and sim.calls("deleteNetwork") == []
+    assert "run 'pragma clean vc-1'" in caplog.text
+    driver.clean(allocation.cluster)  # what clean finds by its tags, in pragma's own account
     assert leftovers(sim) == ([], [])
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from attrs import frozen
@@ -57,9 +58,14 @@ class VmSpec:
 
 
 class _Made:
-    """What an ``allocate`` in progress has created (ids as soon as CloudStack gave them)."""
+    """What an ``allocate`` in progress has created (ids as soon as CloudStack gave them).
+
+    ``run`` is a token naming this run; the network's display text carries it,
+    so a network whose creation answer was lost is found again as this run's.
+    """
 
     def __init__(self) -> None:
+        self.run = secrets.token_hex(8)
         self.cluster: str | None = None
         self.vm_ids: list[str] = []
         self.network_ids: list[str] = []
@@ -81,8 +87,8 @@ class Allocator:
             return self._make(request, cluster.description, plan, made)
         except BaseException as exc:
             log.debug("allocate failed (%s); removing what it made", exc)
-            self.driver.teardown.remove(
-                made.cluster, vm_ids=made.vm_ids, network_ids=made.network_ids, names=made.names, quiet=True
+            self.driver.teardown.remove_made(
+                cluster=made.cluster, vm_ids=made.vm_ids, network_ids=made.network_ids, names=made.names, quiet=True
             )
             raise
 
@@ -133,17 +139,16 @@ class Allocator:
         )
 
     def _create_network(self, name: str, zone: dict, offering: dict, made: _Made) -> dict:
-        # If the answer is lost after CloudStack made the network, the clean-up finds it by its name.
         client = self.driver.client
-        answer = client.request(
-            "createNetwork",
-            {
-                "name": name,
-                "displaytext": f"pragma virtual cluster {name}",
-                "networkofferingid": offering["id"],
-                "zoneid": zone["id"],
-            },
-        )
+        displaytext = f"pragma virtual cluster {name} (run {made.run})"
+        try:
+            answer = client.request(
+                "createNetwork",
+                {"name": name, "displaytext": displaytext, "networkofferingid": offering["id"], "zoneid": zone["id"]},
+            )
+        except DriverError:
+            self._recover_network(name, displaytext, made)
+            raise
         network = answer.get("network", answer)
         made.network_ids.append(network["id"])
         # Tagging and opening egress are independent: run both jobs at once.
@@ -154,6 +159,13 @@ class Allocator:
             jobs.append(("createEgressFirewallRule", client.start_job("createEgressFirewallRule", egress)[0]))
         self._wait_all(jobs)
         return network
+
+    def _recover_network(self, name: str, displaytext: str, made: _Made) -> None:
+        """Record the network a failed ``createNetwork`` may still have made: pragma's, named ``name``, with this run's ``displaytext``."""
+        try:
+            made.network_ids.extend(n["id"] for n in self.lookups.networks_made(name, displaytext))
+        except DriverError as exc:  # the createNetwork error is the one to report
+            log.warning("could not look for the network %s that a failed createNetwork may have made: %s", name, exc)
 
     def _wait_all(self, jobs: list[tuple[str, str]]) -> list[dict]:
         """Wait for every started job, then raise the first failure."""

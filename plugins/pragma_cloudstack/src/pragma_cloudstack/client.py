@@ -13,7 +13,8 @@
 * Async commands are polled through ``queryAsyncJobResult`` with core's
   :func:`~pragma_core.http.poll` (exponential backoff up to a timeout); a
   failed job raises with CloudStack's ``errortext``.
-* ``list*`` calls page through every result with ``page``/``pagesize``.
+* ``list*`` calls page through every result with ``page``/``pagesize``, up
+  to :data:`MAX_LIST_PAGES` pages and :data:`MAX_LIST_ITEMS` items.
 * Errors are one line: ``CloudStack <command>: <errortext> (error <code>)``.
   The secret key, the API key and signatures never appear in an error or a
   log line (not even in urllib3's debug lines, which are redacted).
@@ -52,6 +53,10 @@ RETRY_STATUSES = frozenset({500, 502, 503, 504})
 MAX_USERDATA_POST = 32768
 #: Largest answer read (a page of ``page_size`` items is far below it).
 MAX_ANSWER_BYTES = 32 << 20
+#: Most pages one ``list*`` call fetches before it is refused (a server sending full pages forever).
+MAX_LIST_PAGES = 1000
+#: Most items one ``list*`` call gathers before it is refused.
+MAX_LIST_ITEMS = 100_000
 #: Seconds one API call may take in all, retries included (by default).
 DEFAULT_CALL_DEADLINE = 300.0
 
@@ -258,6 +263,9 @@ class CloudStackClient:
 
         ``key`` is the item name in the answer (``virtualmachine`` for
         ``listVirtualMachines``); by default the one list in the answer.
+        Stops on a short page or once ``count`` items came; a server that
+        keeps sending full pages is cut off after :data:`MAX_LIST_PAGES`
+        pages or :data:`MAX_LIST_ITEMS` items with one :class:`CloudStackError`.
         """
         items: list[dict] = []
         page = 1
@@ -272,8 +280,16 @@ class CloudStackClient:
                 break
             if isinstance(total, int) and len(items) >= total:
                 break
+            self._check_list_size(command, page, len(items))
             page += 1
         return items
+
+    def _check_list_size(self, command: str, pages: int, items: int) -> None:
+        """Raise when a listing that is not over yet already holds too many pages or items."""
+        if items >= MAX_LIST_ITEMS:
+            raise CloudStackError(command, f"the list goes on past {MAX_LIST_ITEMS} items ({pages} pages); refused")
+        if pages >= MAX_LIST_PAGES:
+            raise CloudStackError(command, f"the list goes on past {MAX_LIST_PAGES} pages of {self.page_size}; refused")
 
     # ------------------------------------------------------------------ async jobs
 

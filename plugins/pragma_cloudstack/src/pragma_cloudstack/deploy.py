@@ -53,7 +53,7 @@ def deploy_cluster(driver: CloudStackDriver, allocation: Allocation, vcout: Mapp
 
 
 def vm_id(driver: CloudStackDriver, state: CloudStackState, name: str) -> str:
-    """The id of VM ``name``: from the allocation's state, else looked up by its exact name."""
+    """The id of VM ``name``: from the allocation's state, else looked up by its exact name in pragma's account."""
     known = state.vm_ids.get(name)
     if known:
         return known

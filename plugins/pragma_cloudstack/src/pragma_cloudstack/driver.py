@@ -10,7 +10,10 @@ A cluster ``<vm_prefix><n>`` (e.g. ``vc-3``) is:
 
 Every VM and the network carry the resource tags ``pragma-cluster=<cluster>``
 and ``pragma-role=frontend|compute``; ``list``, ``shutdown`` and ``clean``
-find a cluster by exact tag value, never by a substring of a name. A frontend
+find a cluster by exact tag value, never by a substring of a name, and only
+among the resources of the account the API key belongs to
+(:mod:`.ownership`): an admin key sees other tenants, who may use the same
+names and tags. A frontend
 name is ``<prefix><number>`` and the prefix may not contain ``compute``, so a
 frontend name can never equal another cluster's compute name.
 
@@ -27,7 +30,8 @@ CloudStack gave travel in the allocation as a
 :class:`~pragma_cloudstack.state.CloudStackState`.
 
 One module per idea: :mod:`.naming` (tags, names, the naming lock),
-:mod:`.lookups` (what is read from CloudStack), :mod:`.allocate`,
+:mod:`.ownership` (whose resources may be touched), :mod:`.lookups` (what
+is read from CloudStack), :mod:`.allocate`,
 :mod:`.deploy`, :mod:`.teardown` (shutdown, clean, rollback) and
 :mod:`.listing`; this class holds the settings and the client and hands each
 call to them.
@@ -134,7 +138,7 @@ class CloudStackDriver(Driver[CloudStackSettings, CloudStackState]):
         deploy_cluster(self, allocation, vcout)
 
     def rollback(self, allocation: Allocation) -> None:
-        """Destroy (expunge) every VM and delete the network made for ``allocation``; safe to repeat."""
+        """Destroy (expunge) the VMs and delete the network whose ids ``allocation`` records; safe to repeat."""
         self.teardown.rollback(allocation)
 
     def clean(self, name: str) -> None:

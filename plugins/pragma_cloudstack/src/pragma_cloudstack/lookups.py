@@ -1,6 +1,8 @@
 """What the ``cloudstack`` driver reads from CloudStack: zone, offerings, templates, and a cluster's VMs and networks.
 
-Nothing here changes CloudStack. A setting that names something CloudStack
+Nothing here changes CloudStack. Every VM and network the driver may act on
+is listed through :meth:`Lookups.owner`: scoped to pragma's own account and
+checked to be its (:mod:`.ownership`). A setting that names something CloudStack
 does not have (``zone``, ``networkoffering``, ``public_network``,
 ``service_offering``) is a :class:`~pragma_core.errors.ConfigError` naming
 ``cloudstack.conf`` and the key.
@@ -9,6 +11,7 @@ does not have (``zone``, ``networkoffering``, ``public_network``,
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +20,7 @@ from pragma_core import CapacityError, ConfigError, DriverError, NodeTemplate
 
 from .config import settings_file
 from .naming import TAG_CLUSTER, names_of, tag
+from .ownership import Owner
 
 if TYPE_CHECKING:
     from .driver import CloudStackDriver
@@ -30,6 +34,8 @@ class Lookups:
     def __init__(self, driver: CloudStackDriver) -> None:
         self.driver = driver
         self.config = driver.config
+        self._owner: Owner | None = None
+        self._owner_lock = threading.Lock()
 
     def _config_error(self, key: str, message: str) -> ConfigError:
         path = settings_file(Path(self.driver.site.conf_dir))
@@ -77,10 +83,11 @@ class Lookups:
         return offerings[0]
 
     def public_network(self, zone: dict) -> dict:
-        """The network ``public_network`` names in ``zone`` (exactly one)."""
+        """The network ``public_network`` names in ``zone`` (exactly one): a shared one, or pragma's account's."""
         wanted = self.config.public_network
-        networks = self._list("listNetworks", {"zoneid": zone["id"], "listall": "true"}, key="network")
-        matches = [n for n in networks if wanted in (n.get("name"), n.get("id"))]
+        networks = self._list("listNetworks", {"zoneid": zone["id"]}, key="network")
+        owner = self.owner
+        matches = [n for n in networks if wanted in (n.get("name"), n.get("id")) and owner.may_use(n)]
         if not matches:
             raise self._config_error("public_network", f"no network {wanted!r} in zone {zone.get('name')}")
         if len(matches) > 1:
@@ -121,23 +128,46 @@ class Lookups:
 
     def check_cpu_limit(self, needed: int) -> None:
         """Raise :class:`CapacityError` when the account has fewer than ``needed`` CPUs left."""
-        accounts = self._list("listAccounts", {}, key="account")
-        if not accounts:
-            return
-        available = str(accounts[0].get("cpuavailable", "Unlimited"))
+        available = str(self.account().get("cpuavailable", "Unlimited"))
         if available.isdigit() and needed > int(available):
             raise CapacityError(f"the cluster needs {needed} CPUs; the CloudStack account has {available} left")
+
+    # ------------------------------------------------------------------ the account
+
+    def account(self) -> dict:
+        """The account the API key belongs to, as ``listAccounts`` gives it now (its CPU counts change).
+
+        Without ``listall``, ``domainid``, ``id`` or ``name``, CloudStack lists
+        the caller's own account only, for a user and an admin alike.
+        """
+        accounts = self._list("listAccounts", {}, key="account")
+        Owner.of(accounts)  # exactly one, with a name and a domain
+        return accounts[0]
+
+    @property
+    def owner(self) -> Owner:
+        """pragma's own account (looked up once): every VM and network the driver touches is its."""
+        with self._owner_lock:
+            if self._owner is None:
+                self._owner = Owner.of([self.account()])
+                log.debug("CloudStack account: %s (domain %s)", self._owner.name, self._owner.domainid)
+            return self._owner
+
+    def _own(self, command: str, params: dict[str, str], key: str) -> list[dict]:
+        """The items of a list of VMs or networks, scoped to pragma's account and checked to be its."""
+        owner = self.owner
+        return owner.mine(self._list(command, {**params, **owner.scope()}, key=key), key)
 
     # ------------------------------------------------------------------ clusters
 
     def cluster_vms(self, name: str | None, *, include_expunging: bool = False) -> list[dict]:
-        """The VMs tagged with cluster ``name`` (any cluster when ``None``); Expunging ones only when asked."""
-        params = {"listall": "true"}
+        """pragma's VMs tagged with cluster ``name`` (any cluster when ``None``); Expunging ones only when asked."""
+        params: dict[str, str] = {}
         if name is not None:
             # A tag filter needs both key and value; without a name, filter here.
             params.update({"tags[0].key": TAG_CLUSTER, "tags[0].value": name})
         result = []
-        for vm in self._list("listVirtualMachines", params, key="virtualmachine"):
+        for vm in self._own("listVirtualMachines", params, key="virtualmachine"):
             cluster = tag(vm, TAG_CLUSTER)
             if cluster is None or (name is not None and cluster != name):
                 continue
@@ -147,29 +177,42 @@ class Lookups:
         return result
 
     def cluster_networks(self, name: str) -> list[dict]:
-        """The networks tagged with cluster ``name``."""
-        params = {"listall": "true", "tags[0].key": TAG_CLUSTER, "tags[0].value": name}
-        return [n for n in self._list("listNetworks", params, key="network") if tag(n, TAG_CLUSTER) == name]
+        """pragma's networks tagged with cluster ``name``."""
+        params = {"tags[0].key": TAG_CLUSTER, "tags[0].value": name}
+        return [n for n in self._own("listNetworks", params, key="network") if tag(n, TAG_CLUSTER) == name]
 
     def vms_named(self, names: Iterable[str]) -> list[dict]:
-        """The VMs whose name is exactly one of ``names``."""
+        """pragma's VMs whose name is exactly one of ``names``."""
         found = []
         for name in names:
-            for vm in self._list("listVirtualMachines", {"listall": "true", "name": name}, key="virtualmachine"):
+            for vm in self._own("listVirtualMachines", {"name": name}, key="virtualmachine"):
                 if vm.get("name") == name:  # CloudStack matches "name" as a substring
                     found.append(vm)
         return found
 
     def vms_with_id(self, vm_id: str) -> list[dict]:
-        """The VM with id ``vm_id`` (empty when CloudStack has none)."""
-        return self._list("listVirtualMachines", {"id": vm_id, "listall": "true"}, key="virtualmachine")
+        """pragma's VM with id ``vm_id`` (empty when CloudStack has none, or it is another account's)."""
+        return [vm for vm in self._own("listVirtualMachines", {"id": vm_id}, key="virtualmachine") if vm.get("id") == vm_id]
+
+    def vms_on_network(self, network_id: str) -> list[dict]:
+        """pragma's VMs with a NIC on network ``network_id``."""
+        return self._own("listVirtualMachines", {"networkid": network_id}, key="virtualmachine")
+
+    def network_with_id(self, network_id: str) -> list[dict]:
+        """pragma's network with id ``network_id`` (empty when CloudStack has none, or it is another account's)."""
+        return [n for n in self._own("listNetworks", {"id": network_id}, key="network") if n.get("id") == network_id]
+
+    def networks_made(self, name: str, displaytext: str) -> list[dict]:
+        """pragma's networks called ``name`` whose display text is exactly ``displaytext`` (which names one run)."""
+        networks = self._own("listNetworks", {"keyword": name}, key="network")
+        return [n for n in networks if n.get("name") == name and n.get("displaytext") == displaytext]
 
     def names_in_use(self, prefix: str) -> list[str]:
-        """Names and cluster tags of every VM and network whose name holds ``prefix``."""
+        """Names and cluster tags of every VM and network whose name holds ``prefix``, whoever's.
+
+        Deliberately not scoped to pragma's account: a new cluster's name
+        should differ from every one the key can see. Nothing is changed.
+        """
         vms = self._list("listVirtualMachines", {"listall": "true", "keyword": prefix}, key="virtualmachine")
         networks = self._list("listNetworks", {"listall": "true", "keyword": prefix}, key="network")
         return [*names_of(vms), *names_of(networks)]
-
-    def all_networks(self) -> list[dict]:
-        """Every network the account sees."""
-        return self._list("listNetworks", {"listall": "true"}, key="network")

@@ -3,9 +3,9 @@
 :meth:`CloudStackDriver.allocate <pragma_cloudstack.driver.CloudStackDriver.allocate>`
 puts a :class:`CloudStackState` into :attr:`Allocation.state
 <pragma_core.model.Allocation.state>`; ``deploy`` and ``rollback`` read it
-back with :meth:`~pragma_core.interfaces.Driver.state_of`. Every id is also
-found again by the cluster's tags and names, so an allocation without state
-can still be rolled back.
+back with :meth:`~pragma_core.interfaces.Driver.state_of`. ``rollback``
+removes only these ids (never by a name or a tag alone), so an allocation
+without them removes nothing: ``pragma clean`` finds a cluster by its tags.
 """
 
 from __future__ import annotations

@@ -2,9 +2,12 @@
 
 Removal destroys every VM with ``expunge=true`` (so the network can be
 deleted at once), then deletes the network; whatever is already gone is
-ignored, so it is safe to repeat. A VM or network is found by the cluster's
-tags, by its exact name and by the ids an allocation's state holds, so a
-half-made allocation is removed whole. An account that may not expunge
+ignored, so it is safe to repeat. Only pragma's own account's VMs and
+networks are ever stopped or removed (:mod:`.ownership`). ``clean`` and
+``shutdown`` find a cluster by its tags; ``rollback`` and the clean-up of a
+failed ``allocate`` remove only what that run made: the ids it recorded,
+and a VM whose deployment answer was lost by its name *and* its NIC on the
+network the run made, never by a name alone. An account that may not expunge
 (``allow.user.expunge.recover.vm`` is off) gets plain destroys and a warning
 once: the network then stays until CloudStack expunges the VMs.
 """
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pragma_core import Allocation, ClusterStatus, DriverError, NotFoundError
 
 from .listing import list_clusters
-from .naming import TAG_CLUSTER, ordered, tag
+from .naming import ordered
 from .state import CloudStackState
 
 if TYPE_CHECKING:
@@ -74,7 +77,12 @@ class Teardown:
     # ------------------------------------------------------------------ clean and rollback
 
     def clean(self, name: str) -> None:
-        """Destroy (expunge) cluster ``name``'s VMs and delete its network; refuses while a node runs."""
+        """Destroy (expunge) cluster ``name``'s VMs and delete its network; refuses while a node runs.
+
+        Only pragma's account's VMs and networks tagged with ``name`` count
+        (:mod:`.ownership`): another tenant's cluster of the same name is
+        never seen, let alone removed.
+        """
         lookups = self.driver.lookups
         vms = lookups.cluster_vms(name, include_expunging=True)
         networks = lookups.cluster_networks(name)
@@ -84,69 +92,76 @@ class Teardown:
         if running:
             listed = ", ".join(f"{vm['name']} ({vm['state']})" for vm in ordered(running))
             raise DriverError(f"cluster {name} still has running nodes: {listed}; run 'pragma shutdown {name}' first")
-        self.remove(name)
+        self._remove(vms, [network["id"] for network in networks])
 
     def rollback(self, allocation: Allocation) -> None:
-        """Destroy (expunge) every VM and delete the network made for ``allocation``; safe to repeat."""
+        """Destroy (expunge) the VMs and delete the network whose ids ``allocation`` records; safe to repeat.
+
+        Nothing is found by name or tag: an allocation recording no id removes
+        nothing (a warning says to run ``pragma clean``).
+        """
         state = self.driver.state_of(allocation, CloudStackState())
-        self.remove(
-            allocation.cluster,
+        if not state.vm_ids and not state.network_id:
+            log.warning(
+                "the allocation of cluster %s records no CloudStack ids, so rollback removes nothing; "
+                "run 'pragma clean %s' to remove it by its tags",
+                allocation.cluster, allocation.cluster,
+            )
+            return
+        self.remove_made(
+            cluster=allocation.cluster,
             vm_ids=list(state.vm_ids.values()),
             network_ids=[state.network_id] if state.network_id else [],
             names=[node.name for node in allocation.nodes],
         )
 
-    def remove(
+    def remove_made(
         self,
-        cluster: str | None,
         *,
-        vm_ids: Iterable[str] = (),
-        network_ids: Iterable[str] = (),
-        names: Iterable[str] = (),
+        cluster: str | None,
+        vm_ids: Iterable[str],
+        network_ids: Iterable[str],
+        names: Iterable[str],
         quiet: bool = False,
     ) -> None:
-        """Destroy with expunge the cluster's VMs, then delete its networks; ignores what is gone.
+        """Destroy with expunge the VMs one run made, then delete its networks; ignores what is gone.
 
-        ``quiet``: a failure is logged as a warning instead of raised (the
-        clean-up of a failed ``allocate``, whose own error is what counts).
+        A VM is the run's when its id is in ``vm_ids``, or when it is named one
+        of ``names`` *and* has a NIC on one of ``network_ids`` (a deployment
+        whose answer was lost); never by its name alone, never by a tag, and
+        only when pragma's account owns it. ``quiet``: a failure is logged as
+        a warning instead of raised (the clean-up of a failed ``allocate``,
+        whose own error is what counts).
         """
         try:
-            vms = self._vms_to_remove(cluster, vm_ids, names)
-            self.driver._parallel(self._destroy, [vm for vm in vms if vm.get("state") != "Expunging"])
-            for network_id in self._networks_to_remove(cluster, network_ids):
-                self._ignore_gone(functools.partial(self.driver.client.call, "deleteNetwork", {"id": network_id}))
+            networks = list(dict.fromkeys(network_ids))
+            self._remove(self._vms_made(list(vm_ids), networks, set(names)), self._networks_made(networks))
         except DriverError as exc:
             if not quiet:
                 raise
             log.warning("could not remove everything of cluster %s: %s", cluster, exc)
 
-    def _vms_to_remove(self, cluster: str | None, vm_ids: Iterable[str], names: Iterable[str]) -> list[dict]:
-        """The VMs tagged with ``cluster``, named one of ``names`` or with one of ``vm_ids``, once each."""
+    def _remove(self, vms: list[dict], network_ids: list[str]) -> None:
+        """Destroy ``vms`` with expunge, then delete the networks ``network_ids``; ignores what is gone."""
+        self.driver._parallel(self._destroy, [vm for vm in vms if vm.get("state") != "Expunging"])
+        for network_id in network_ids:
+            self._ignore_gone(functools.partial(self.driver.client.call, "deleteNetwork", {"id": network_id}))
+
+    def _vms_made(self, vm_ids: list[str], network_ids: list[str], names: set[str]) -> list[dict]:
+        """pragma's VMs named one of ``names`` on one of ``network_ids``, and those with one of ``vm_ids``, once each."""
         lookups = self.driver.lookups
         vms: dict[str, dict] = {}
-        if cluster is not None:
-            vms.update((vm["id"], vm) for vm in lookups.cluster_vms(cluster, include_expunging=True))
-        vms.update((vm["id"], vm) for vm in lookups.vms_named(names))
+        for network_id in network_ids:
+            vms.update((vm["id"], vm) for vm in lookups.vms_on_network(network_id) if vm.get("name") in names)
         for vm_id in vm_ids:
             if vm_id not in vms:
                 vms.update((vm["id"], vm) for vm in lookups.vms_with_id(vm_id))
         return list(vms.values())
 
-    def _networks_to_remove(self, cluster: str | None, network_ids: Iterable[str]) -> list[str]:
-        """Ids of the networks tagged with ``cluster``, of an untagged isolated one named like it, and ``network_ids``."""
+    def _networks_made(self, network_ids: list[str]) -> list[str]:
+        """The ids among ``network_ids`` of networks that still exist and are pragma's account's."""
         lookups = self.driver.lookups
-        networks: dict[str, dict] = {}
-        wanted_names: set[str] = set()
-        if cluster is not None:
-            networks.update((n["id"], n) for n in lookups.cluster_networks(cluster))
-            wanted_names.add(cluster)  # made, but maybe not tagged yet
-        wanted_ids = set(network_ids) - set(networks)
-        if wanted_names or wanted_ids:
-            for net in lookups.all_networks():
-                named = net.get("name") in wanted_names and net.get("type") == "Isolated"
-                if net["id"] in wanted_ids or (named and tag(net, TAG_CLUSTER) in (None, cluster)):
-                    networks[net["id"]] = net
-        return list(networks)
+        return [network["id"] for network_id in network_ids for network in lookups.network_with_id(network_id)]
 
     def _destroy(self, vm: dict) -> None:
         from .client import CloudStackError
