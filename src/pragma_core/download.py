@@ -327,7 +327,8 @@ def _save_reply(reply: Reply, dest: Path, validate: Callable[[Path], None] | Non
 
 
 def download(client: HttpClient, url: str, dest: Path, *, size: int | None = None,
-             checksum: Checksum | None = None, label: str | None = None, deadline: float | None = None) -> Path:
+             checksum: Checksum | None = None, label: str | None = None,
+             deadline: float | Deadline | None = None) -> Path:
     """Download ``url`` to ``dest`` through a resumable ``<dest>.part``; returns ``dest``.
 
     ``size`` and ``checksum`` (when known) are checked before the rename; a
@@ -560,7 +561,7 @@ class RemoteStream(io.RawIOBase):
     """
 
     def __init__(self, client: HttpClient, url: str, *, size: int | None = None,
-                 checksum: Checksum | None = None, deadline: float | None = None,
+                 checksum: Checksum | None = None, deadline: float | Deadline | None = None,
                  checked_elsewhere: bool = False) -> None:
         super().__init__()
         self.client = client

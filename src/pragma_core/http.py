@@ -900,14 +900,14 @@ class HttpClient:
                               cap_name=cap_name, deadline=deadline)
 
     def download(self, url: str, dest: Any, *, size: int | None = None, checksum: Any = None,
-                 label: str | None = None, deadline: float | None = None) -> Any:
+                 label: str | None = None, deadline: float | Deadline | None = None) -> Any:
         """Download a whole file, resumable and verified: :func:`pragma_core.download.download`."""
         from .download import download
 
         return download(self, url, dest, size=size, checksum=checksum, label=label, deadline=deadline)
 
     def open_stream(self, url: str, *, size: int | None = None, checksum: Any = None,
-                    deadline: float | None = None, checked_elsewhere: bool = False) -> Any:
+                    deadline: float | Deadline | None = None, checked_elsewhere: bool = False) -> Any:
         """Start reading a remote file: a :class:`pragma_core.download.RemoteStream` at byte 0."""
         from .download import RemoteStream
 

@@ -391,3 +391,19 @@ def test_staging_stops_before_it_would_take_the_last_free_space_of_its_filesyste
     with pytest.raises(PragmaError, match=r"would stay free on its filesystem; refused"):
         stager.stage_image(description, disk)
     assert not (tmp_path / "img.raw").exists()
+
+
+def test_one_deadline_covers_every_part_of_a_staging_not_each_part_its_own(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    (demo, _other) = write_remote_repository(root, size=1 << 20, parts=4)
+    with FaultServer(root) as server:
+        for part in demo.parts:
+            server.add_fault(part, Fault(delay=0.4))  # each part in time; all four together are not
+        repo = make_repo(tmp_path, server.base_url, timeout=2.0, image_deadline=1.0)
+        description = repo.describe("demo")
+        started = time.monotonic()
+        message = failing(lambda: repo.stage(description, Stager(progress=False)), PragmaError)
+        assert time.monotonic() - started < 1.0 + 0.4 + HANG / 10
+        assert "deadline" in message.lower() and "\n" not in message
+        assert not (description.directory / "demo-frontend.img").exists()

@@ -11,7 +11,7 @@ Settings (``repository_settings`` in ``site_conf.conf``)::
         "retries": 5,       # extra attempts after a connection error, timeout or HTTP 5xx
         "backoff": 0.5,     # seconds before the first retry, doubled each time (at most 30)
         "deadline": 600,    # seconds a catalogue or cluster XML fetch may take in all
-        "image_deadline": 21600,  # seconds one image part may take in all (resumes included)
+        "image_deadline": 21600,  # seconds staging a cluster's images may take in all (every part, resumes included)
     }
 
 The remote side mirrors the local layout: the catalogue is
@@ -73,7 +73,7 @@ from ..settings import setting, to_non_negative_int, to_positive_seconds, to_sec
 from .local import LocalRepository
 
 if TYPE_CHECKING:
-    from ..http import Auth, HttpClient
+    from ..http import Auth, Deadline, HttpClient
     from ..staging import Stager
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class HttpSettings:
     retries: int = setting(to_non_negative_int, default=5, help="extra attempts after an error or HTTP 5xx")
     backoff: float = setting(to_seconds, default=0.5, help="seconds before the first retry, doubled each time")
     deadline: float = setting(to_positive_seconds, default=600.0, help="seconds a catalogue or description transfer may take in all")
-    image_deadline: float = setting(to_positive_seconds, default=21600.0, help="seconds an image part transfer may take in all")
+    image_deadline: float = setting(to_positive_seconds, default=21600.0, help="seconds staging a cluster's images may take in all")
 
 
 class HttpRepository(LocalRepository):
@@ -240,12 +240,18 @@ class HttpRepository(LocalRepository):
         """Stream the images the cluster needs from the server into ``stager`` (once)."""
         from ..download import RemoteChangedError
 
+        from ..http import Deadline
+
         reserved = self.reserved_paths(description)
         if self._all_local(description):
             return stager.stage(description, reserved=reserved)
+        # one deadline over every part of every image, retry included: a server finishing each part just
+        # in time must not hold the command (and the image lock) for parts x image_deadline
+        deadline = Deadline(self.image_deadline)
         for attempt in (1, 2):
             try:
-                return stager.stage(description, opener=self.part_opener(description), reserved=reserved)
+                return stager.stage(description, opener=self.part_opener(description, deadline=deadline),
+                                    reserved=reserved)
             except RemoteChangedError as exc:
                 if attempt == 2:
                     raise
@@ -265,8 +271,9 @@ class HttpRepository(LocalRepository):
                     return False  # the stager reports it
         return True
 
-    def part_opener(self, description: ClusterDescription) -> Any:
-        """A :data:`~pragma_core.staging.PartOpener` reading the cluster's parts from the server."""
+    def part_opener(self, description: ClusterDescription, *, deadline: Deadline | None = None) -> Any:
+        """A :data:`~pragma_core.staging.PartOpener` reading the cluster's parts from the server
+        (all of them within ``deadline``; default: each within ``image_deadline``)."""
 
         from ..download import discard_spool
 
@@ -279,7 +286,8 @@ class HttpRepository(LocalRepository):
                 return
             url = self.url_for(local)
             spool = local.with_name(f".{local.name}.download")
-            stream = self.client.open_stream(url, size=part.size, checked_elsewhere=part.checksum is not None)
+            stream = self.client.open_stream(url, size=part.size, checked_elsewhere=part.checksum is not None,
+                                             deadline=deadline)
             if stream.resumable:
                 # the stager holds the image lock: a spool of this part is a crashed run's leftover
                 if discard_spool(spool):
@@ -291,7 +299,8 @@ class HttpRepository(LocalRepository):
                 return
             stream.close()
             log.info("%s: the server cannot resume this file; downloading it first", self._plain(url))
-            self.client.download(url, spool, size=part.size, checksum=part.checksum, label=local.name)
+            self.client.download(url, spool, size=part.size, checksum=part.checksum, label=local.name,
+                                 deadline=deadline)
             try:
                 with open(spool, "rb") as handle:
                     yield handle
