@@ -295,6 +295,9 @@ def test_bad_vcout_format_is_refused(tmp_path: Path, old: str, new: str, message
         ("<vcpu>2</vcpu>", "<vcpu>0</vcpu>", "<vcpu> must be a positive whole number, not '0'"),
         ("<memory>1048576</memory>", "<memory>-5</memory>", "<memory> must be a positive whole number"),
         ("<memory>1048576</memory>", '<memory unit="furlongs">1</memory>', "<memory> has an unknown unit 'furlongs'"),
+        ("<vcpu>2</vcpu>", "<vcpu>100000</vcpu>", "<frontend> <vcpu> asks for 100000 vCPUs, more than 4096"),
+        ("<memory>1048576</memory>", '<memory unit="EiB">999999999999999999</memory>',
+         "<frontend> <memory> asks for more than 64 TiB"),
     ],
 )
 def test_bad_vcpu_or_memory_is_refused(tmp_path: Path, old: str, new: str, message: str) -> None:

@@ -91,6 +91,10 @@ MAX_DESCRIPTION_BYTES = 4 * 1024 * 1024
 MAX_XML_DEPTH = 100
 #: How many elements a description may hold (real ones: a few dozen).
 MAX_XML_ELEMENTS = 100_000
+#: Largest node a description may ask for: vCPUs and memory (more than any host has: libvirt
+#: refuses the rest, but the numbers must stay numbers every layer can carry).
+MAX_NODE_VCPUS = 4096
+MAX_NODE_MEMORY_MIB = 64 << 20  # 64 TiB
 
 _PROCESSOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]*")
 _HEX_LENGTH = {"sha256": 64, "md5": 32}
@@ -345,6 +349,8 @@ class _Reader:
         vcpu = domain.find("vcpu")
         if vcpu is not None:
             vcpus = self.positive_int(vcpu, f"<{role}> <vcpu>")
+            if vcpus > MAX_NODE_VCPUS:
+                raise self.error(f"<{role}> <vcpu> asks for {vcpus} vCPUs, more than {MAX_NODE_VCPUS}", vcpu)
         memory_mib = None
         memory = domain.find("memory")
         if memory is not None:
@@ -353,6 +359,8 @@ class _Reader:
             memory_mib = _parse_memory_mib(amount, unit)
             if memory_mib is None:
                 raise self.error(f"<{role}> <memory> has an unknown unit {unit!r}", memory)
+            if memory_mib > MAX_NODE_MEMORY_MIB:
+                raise self.error(f"<{role}> <memory> asks for more than {MAX_NODE_MEMORY_MIB >> 20} TiB", memory)
 
         tail, domain.tail = domain.tail, None
         domain_xml = ET.tostring(domain, encoding="unicode")
