@@ -461,6 +461,39 @@ class _RedirectPolicy:
         if self.body and request.body is not None:
             raise RedirectRefused(f"redirected to {_redact_url(request.url)}: a redirect to another host would"
                                   " carry the request's credentials")
+        inside = _reach(parts.hostname or "") - (_reach(self.origin[1]) - {"link-local"})
+        if inside:
+            raise RedirectRefused(f"redirected to {_redact_url(request.url)}: a redirect to a"
+                                  f" {' or '.join(sorted(inside))} address is not followed")
+
+
+def _reach(host: str) -> set[str]:
+    """The kinds of non-public address ``host`` is or resolves to: ``link-local`` (where clouds serve
+    instance credentials: 169.254.169.254), ``loopback``, ``private``; empty for a public host.
+
+    A redirect may lead only where its origin already was: a public repository cannot send pragma,
+    root on the head node, to the cloud's metadata service or to services on the head itself.
+    Link-local is never a redirect's place. (A name is resolved here; a DNS server that answers
+    differently when the connection is made is not caught.)
+    """
+    import ipaddress
+
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except (OSError, UnicodeError):
+        return set()  # the connection will fail on its own
+    out = set()
+    for text in found:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+        mapped = getattr(address, "ipv4_mapped", None)
+        address = mapped or address
+        if address.is_link_local:
+            out.add("link-local")
+        elif address.is_loopback:
+            out.add("loopback")
+        elif address.is_private or address.is_reserved or address.is_unspecified or address.is_multicast:
+            out.add("private")
+    return out
 
 
 def _origin(parts: Any) -> tuple[str, str, int | None]:

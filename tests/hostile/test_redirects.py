@@ -149,3 +149,22 @@ def test_odd_header_values_give_an_answer_or_one_error_line_never_an_internal_er
             assert reply.text == "{}"
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("target", ["http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+                                    "http://[fe80::1]/", "http://[::ffff:169.254.169.254]/"])
+def test_a_redirect_to_a_link_local_address_is_never_followed(two_hosts, target: str) -> None:
+    origin, _ = two_hosts
+    origin.add_fault("/part", Fault(redirect=target))
+    with pytest.raises(RedirectRefused, match=r"a redirect to a link-local address is not followed"):
+        HttpClient(**FAST).get(origin.url("part"))  # type: ignore[arg-type]
+
+
+def test_a_redirect_between_two_loopback_hosts_is_followed(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x").write_bytes(b"payload")
+    with FaultServer(tmp_path / "b") as elsewhere:
+        (tmp_path / "a").mkdir()
+        with FaultServer(tmp_path / "a") as origin:
+            origin.add_fault("/file", Fault(redirect=elsewhere.url("x").replace("127.0.0.1", "localhost")))
+            assert HttpClient(**FAST).get(origin.url("file")).load() == b"payload"  # type: ignore[arg-type]
