@@ -6,7 +6,9 @@ import bz2
 import gzip
 import lzma
 import os
+import struct
 import subprocess
+import zlib
 from pathlib import Path
 
 SECTOR = 512
@@ -41,6 +43,25 @@ def partclone_image(fs: Path, work: Path) -> bytes:
     return run("partclone.ext4", "-c", "-s", fs, "-o", "-", "-L", work / f"{fs.name}.clone.log", "-q", "-f", "0")
 
 
+def with_device_size(image: bytes, device_size: int) -> bytes:
+    """A partclone (v2) image whose header claims a device of ``device_size`` bytes, its header CRC fixed.
+
+    partclone checks only that claim against the target: the blocks are still
+    written where they belong, past the claimed end -- a hostile image.
+    """
+    assert image.startswith(b"partclone-image") and image[30:34] == b"0002", "not a partclone v2 image"
+    data = bytearray(image)
+    struct.pack_into("<Q", data, 52, device_size)  # fs_info.device_size
+    struct.pack_into("<I", data, 106, zlib.crc32(bytes(data[:106])) ^ 0xFFFFFFFF)  # partclone's CRC-32: no final xor
+    return bytes(data)
+
+
+def bz2_bomb(total: int, byte: bytes = b"\xa5", stream: int = 1 << 20) -> bytes:
+    """Concatenated bzip2 streams that decompress to ``total`` bytes of ``byte`` (not zeros: they are really written)."""
+    assert total % stream == 0
+    return bz2.compress(byte * stream, compresslevel=9) * (total // stream)
+
+
 def split_pieces(data: bytes, piece: int) -> list[tuple[str, bytes]]:
     letters = "abcdefghijklmnopqrstuvwxyz"
     chunks = [data[i : i + piece] for i in range(0, len(data), piece)] or [b""]
@@ -60,7 +81,10 @@ def make_clonezilla_image(
 
     Each partition dict has ``size_mib`` and one of: ``fs`` (a filesystem
     image to save with partclone), ``dd`` (bytes for a dd image) or
-    ``swap=True``; optional ``compression`` (gz, bz2, xz, uncomp).
+    ``swap=True``; optional ``compression`` (gz, bz2, xz, uncomp);
+    optional ``stored``: the compressed bytes to store as they are (a
+    hostile stream; ``dd`` is then ignored); optional ``device_size``: the
+    device size the partclone header claims (see :func:`with_device_size`).
     """
     directory = work / name
     directory.mkdir(parents=True)
@@ -96,11 +120,14 @@ def make_clonezilla_image(
             continue
         if "fs" in part:
             stream = partclone_image(part["fs"], work)
+            if "device_size" in part:
+                stream = with_device_size(stream, part["device_size"])
             base = f"{device}.ext4-ptcl-img.{comp}"
         else:
-            stream = part["dd"]
+            stream = part.get("dd", b"")
             base = f"{device}.dd-img.{comp}"
-        for suffix, chunk in split_pieces(COMPRESSORS[comp](stream), piece):
+        stored = part["stored"] if "stored" in part else COMPRESSORS[comp](stream)
+        for suffix, chunk in split_pieces(stored, piece):
             (directory / f"{base}.{suffix}").write_bytes(chunk)
         saved.append(device)
     (directory / "parts").write_text(" ".join(saved) + "\n")

@@ -47,6 +47,7 @@ SPELLINGS = {
     "timeout": ([120, 120.0, "120", " 120 ", "1.2e2"], 120.0),
     "retry_delay": ([0, 0.0, "0", "+0"], 0.0),
     "size": ([50, 50.0, "50", "50G", "50 GiB"], 50 << 30),
+    "max_disk_size": ([1 << 41, "2199023255552", "2T", "2048G", " 2 TiB "], 1 << 41),
     "restore_with": (["native", "Native", " NATIVE "], "native"),
     "work_dir": (["/scratch", " /scratch "], Path("/scratch")),
     "api_key": (["", None], None),
@@ -79,6 +80,9 @@ def test_every_spelling_of_a_value_gives_the_same_setting(tmp_path: Path, key: s
         ("retry_delay", 10**9, "at most 31536000 seconds"),
         ("size", "50X", "must be a size"),
         ("size", 0, "must be a size"),
+        ("max_disk_size", 1000, "at least 1048576"),
+        ("max_disk_size", "9000T", "too large"),
+        ("max_disk_size", "a lot", "whole number"),
         ("restore_with", "magic", "must be one of native, cziso"),
         ("include_images", "(", "invalid regular expression"),
         ("drive_api_url", "ftp://x", "http:// or https://"),
@@ -115,3 +119,14 @@ def test_an_api_key_no_http_header_can_carry_is_a_config_error_that_does_not_sho
         load_repository_settings(ClonezillaSettings, tmp_path, {"api_key": key}, repository_class="clonezilla")
     message = str(info.value)
     assert "api_key" in message and "visible ASCII" in message and "3CR3T" not in message
+
+
+def test_max_disk_size_defaults_to_one_tib(tmp_path: Path) -> None:
+    cfg = load_repository_settings(ClonezillaSettings, tmp_path, {}, repository_class="clonezilla")
+    assert cfg.max_disk_size == 1 << 40
+
+
+def test_a_size_setting_past_max_disk_size_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_repository_settings(ClonezillaSettings, tmp_path, {"size": "2T"}, repository_class="clonezilla")
+    assert "max_disk_size" in str(info.value) and "\n" not in str(info.value)

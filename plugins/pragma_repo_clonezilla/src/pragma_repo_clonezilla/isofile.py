@@ -168,6 +168,11 @@ class IsoFile:
             except PyCdlibException as exc:  # no such file, mostly
                 raise BadImageError(f"{self.path.name}: {path}: {_first_line(exc) or type(exc).__name__}") from None
 
+    @property
+    def length(self) -> int:
+        """The length in bytes of the ISO file itself."""
+        return self._size
+
     def size(self, path: str) -> int:
         """The length in bytes of file ``path``."""
         return sum(length for _, length in self._extents(path))

@@ -8,6 +8,17 @@ through the decompressor into ``partclone.<fs> -r -s - -O <disk>
 --offset=<bytes>`` (dd images are written at the offset directly, skipping
 zero blocks); write swap signatures with ``mkswap``. Every tool runs from an
 argument list; its exit status and log are checked.
+
+Every ISO may be hostile, and a restore runs as root on the head node, so a
+restore is bounded (:class:`_Budget`): the disk the ISO declares (its table,
+its parted dump or its ``.NNG`` name) may not be larger than
+``max_disk_size``, refused before anything is written; every byte that goes
+to the disk -- written by dd, fed to partclone -- is counted and the restore
+stops when the count would pass ``max_disk_size``; the filesystem must keep
+:data:`FREE_SPACE_RESERVE` free (checked before the output is made and again
+every :data:`FREE_SPACE_CHECK_EVERY` bytes); partclone writes the file
+itself, so after each run the file may not have grown past the declared
+disk. A stopped restore removes its output and its partclone log.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from pragma_core import RepositoryError
@@ -26,6 +38,7 @@ from pragma_core import RepositoryError
 from .czimage import PARTIMAG, ClonezillaImage, PartitionImage, read_image
 from .decompress import JoinedPieces, iter_chunks, open_decompressed
 from .isofile import BadImageError, IsoFile
+from .settings import DEFAULT_MAX_DISK_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +48,95 @@ _ZERO = bytes(1 << 16)
 _MIB = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
+#: What a restore always leaves free on the filesystem it writes to: 1 GiB.
+FREE_SPACE_RESERVE = 1 << 30
+#: Bytes written between two checks of the free space: 256 MiB.
+FREE_SPACE_CHECK_EVERY = 256 << 20
+
 
 class ToolError(RepositoryError):
     """A restore tool (sfdisk, partclone, qemu-img, ssh) failed for a reason other than bad input."""
+
+
+class DiskLimitError(RepositoryError):
+    """A restore would pass a limit of this host (``max_disk_size``, the free space); the ISO is kept."""
+
+
+def free_bytes(where: int | Path) -> int:
+    """Bytes an unprivileged user may still write on the filesystem of ``where`` (an open fd or a path)."""
+    st = os.fstatvfs(where) if isinstance(where, int) else os.statvfs(where)
+    return st.f_bavail * st.f_frsize
+
+
+def _amount(count: int) -> str:
+    """``count`` bytes for a message: ``3.2 GiB``, ``12.5 MiB``, ``1088 bytes``."""
+    if count >= 1 << 30:
+        return f"{count / (1 << 30):.1f} GiB"
+    if count >= _MIB:
+        return f"{count / _MIB:.1f} MiB"
+    return f"{count} bytes"
+
+
+def ensure_free_space(where: int | Path, needed: int, label: str) -> None:
+    """A :class:`DiskLimitError` naming ``label`` unless writing ``needed`` more bytes there leaves :data:`FREE_SPACE_RESERVE` free.
+
+    ``where`` is a directory (checked before writing: "refused") or the
+    open output (checked while writing: "stopped").
+    """
+    free = free_bytes(where)
+    if free - needed >= FREE_SPACE_RESERVE:
+        return
+    if isinstance(where, int):
+        problem = f"stopped: the filesystem of the disk being restored has only {_amount(free)} free"
+    else:
+        problem = f"refused: {where} has {_amount(free)} free and this needs at least {_amount(needed)} more"
+    raise DiskLimitError(f"{label}: {problem}; a restore leaves at least {_amount(FREE_SPACE_RESERVE)} free")
+
+
+def check_declared_size(label: str, size: int, max_disk_size: int) -> None:
+    """A :class:`DiskLimitError` naming ``label`` when the disk to make is larger than ``max_disk_size``."""
+    if size > max_disk_size:
+        raise DiskLimitError(
+            f"{label}: refused: its disk would be {size} bytes ({_amount(size)}), more than max_disk_size "
+            f"({max_disk_size} bytes); raise max_disk_size in repository_settings if this image is expected"
+        )
+
+
+class _Budget:
+    """What one restore may still write: ``max_disk_size`` bytes in all, and never the last free GiB.
+
+    :meth:`spend` is called with every chunk *before* it goes to the disk
+    (written by dd or fed to partclone), so the limit is never passed.
+    """
+
+    def __init__(self, fd: int, label: str, *, disk_size: int, limit: int) -> None:
+        self.fd = fd
+        self.label = label
+        self.disk_size = disk_size
+        self.limit = limit
+        self.spent = 0
+        self._next_check = FREE_SPACE_CHECK_EVERY
+        self.check()
+
+    def spend(self, count: int) -> None:
+        self.spent += count
+        if self.spent > self.limit:
+            raise BadImageError(
+                f"{self.label}: stopped: the image holds more data than max_disk_size ({self.limit} bytes), "
+                f"whatever its disk ({self.disk_size} bytes) says"
+            )
+        if self.spent >= self._next_check:
+            self._next_check = self.spent + FREE_SPACE_CHECK_EVERY
+            self.check()
+
+    def check(self) -> None:
+        """The free space still holds the reserve, and the file has not grown past its disk (partclone writes it)."""
+        st = os.fstat(self.fd)
+        if st.st_size > self.disk_size:
+            raise BadImageError(
+                f"{self.label}: stopped: a partition image wrote past the end of its {self.disk_size}-byte disk"
+            )
+        ensure_free_space(self.fd, 0, self.label)
 
 
 def split_iso_name(iso_name: str) -> tuple[str, int | None]:
@@ -91,6 +190,15 @@ def disk_size(image: ClonezillaImage, *, name_size: int | None, setting: int | N
     return -(-size // _MIB) * _MIB
 
 
+def _least_written(iso: IsoFile, image: ClonezillaImage) -> int:
+    """About the least a restore writes: its compressed partition images (the disk is sparse; zeros take no room).
+
+    At most the ISO's own length, whatever a hostile ISO's records claim.
+    """
+    pieces = sum(iso.size(image.path(name)) for part in image.partitions for name in part.pieces)
+    return min(pieces, iso.length)
+
+
 def _run(argv: list[str], what: str, *, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     try:
         result = subprocess.run(argv, input=stdin, capture_output=True, check=False)
@@ -108,22 +216,30 @@ def restore_iso_to_raw(
     *,
     size_setting: int | None = None,
     log_dir: Path | None = None,
+    max_disk_size: int = DEFAULT_MAX_DISK_SIZE,
 ) -> int:
     """Restore the image in ``iso_path`` into the new sparse raw file ``output``; return its size.
 
     ``output`` must not exist; on failure it is removed. Raises
-    :class:`BadImageError` for a bad ISO or image (the caller re-downloads)
-    and :class:`ToolError` when a tool fails for another reason.
+    :class:`BadImageError` for a bad ISO or image (the caller re-downloads),
+    :class:`DiskLimitError` when the disk would be larger than
+    ``max_disk_size`` or the filesystem would keep less than
+    :data:`FREE_SPACE_RESERVE` free, and :class:`ToolError` when a tool
+    fails for another reason.
     """
     image_name, name_size = split_iso_name(iso_path.name)
     with IsoFile(iso_path) as iso:
         image = find_image(iso, image_name)
         size = disk_size(image, name_size=name_size, setting=size_setting)
+        check_declared_size(iso_path.name, size, max_disk_size)
+        ensure_free_space(output.parent, _least_written(iso, image), iso_path.name)
         fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             try:
                 os.ftruncate(fd, size)
-                _restore(iso, image, output, fd, log_dir or output.parent)
+                budget = _Budget(fd, iso_path.name, disk_size=size, limit=max_disk_size)
+                _restore(iso, image, output, fd, log_dir or output.parent, budget)
+                budget.check()
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -133,7 +249,7 @@ def restore_iso_to_raw(
     return size
 
 
-def _restore(iso: IsoFile, image: ClonezillaImage, output: Path, fd: int, log_dir: Path) -> None:
+def _restore(iso: IsoFile, image: ClonezillaImage, output: Path, fd: int, log_dir: Path, budget: _Budget) -> None:
     label = f"{iso.path.name}: {image.name}"
     _run(
         ["sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "never", "-q", str(output)],
@@ -146,13 +262,15 @@ def _restore(iso: IsoFile, image: ClonezillaImage, output: Path, fd: int, log_di
     if image.hidden_after_mbr is not None and image.table.label == "dos" and image.table.partitions:
         first = min(p.start for p in image.table.partitions) * image.table.sector_size
         hidden = iso.read(image.path(image.hidden_after_mbr), limit=64 * _MIB)[: max(0, first - 512)]
+        budget.spend(len(hidden))
         _write_sparse(fd, hidden, 512)
     for part in image.partitions:
         entry = image.table.find(part.device)
         assert entry is not None  # read_image checked
         offset = entry.start * image.table.sector_size
         length = entry.size * image.table.sector_size
-        _restore_partition(iso, image, part, output, fd, offset, length, log_dir)
+        _restore_partition(iso, image, part, output, fd, offset, length, log_dir, budget)
+        budget.check()
     for device, uuid, swap_label in image.swaps:
         entry = image.table.find(device)
         assert entry is not None
@@ -168,7 +286,15 @@ def _partition_stream(iso: IsoFile, image: ClonezillaImage, part: PartitionImage
 
 
 def _restore_partition(
-    iso: IsoFile, image: ClonezillaImage, part: PartitionImage, output: Path, fd: int, offset: int, length: int, log_dir: Path
+    iso: IsoFile,
+    image: ClonezillaImage,
+    part: PartitionImage,
+    output: Path,
+    fd: int,
+    offset: int,
+    length: int,
+    log_dir: Path,
+    budget: _Budget,
 ) -> None:
     label = f"{iso.path.name}: {part.pieces[0].rsplit('.', 1)[0] if len(part.pieces) > 1 else part.pieces[0]}"
     stream = _partition_stream(iso, image, part, label)
@@ -178,11 +304,11 @@ def _restore_partition(
         if not first:
             raise BadImageError(f"{label}: the partition image is empty")
         if part.filesystem == "dd" and not first.startswith(_PARTCLONE_MAGIC):
-            _write_dd(fd, first, chunks, offset, length, label)
+            _write_dd(fd, first, chunks, offset, length, label, budget)
         else:
             if not first.startswith(_PARTCLONE_MAGIC):
                 raise BadImageError(f"{label}: not a partclone image (no partclone-image header)")
-            _run_partclone(part.filesystem, first, chunks, output, offset, log_dir, label, image.name, part.device)
+            _run_partclone(part.filesystem, first, chunks, output, offset, log_dir, label, image.name, part.device, budget)
         log.debug("%s: restored %s at offset %d", label, part.device, offset)
     finally:
         stream.close()
@@ -197,20 +323,37 @@ def _write_sparse(fd: int, data: bytes, offset: int) -> None:
             os.pwrite(fd, block, offset + start)
 
 
-def _write_dd(fd: int, first: bytes, chunks, offset: int, length: int, label: str) -> None:  # type: ignore[no-untyped-def]
+def _write_dd(fd: int, first: bytes, chunks: Iterator[bytes], offset: int, length: int, label: str, budget: _Budget) -> None:
     position = 0
     pending = first
     while pending:
         if position + len(pending) > length:
             raise BadImageError(f"{label}: the dd image is larger than its partition ({length} bytes)")
+        budget.spend(len(pending))
         _write_sparse(fd, pending, offset + position)
         position += len(pending)
         pending = next(chunks, b"")
 
 
 def _run_partclone(
-    filesystem: str, first: bytes, chunks, output: Path, offset: int, log_dir: Path, label: str, image: str, device: str  # type: ignore[no-untyped-def]
+    filesystem: str,
+    first: bytes,
+    chunks: Iterator[bytes],
+    output: Path,
+    offset: int,
+    log_dir: Path,
+    label: str,
+    image: str,
+    device: str,
+    budget: _Budget,
 ) -> None:
+    """Feed the partition image to ``partclone.<fs> -r``, which writes ``output`` itself.
+
+    Every chunk fed is counted by ``budget`` first (partclone writes at most
+    what it is fed); a lying header can still make partclone write past the
+    disk's end, which the budget's checks see (file size) during and after
+    the run.
+    """
     if not re.fullmatch(r"[a-z0-9+]+", filesystem):
         raise BadImageError(f"{label}: invalid filesystem name {filesystem!r}")
     tool = shutil.which(f"partclone.{filesystem}")
@@ -233,8 +376,10 @@ def _run_partclone(
     broken = False
     try:
         try:
+            budget.spend(len(first))
             process.stdin.write(first)
             for chunk in chunks:
+                budget.spend(len(chunk))
                 process.stdin.write(chunk)
         except BrokenPipeError:
             broken = True
@@ -246,6 +391,7 @@ def _run_partclone(
     except BaseException:
         process.kill()
         process.wait()
+        log_file.unlink(missing_ok=True)
         raise
     status = process.wait()
     text = log_file.read_text(errors="replace") if log_file.exists() else ""

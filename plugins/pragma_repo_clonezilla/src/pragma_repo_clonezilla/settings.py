@@ -20,6 +20,7 @@ from pragma_core.pluginkit import (
     ConfigFile,
     RepositorySettings,
     choice,
+    int_between,
     optional,
     register_secret_fields,
     setting,
@@ -83,6 +84,19 @@ def _http_url(value: Any) -> str:
     return value.rstrip("/")
 
 
+#: The largest disk a restore may make when the site sets none: 1 TiB.
+DEFAULT_MAX_DISK_SIZE = 1 << 40
+_disk_bytes = int_between(1 << 20, 1 << 53)
+
+
+def to_max_disk_size(value: Any) -> int:
+    """Converter: ``max_disk_size``, bytes (``1099511627776``) or a size with its unit (``"1T"``, ``"500G"``), 1 MiB to 8 PiB."""
+    match = _SIZE.fullmatch(value) if isinstance(value, str) else None
+    if match and match.group(2):
+        value = int(match.group(1)) * _UNITS[match.group(2).upper()]
+    return _disk_bytes(value)
+
+
 def to_size(value: Any) -> int | None:
     """Converter: a disk size, ``50`` (GiB, like ``cziso size=``) or ``"50G"``, ``"512M"``; bytes."""
     if value is None or value == "":
@@ -109,6 +123,9 @@ class ClonezillaSettings:
     include_images: re.Pattern[str] | None = setting(_regex, default=None, help="regex: folders synced")
     exclude_images: re.Pattern[str] | None = setting(_regex, default=None, help="regex: folders skipped")
     size: int | None = setting(to_size, default=None, help="disk size, 50 (GiB), '50G' or '512M'")
+    max_disk_size: int = setting(
+        to_max_disk_size, default=DEFAULT_MAX_DISK_SIZE, help="largest disk a restore may make, bytes (or '1T', '500G')"
+    )
     restore_with: str = setting(choice("native", "cziso"), default="native")
     cziso: Path | None = setting(to_optional_path, default=None, help="path of the cziso executable")
     ssh: str = setting(_text, default="ssh", help="ssh command for zfs:// targets")
@@ -123,6 +140,8 @@ class ClonezillaSettings:
             raise ValueError(
                 f"local_image_url: must be a file://... or zfs://nas/pool/volume template, not {self.local_image_url!r}"
             )
+        if self.size is not None and self.size > self.max_disk_size:
+            raise ValueError(f"size: {self.size} bytes is more than max_disk_size ({self.max_disk_size} bytes)")
         if self.restore_with == "cziso" and self.cziso is None:
             raise ValueError("restore_with: 'cziso' needs the cziso setting (path of the cziso executable)")
 

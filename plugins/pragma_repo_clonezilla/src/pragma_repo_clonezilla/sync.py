@@ -254,9 +254,23 @@ class Syncer:
         if self.settings.restore_with == "cziso":
             assert self.settings.cziso is not None
             imagename, _ = split_iso_name(iso.name)
-            cziso_restore(self.settings.cziso, iso, target, size_setting=self.settings.size, log_file=iso.parent / f"{imagename}-restore.log")
+            cziso_restore(
+                self.settings.cziso,
+                iso,
+                target,
+                size_setting=self.settings.size,
+                log_file=iso.parent / f"{imagename}-restore.log",
+                max_disk_size=self.settings.max_disk_size,
+            )
             return
-        deliver(iso, target, size_setting=self.settings.size, work_dir=self.work_dir, ssh=self.settings.ssh)
+        deliver(
+            iso,
+            target,
+            size_setting=self.settings.size,
+            work_dir=self.work_dir,
+            ssh=self.settings.ssh,
+            max_disk_size=self.settings.max_disk_size,
+        )
 
 
 def _one_line(exc: BaseException) -> str:

@@ -38,7 +38,7 @@ from attrs import frozen
 
 from pragma_core import ConfigError, RepositoryError
 
-from .restore import ToolError, restore_iso_to_raw
+from .restore import DEFAULT_MAX_DISK_SIZE, ToolError, check_declared_size, ensure_free_space, restore_iso_to_raw, split_iso_name
 
 log = logging.getLogger(__name__)
 
@@ -175,16 +175,32 @@ def target_mtime(target: Target, *, ssh: str = "ssh") -> float | None:
     return ZfsHost(target.host, ssh=ssh).creation_time(target.dataset)
 
 
-def deliver(iso: Path, target: Target, *, size_setting: int | None, work_dir: Path, ssh: str = "ssh") -> None:
-    """Restore ``iso`` into ``target``, replacing what is there only once the new image is complete."""
+def deliver(
+    iso: Path,
+    target: Target,
+    *,
+    size_setting: int | None,
+    work_dir: Path,
+    ssh: str = "ssh",
+    max_disk_size: int = DEFAULT_MAX_DISK_SIZE,
+) -> None:
+    """Restore ``iso`` into ``target``, replacing what is there only once the new image is complete.
+
+    The restore is bounded by ``max_disk_size`` and keeps the reserve of free
+    space (see :mod:`.restore`); the qcow2 copy is made only when the raw
+    image's allocated bytes, written again, still leave that reserve free.
+    """
     if target.kind == "file":
         assert target.path is not None
         directory = target.path.parent
         directory.mkdir(parents=True, exist_ok=True)
         raw = _scratch(directory, target.path.name, ".raw")
         try:
-            restore_iso_to_raw(iso, raw, size_setting=size_setting, log_dir=work_dir)
+            restore_iso_to_raw(iso, raw, size_setting=size_setting, log_dir=work_dir, max_disk_size=max_disk_size)
             if target.format == "qcow2":
+                # qemu-img writes the copy itself: it takes about what the raw file has allocated.
+                allocated = raw.stat().st_blocks * 512
+                ensure_free_space(directory, allocated + allocated // 64, f"{iso.name}: qcow2 copy")
                 qcow = _scratch(directory, target.path.name, ".qcow2")
                 try:
                     _qemu_img_convert(raw, qcow)
@@ -199,7 +215,7 @@ def deliver(iso: Path, target: Target, *, size_setting: int | None, work_dir: Pa
     work_dir.mkdir(parents=True, exist_ok=True)
     raw = _scratch(work_dir, target.volume, ".raw")
     try:
-        size = restore_iso_to_raw(iso, raw, size_setting=size_setting, log_dir=work_dir)
+        size = restore_iso_to_raw(iso, raw, size_setting=size_setting, log_dir=work_dir, max_disk_size=max_disk_size)
         ZfsHost(target.host, ssh=ssh).replace_volume(raw, size, target.pool, target.volume)
     finally:
         raw.unlink(missing_ok=True)
@@ -224,13 +240,25 @@ def _qemu_img_convert(raw: Path, qcow: Path) -> None:
         raise ToolError(f"qemu-img convert to {qcow.name} failed: {lines[-1] if lines else result.returncode}")
 
 
-def cziso_restore(cziso: Path, iso: Path, target: Target, *, size_setting: int | None, log_file: Path) -> None:
+def cziso_restore(
+    cziso: Path,
+    iso: Path,
+    target: Target,
+    *,
+    size_setting: int | None,
+    log_file: Path,
+    max_disk_size: int = DEFAULT_MAX_DISK_SIZE,
+) -> None:
     """Restore with the legacy ``cziso`` tool (boots a VM): ``cziso restore <iso> <url> overwrite=true``.
 
     Its output goes to ``log_file``, a new file put in place by rename: a
     symbolic link (or anything else) planted at that name is replaced, never
-    written through.
+    written through. The VM writes the disk, so only the sizes known
+    beforehand are checked: the ``.NNG`` of the ISO's name and ``size`` may
+    not pass ``max_disk_size``.
     """
+    _, name_size = split_iso_name(iso.name)
+    check_declared_size(iso.name, max(name_size or 0, size_setting or 0), max_disk_size)
     argv = [str(cziso), "restore", str(iso), target.url, "overwrite=true"]
     if size_setting:
         argv.append(f"size={-(-size_setting // (1 << 30))}")
