@@ -391,3 +391,10 @@ def test_fake_driver_puts_the_extra_networks_into_the_allocation(tmp_path) -> No
     assert all(n.interface("ent") is not None for n in allocation.nodes)
     assert len({nic.mac for n in allocation.nodes for nic in n.interfaces}) == sum(len(n.interfaces) for n in allocation.nodes)
     driver.rollback(allocation)
+
+
+def test_a_readiness_detail_from_a_guest_is_printed_escaped_and_cut() -> None:
+    from pragma_core.cli import format_readiness
+
+    lines = format_readiness({"vc1": "ready", "vc1-compute-0": "failed: PRAGMA-FAILED " + "\x1b[2J" * 100_000})
+    assert len(lines[-1]) < 2000 and "\x1b" not in "".join(lines) and "more characters]" in lines[-1]

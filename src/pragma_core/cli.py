@@ -73,6 +73,8 @@ _NEGATIVE = re.compile(r"^-[0-9][0-9.]*$")
 _NAME_ARGS = frozenset({"vc-name"})
 #: Exit status when standard output is closed early (128 + SIGPIPE, as a shell reports it).
 EXIT_OUTPUT_CLOSED = 141
+#: Longest readiness detail printed (it is a guest's console text).
+_DETAIL_LIMIT = 400
 _WRITE_BLOCK = 1024  # characters per write of a listing: well inside PIPE_BUF (4096 bytes) even for UTF-8
 
 
@@ -395,7 +397,7 @@ def format_readiness(readiness: ClusterReadiness | Mapping[str, str]) -> list[st
 
     if not isinstance(readiness, ClusterReadiness):
         readiness = ClusterReadiness.from_mapping("", readiness)
-    rows = [(printable(n.node), n.state.value, printable(n.detail)) for n in readiness.nodes]  # guest console text
+    rows = [(printable(n.node), n.state.value, printable(n.detail, limit=_DETAIL_LIMIT)) for n in readiness.nodes]  # guest console text
     width = max((len(node) for node, _, _ in rows), default=0)
     return [f"{node.ljust(width)}  {state}  {detail}".rstrip() for node, state, detail in rows]
 

@@ -291,3 +291,76 @@ def test_closing_the_driver_closes_its_libvirt_connections_and_it_reconnects_on_
     driver.close()  # idempotent
     assert driver.hosts._conns == {}
     assert driver.list_clusters() == []
+
+
+def test_clean_never_removes_another_clusters_node_named_in_forged_metadata(tmp_path: Path, make_driver) -> None:
+    from pragma_kvm_rocks.records import NAMESPACE
+
+    driver = make_driver({"localhost": 8}, extra="shutdown_timeout = 0\n")
+    allocation, _files = boot(driver, ext4_cluster(tmp_path / "image"), request(2))
+    victim = allocation.computes[0]
+    disks = sorted(p.name for p in driver.settings.disk_directory.iterdir())
+    base = next((p for p in driver.settings.disk_directory.iterdir() if p.name.startswith("pragma-base")), None)
+    # a domain whose pragma metadata (written wrong by another head) puts the victim node in cluster "vc-x"
+    forged = (f'<domain type="test"><name>junk</name><memory>1024</memory><os><type>hvm</type></os>'
+              f'<metadata><pragma:node xmlns:pragma="{NAMESPACE}" cluster="vc-x" name="{victim.name}" host="localhost"'
+              f' role="compute" cpus="1" disk="{base or driver.settings.disk_directory / (victim.name + ".qcow2")}"/>'
+              f"</metadata></domain>")
+    conn = driver.hosts.conn("localhost")
+    conn.defineXML(forged)
+    try:
+        driver.clean("vc-x", force=True)
+        running = {d.name() for d in conn.listAllDomains()}
+        assert {n.name for n in allocation.nodes} <= running, "the other cluster's domains are all still there"
+        assert sorted(p.name for p in driver.settings.disk_directory.iterdir()) == disks, "and every file of it"
+    finally:
+        conn.lookupByName("junk").undefine()
+        driver.rollback(allocation)
+
+
+def test_clean_never_removes_a_domain_whose_own_metadata_names_another_cluster(tmp_path: Path, make_driver) -> None:
+    from attrs import evolve
+
+    driver = make_driver({"localhost": 8}, extra="shutdown_timeout = 0\n")
+    allocation, _files = boot(driver, ext4_cluster(tmp_path / "image"), request(2))
+    store = driver.store
+    record = store.get(allocation.cluster)
+    assert record is not None
+    try:
+        # a record for "vc-x" that (written wrong) lists a node named like vc-x's but on a domain of this cluster:
+        # the domain's own metadata names this cluster, so cleaning vc-x leaves it and its disk alone
+        fake = evolve(record, cluster="vc-x", nodes=tuple(evolve(n, cluster="vc-x") for n in record.nodes))
+        store.put(fake)
+        disks = sorted(p.name for p in driver.settings.disk_directory.iterdir())
+        driver.clean("vc-x", force=True)
+        running = {d.name() for d in driver.hosts.conn("localhost").listAllDomains()}
+        assert {n.name for n in allocation.nodes} <= running
+        assert sorted(p.name for p in driver.settings.disk_directory.iterdir()) == disks
+    finally:
+        driver.rollback(allocation)
+
+
+def test_a_guests_failure_line_is_kept_to_a_few_hundred_bytes_whatever_it_writes() -> None:
+    from pragma_kvm_rocks.console import MAX_FAILURE_BYTES, verdict
+
+    flood = b"boot noise\n" * 1000 + b"PRAGMA-FAILED " + b"\x01" * (4 << 20)
+    found = verdict(flood)
+    assert found is not None and found.startswith("failed: PRAGMA-FAILED")
+    assert len(found.encode()) <= len("failed: PRAGMA-FAILED") + MAX_FAILURE_BYTES
+    assert verdict(b"x\r\nPRAGMA-READY\r\nPRAGMA-FAILED later") == "ready"
+
+
+def test_a_record_naming_a_host_the_site_does_not_have_does_not_block_clean(tmp_path: Path, make_driver) -> None:
+    from attrs import evolve
+
+    driver = make_driver({"localhost": 8}, extra="shutdown_timeout = 0\n")
+    allocation, _files = boot(driver, ext4_cluster(tmp_path / "image"), request(2))
+    try:
+        record = driver.store.get(allocation.cluster)
+        assert record is not None
+        stray = evolve(record.nodes[-1], name=f"{allocation.cluster}-compute-9", host="nohost")
+        driver.store.put(evolve(record, nodes=(*record.nodes, stray)))
+        driver.clean(allocation.cluster, force=True)
+        assert driver.list_clusters() == [] and driver.store.get(allocation.cluster) is None
+    finally:
+        driver.rollback(allocation)

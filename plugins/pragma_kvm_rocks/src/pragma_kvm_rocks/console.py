@@ -19,7 +19,9 @@ from pragma_core.pluginkit import NodeProgress, poll
 
 from .parallel import settle
 
-_READY = re.compile(rb"PRAGMA-(READY|FAILED)\b[^\r\n]*")
+#: The guest writes the line: what follows PRAGMA-FAILED is kept up to this many bytes.
+MAX_FAILURE_BYTES = 200
+_READY = re.compile(rb"PRAGMA-(READY|FAILED)\b[^\r\n]{0,%d}" % MAX_FAILURE_BYTES)
 
 
 def verdict(data: bytes | None) -> str | None:

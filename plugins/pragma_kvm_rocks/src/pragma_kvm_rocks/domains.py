@@ -8,9 +8,12 @@ host refuses a :class:`~pragma_core.errors.DriverError` naming node and host.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .hosts import Hosts, HostUnavailable, import_libvirt, parse_domain
+
+if TYPE_CHECKING:
+    from .records import NodeRecord
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +100,8 @@ def destroy(hosts: Hosts, host: str, name: str) -> None:
             raise hosts.failure(host, conn, exc, f"stopping node {name}") from None
 
 
-def owner(hosts: Hosts, host: str, name: str) -> tuple[Any, str | None]:
-    """Domain ``name``'s handle and the allocation its metadata names (``""``: none), or ``(None, None)``."""
+def owner(hosts: Hosts, host: str, name: str) -> tuple[Any, NodeRecord | None]:
+    """Domain ``name``'s handle and the pragma record of its metadata (``None``: none), or ``(None, None)``."""
     libvirt = import_libvirt()
     conn = hosts.conn(host)
     try:
@@ -108,19 +111,29 @@ def owner(hosts: Hosts, host: str, name: str) -> tuple[Any, str | None]:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return None, None
         raise hosts.failure(host, conn, exc, f"reading node {name}") from None
-    return handle, (info.record.allocation if info.record else "")
+    return handle, info.record
 
 
-def discard(hosts: Hosts, host: str, name: str, *, allocation: str | None = None) -> bool:
-    """Power off and undefine ``name``; with ``allocation``, only a domain that allocation made.
+#: What :func:`discard` did: removed the domain, found none, or kept one that is not the caller's.
+REMOVED, ABSENT, KEPT = "removed", "absent", "kept"
 
-    Returns whether a domain was removed (``False``: none, or another
-    allocation's, which stays).
+
+def discard(hosts: Hosts, host: str, name: str, *, allocation: str | None = None, cluster: str | None = None) -> str:
+    """Power off and undefine ``name``: :data:`REMOVED`, :data:`ABSENT` (no such domain) or :data:`KEPT`.
+
+    With ``allocation``, only a domain that allocation made is removed; with
+    ``cluster``, only one whose own metadata names that cluster (the node
+    list of a clean comes from records and claims, which another head may
+    have written wrong: a name there must not remove another cluster's node).
     """
     libvirt = import_libvirt()
-    handle, made_by = owner(hosts, host, name)
-    if handle is None or (allocation is not None and made_by != allocation):
-        return False
+    handle, record = owner(hosts, host, name)
+    if handle is None:
+        return ABSENT
+    made_by = record.allocation if record is not None else ""
+    theirs = cluster is not None and (record is None or record.cluster != cluster)
+    if theirs or (allocation is not None and made_by != allocation):
+        return KEPT
     conn = hosts.conn(host)
     try:
         if handle.isActive():
@@ -131,9 +144,9 @@ def discard(hosts: Hosts, host: str, name: str, *, allocation: str | None = None
             handle.undefine()
     except libvirt.libvirtError as exc:
         if _gone(libvirt, exc):
-            return True
+            return REMOVED
         raise hosts.failure(host, conn, exc, f"removing node {name}") from None
-    return True
+    return REMOVED
 
 
 def _gone(libvirt: Any, exc: Any) -> bool:

@@ -226,7 +226,7 @@ class SharedStorage(Storage):
             return None
 
     def remove_node(self, host: str, node: str, disk: str = "") -> None:
-        for path in {disk, self.disk_path(host, node), self.console_path(host, node)} - {""}:
+        for path in {_own_disk(node, disk), self.disk_path(host, node), self.console_path(host, node)} - {""}:
             self.remove_file(host, path)
 
     def remove_file(self, host: str, name: str) -> None:
@@ -344,13 +344,23 @@ class PoolStorage(Storage):
 
     def remove_node(self, host: str, node: str, disk: str = "") -> None:
         names = {disk_name(node, self.cfg.disk_mode), node + CONSOLE_SUFFIX}
-        if disk and Path(disk).parent == self.diskdir:
+        if _own_disk(node, disk) and Path(disk).parent == self.diskdir:
             names.add(Path(disk).name)
         for name in names:
             self.remove_file(host, name)
 
     def remove_file(self, host: str, name: str) -> None:
         self.pool(host).delete(name)
+
+
+def _own_disk(node: str, disk: str) -> str:
+    """``disk`` (a node's recorded disk) when its file name is one of ``node``'s disk names, else ``""``:
+    a record another head wrote wrong must not name another node's disk or a shared base image."""
+    if disk and Path(disk).name in {disk_name(node, "overlay"), disk_name(node, "copy")}:
+        return disk
+    if disk:
+        log.warning("not deleting %s: it is not a disk name of node %s", disk, node)
+    return ""
 
 
 def storage_for(cfg: KvmRocksSettings, hosts: Hosts, *, local: bool) -> Storage:

@@ -92,10 +92,14 @@ def remove(target: Target, *, hosts: Hosts, storage: Storage, store: RecordStore
     every failure, with the reservation narrowed to what stays."""
     by_host: dict[str, list[NodeRecord]] = {}
     for node in target.nodes:
+        if node.host not in hosts.uris:  # a record or claim naming a host this site does not have
+            log.warning("cluster %s: node %s is on host %r, which is not one of this site's hosts; left alone",
+                        target.name, node.name, node.host)
+            continue
         by_host.setdefault(node.host, []).append(node)
     disks = None if made is None else _by_host(made.disks)
     mark = time.monotonic()
-    outcomes = settle(lambda host: _remove_on(host, by_host[host], hosts, storage, allocation,
+    outcomes = settle(lambda host: _remove_on(target.name, host, by_host[host], hosts, storage, allocation,
                                               None if disks is None else disks.get(host, [])), list(by_host))
     failed = {host: o for host, o in zip(by_host, outcomes) if isinstance(o, BaseException)}
     log.debug("cluster %s: nodes on %d host(s) removed in %.2f s", target.name, len(by_host) - len(failed),
@@ -116,20 +120,45 @@ def _by_host(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
     return out
 
 
-def _remove_on(host: str, nodes: Sequence[NodeRecord], hosts: Hosts, storage: Storage, allocation: str | None,
-               disks: list[str] | None) -> None:
-    """Remove ``nodes`` of one host: domains first (in parallel), then their disks and console logs."""
-    _good, bad = split(settle(lambda n: domains.discard(hosts, host, n.name, allocation=allocation), nodes))
+def _remove_on(cluster: str, host: str, nodes: Sequence[NodeRecord], hosts: Hosts, storage: Storage,
+               allocation: str | None, disks: list[str] | None) -> None:
+    """Remove ``nodes`` of one host: domains first (in parallel), then their disks and console logs.
+
+    Only what is ``cluster``'s: a node whose name is not one of the cluster's
+    node names, or whose domain's own metadata names another cluster (or
+    allocation), is left alone with its files (the node list comes from
+    records and claims, which another head may have written wrong).
+    """
+    ours = [n for n in nodes if is_node_of(cluster, n.name)]
+    for node in nodes:
+        if node not in ours:
+            log.warning("cluster %s: %s on %s is not one of its node names; left alone", cluster, node.name, host)
+    outcomes = settle(lambda n: domains.discard(hosts, host, n.name, allocation=allocation, cluster=cluster), ours)
+    _good, bad = split(outcomes)
     if bad:
         raise ExceptionGroup(f"removing nodes on {host}", bad)  # type: ignore[type-var]
+    gone = [n for n, outcome in zip(ours, outcomes) if outcome != domains.KEPT]
+    for node in ours:
+        if node not in gone:
+            log.warning("cluster %s: domain %s on %s belongs to another cluster or allocation; left alone",
+                        cluster, node.name, host)
     if disks is not None:  # a rollback in the process that deployed: exactly what it made
         for name in disks:
             storage.remove_file(host, name)
-        for node in nodes:
+        for node in gone:
             storage.remove_file(host, Path(storage.console_path(host, node.name)).name)
         return
-    for node in nodes:
+    for node in gone:
         storage.remove_node(host, node.name, node.disk)
+
+
+def is_node_of(cluster: str, name: str) -> bool:
+    """Whether ``name`` is one of ``cluster``'s node names: the frontend (the cluster's own name),
+    ``<cluster>-compute-<i>`` or legacy ``vm-<cluster>-<i>`` (:func:`~.policy.compute_name`)."""
+    import re
+
+    escaped = re.escape(cluster)
+    return name == cluster or re.fullmatch(rf"(?:{escaped}-compute-|vm-{escaped}-)[0-9]{{1,6}}", name) is not None
 
 
 def _narrow(target: Target, left: Sequence[NodeRecord], store: RecordStore, claims: Claims) -> None:
