@@ -155,3 +155,32 @@ def test_pragma_list_orphans_and_remove_orphans_on_a_site(tmp_path: Path) -> Non
     assert "removed disk gone.qcow2" in removed.stdout and removed.stdout.splitlines()[-1] == "2 orphan(s) removed"
     assert not (tmp_path / "disks" / "gone.qcow2").exists()
     assert claim_name("gone") not in removed.stdout
+
+
+def test_while_a_host_does_not_answer_no_node_disk_in_the_shared_diskdir_is_an_orphan(tmp_path: Path) -> None:
+    from conftest import base_conf, host_file, settings_from
+
+    from pragma_kvm_rocks.driver import KvmRocksDriver
+    from pragma_kvm_rocks.records import NAMESPACE
+
+    hosts_dir = tmp_path / "hosts"
+    hosts_dir.mkdir()
+    for host in ("h1", "h2", "h3", "h4"):
+        host_file(hosts_dir, host, cpus=8)
+    conf = base_conf(tmp_path, hosts_dir=hosts_dir, containers=["h1", "h2", "h3", "h4"])
+    driver = KvmRocksDriver(settings_from(conf, tmp_path / "kvm_rocks.conf"), site=None)
+    diskdir = driver.settings.disk_directory
+    diskdir.mkdir(parents=True)
+    files = ["vc-old-compute-0.console.log", "vc-old-compute-0.qcow2"]
+    for name in files:
+        (diskdir / name).write_text("in use")
+    # a node of a cluster booted before allocation ids (no claim): live only through its domain, on h4
+    meta = (f"<p:node xmlns:p='{NAMESPACE}' cluster='vc-old' name='vc-old-compute-0' hostname='c' role='compute'"
+            f" host='h4' cpus='1' memory-mib='512' disk='{diskdir}/vc-old-compute-0.qcow2'/>")
+    driver.hosts.conn("h4").defineXML(f"<domain type='test'><name>vc-old-compute-0</name><memory>524288</memory>"
+                                      f"<vcpu>1</vcpu><os><type>hvm</type></os><metadata>{meta}</metadata></domain>")
+    assert [o.name for o in driver.orphans()] == []
+    driver.hosts.mark_down("h4", "h4 does not answer (simulated)")
+    found, failures = driver.remove_orphans()
+    assert [o for o in found if o.kind == "disk"] == [] and failures == []
+    assert sorted(p.name for p in diskdir.iterdir()) == files, "its disk stays while its host cannot be asked"

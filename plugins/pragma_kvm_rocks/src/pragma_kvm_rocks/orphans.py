@@ -94,8 +94,14 @@ def find(view: SiteView, storage: Storage, *, hosts_with_pools: Sequence[str] = 
         )
     live = liveness(view)
     found = _domains(view, live) + _claims(view) + _records(view, live)
-    found += _files(storage, live, hosts_with_pools)
-    return sorted(set(found), key=lambda o: (o.kind, o.host, o.name))
+    files = _files(storage, live, hosts_with_pools)
+    if view.unreachable and not isinstance(storage, PoolStorage):
+        # a node on a host that does not answer may still run (a cluster from before claims has no
+        # reservation elsewhere): its disk in the shared diskdir cannot be judged now
+        log.warning("host(s) %s do not answer: node disks in the shared diskdir are not judged",
+                    ", ".join(sorted(view.unreachable)))
+        files = [o for o in files if o.kind != "disk"]
+    return sorted(set(found + files), key=lambda o: (o.kind, o.host, o.name))
 
 
 def _domains(view: SiteView, live: Liveness) -> list[Orphan]:
