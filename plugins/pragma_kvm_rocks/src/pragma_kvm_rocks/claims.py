@@ -148,10 +148,6 @@ class ClaimSet:
         """Copies absent from a majority of the claim hosts: left where a cleaned cluster's host was down."""
         return [c for c in self.copies if self._absent(c.uuid) >= self.majority]
 
-    def without(self, allocation: str) -> ClaimSet:
-        """These claims less every copy of claim ``allocation`` (one withdrawn since the read)."""
-        return evolve(self, copies=[c for c in self.copies if c.uuid != allocation])
-
     def holding(self, allocation: str) -> list[str]:
         """The claim hosts holding a copy of claim ``allocation``."""
         return [c.host for c in self.copies if c.uuid == allocation]

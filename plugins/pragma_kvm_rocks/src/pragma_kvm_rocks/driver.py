@@ -195,8 +195,10 @@ class KvmRocksDriver(Driver[KvmRocksSettings, KvmRocksState]):
                     self.claims.withdraw(record.cluster, record.allocation)
                     log.info("cluster %s: with other heads' new claims %s would be over capacity; trying again",
                              record.cluster, ", ".join(over))
-                view = view.with_claims(seen.without(record.allocation))  # ours is withdrawn: its IP, VLAN are free
                 pause(attempt)
+                # read afresh: a head that lost with us has withdrawn its claim by now (reusing what we saw would
+                # count it, and both could give up on capacity that is free); ours is withdrawn too
+                view = self.view()
             else:
                 raise CapacityError(f"could not reserve a cluster: other head nodes claimed the same public IP,"
                                     f" VLAN, names or CPUs {MAX_ATTEMPTS} times in a row; try again")
