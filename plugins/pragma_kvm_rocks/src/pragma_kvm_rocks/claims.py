@@ -42,7 +42,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 
-from attrs import evolve, field, frozen
+from attrs import field, frozen
 
 from pragma_core import DriverError
 from pragma_core.pluginkit import to_tuple
