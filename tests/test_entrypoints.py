@@ -125,3 +125,16 @@ def test_checking_a_plugin_that_requires_pragma_core_imports_no_packaging() -> N
             "print(sorted(m for m in sys.modules if m.startswith('packaging')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_an_older_copy_later_on_the_path_never_brings_back_a_plugin_the_first_copy_dropped(tmp_path: Path) -> None:
+    first, later = tmp_path / "first", tmp_path / "later"
+    make_distribution(first, "pragma-one", "2.0", entry_points="[console_scripts]\none = one_mod:main\n", modules={})
+    make_distribution(later, "pragma-one", "1.0", entry_points="[pragma.plugins]\nold = old_mod\n", modules={})
+    (make_distribution(tmp_path / "bare", "pragma-two", "2.0", entry_points="", modules={})
+     / "pragma_two-2.0.dist-info" / "entry_points.txt").unlink()  # a version with no entry points at all
+    make_distribution(tmp_path / "older", "pragma-two", "1.0", entry_points="[pragma.plugins]\ngone = gone_mod\n",
+                      modules={})
+    path = [str(first), str(later), str(tmp_path / "bare"), str(tmp_path / "older")]
+    assert _our_view(PROBE, path) == _stdlib_view(PROBE, path)
+    assert [ep.name for ep in entrypoints.entry_points(["pragma.plugins"], path)] == []

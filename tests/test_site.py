@@ -243,3 +243,30 @@ def test_site_is_exported_lazily_from_the_package() -> None:
     assert json.loads(json.dumps(sorted(pragma_core.__all__)))  # every name is importable
     for name in pragma_core.__all__:
         assert getattr(pragma_core, name) is not None
+
+
+@pytest.mark.parametrize(("image", "key", "error"), [
+    ("x\nError: forged", KEY, "invalid vc-name"),
+    ("demo", "ssh-rsa AAAA\udcff x", "not an SSH public key"),
+    ("demo", "not a key", "not an SSH public key"),
+])
+def test_a_boot_request_made_by_the_caller_gets_the_same_checks_before_anything_is_made(conf, image, key, error) -> None:
+    from pragma_core.model import BootRequest
+
+    with Site.open(conf.etc) as site:
+        with pytest.raises(PragmaError, match=error):
+            site.boot(BootRequest(image=image, cpus=1, key=key))
+        assert site.clusters() == []
+
+
+def test_a_key_file_is_read_only_when_the_file_opened_is_regular(tmp_path: Path) -> None:
+    import os
+
+    from pragma_core.request import read_key
+
+    fifo = tmp_path / "key.pub"
+    os.mkfifo(fifo)  # no writer: opening it by name, blocking, would hang the command
+    with pytest.raises(PragmaError, match="is not a regular file"):
+        read_key(str(fifo))
+    (tmp_path / "k.pub").write_bytes(b"ssh-ed25519 AAAAC3Nz jos\xc3\xa9@h\n")
+    assert read_key(str(tmp_path / "k.pub")) == "ssh-ed25519 AAAAC3Nz jos\u00e9@h"

@@ -107,6 +107,12 @@ def entry_points(groups: Iterable[str], path: Iterable[str] | None = None) -> li
     found: list[EntryPoint] = []
     seen: set[str] = set()
     for info in _metadata_directories(sys.path if path is None else path):
+        # the first copy of a distribution wins even when it registers nothing (a newer version that
+        # dropped a plugin must not let an older copy further down the path bring it back)
+        key = normalize(os.path.basename(info).rsplit(".", 1)[0].split("-", 1)[0])
+        if key in seen:
+            continue
+        seen.add(key)
         try:
             text = _read(os.path.join(info, "entry_points.txt"))
         except FileNotFoundError:
@@ -121,9 +127,6 @@ def entry_points(groups: Iterable[str], path: Iterable[str] | None = None) -> li
         except (OSError, UnicodeDecodeError) as exc:
             log.warning("distribution %s: cannot read its metadata: %s", os.path.basename(info), exc)
             continue
-        if normalize(dist.name) in seen:
-            continue  # a later copy: Python imports the first one
-        seen.add(normalize(dist.name))
         try:
             found.extend(ep for ep in list(_parse(text, dist)) if ep.group in wanted)
         except ValueError as exc:

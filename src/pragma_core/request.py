@@ -166,12 +166,9 @@ def read_key(value: str | os.PathLike[str] | None) -> str:
         candidates = [home / "id_rsa.pub", home / "id_ed25519.pub", home / "id_ecdsa.pub"]
     for path in candidates:
         try:
-            if not path.exists():
+            text = _read_key_file(path)
+            if text is None:
                 continue
-            if not path.is_file():
-                raise PragmaError(f"key: {path} is not a regular file")
-            with open(path, "rb") as handle:
-                text = handle.read(MAX_KEY_BYTES + 1).decode("utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
             raise PragmaError(f"key: cannot read {path}: {reason}") from None
@@ -185,11 +182,46 @@ def read_key(value: str | os.PathLike[str] | None) -> str:
     raise PragmaError("no SSH public key found in ~/.ssh; give one with key=FILE")
 
 
+def _read_key_file(path: Path) -> str | None:
+    """The text of key file ``path`` (``None`` when there is none), read only when the file opened is regular.
+
+    Checked on the descriptor, not the name: opened non-blocking (a FIFO swapped in after any look at
+    the name cannot hang the command), then ``fstat``-ed, then read, at most ``MAX_KEY_BYTES + 1``.
+    """
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PragmaError(f"key: {path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(MAX_KEY_BYTES + 1).decode("utf-8").strip()
+    finally:
+        os.close(fd)
+
+
+def check_key(text: str) -> str:
+    """SSH public key text (one key a line, comments dropped); a :class:`PragmaError` when it is not one."""
+    return _key_lines(text, "key")
+
+
 def _key_lines(text: str, where: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip() and not line.startswith("#")]
-    if not lines or not all(line.startswith(KEY_TYPES) and "\x00" not in line for line in lines):
+    if not lines or not all(line.startswith(KEY_TYPES) and "\x00" not in line and _is_utf8(line) for line in lines):
         raise PragmaError("key: the text given is not an SSH public key" if where == "key" else f"key: {where} is not an SSH public key file")
     return "\n".join(lines)
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` is real text: a command line's undecodable bytes arrive as lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_bool(name: str, value: str | bool) -> bool:

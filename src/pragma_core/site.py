@@ -217,8 +217,13 @@ class Site:
         from .model import Booted, BootRequest
         from .request import parse_wait
 
-        if isinstance(image, BootRequest):
+        if isinstance(image, BootRequest):  # made by the caller: held to the same checks as one built here
+            from .request import check_key
+
             request = image
+            _checked(request.image)
+            if request.key:
+                check_key(request.key)
         else:
             request = self.request(image, cpus, key=key, memory=memory, add_ifaces=add_ifaces, enable_ent=enable_ent)
         seconds = parse_wait(wait)

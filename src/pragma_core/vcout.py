@@ -203,7 +203,7 @@ _INDENT = "  "
 # An XML name without namespaces, ASCII only: what a network or hook element may be called.
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
 # Characters XML 1.0 cannot carry at all.
-_INVALID_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_INVALID_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}\Z")
 # The networks format 1 knew; any other is an extra network (add-iface, ENT).
 _CLASSIC_NETWORKS = ("public", "private")

@@ -66,7 +66,7 @@ PATHS = {
     "conf-long": (("--conf", f"/tmp/{LONG}", "list", "repository"), "more characters]"),
     "conf-nul": (("--conf", "/tmp/a\x00b", "list", "repository"), "configuration file not found: /tmp/a\\x00b"),
     "key-long": (("boot", "demo", "1", f"key=/tmp/{LONG}"), "key: cannot read"),
-    "key-nul": (("boot", "demo", "1", "key=/tmp/a\x00b"), "key: file not found: /tmp/a\\x00b"),
+    "key-nul": (("boot", "demo", "1", "key=/tmp/a\x00b"), "key: invalid file name '/tmp/a\\x00b'"),
     "key-device": (("boot", "demo", "1", "key=/dev/zero"), "is not a regular file"),
     "key-directory": (("boot", "demo", "1", "key=/"), "is not a regular file"),
     "key-unknown-user": (("boot", "demo", "1", "key=~no-such-user-here/id.pub"), "cannot find the home directory"),
