@@ -39,6 +39,9 @@ __all__ = [
     "is_inside",
     "no_follow",
     "open_inside",
+    "FREE_SPACE_CHECK_EVERY",
+    "FREE_SPACE_RESERVE",
+    "free_bytes",
     "open_lane",
     "private_directory",
     "safe_join",
@@ -79,6 +82,19 @@ def no_follow(path: str, flags: int) -> int:
     New files get mode 0644; the descriptor is close-on-exec.
     """
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
+#: What writing an image (staging, a restore) always leaves free on its filesystem: 1 GiB. A few MB of
+#: compressed data can expand to a TiB of non-zero bytes; the head node's disk must not fill.
+FREE_SPACE_RESERVE = 1 << 30
+#: Bytes of data written between two checks of the free space: 256 MiB.
+FREE_SPACE_CHECK_EVERY = 256 << 20
+
+
+def free_bytes(where: int | os.PathLike[str] | str) -> int:
+    """Bytes an unprivileged user may still write on the filesystem of ``where`` (an open descriptor or a path)."""
+    st = os.fstatvfs(where) if isinstance(where, int) else os.statvfs(where)
+    return st.f_bavail * st.f_frsize
 
 
 def private_directory(path: Path) -> Path:

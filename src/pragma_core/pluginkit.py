@@ -36,7 +36,8 @@ Secrets (:mod:`pragma_core.redaction`)
 Files (:mod:`pragma_core.paths`)
     :func:`safe_join`, :func:`open_inside`, :func:`stat_inside`,
     :func:`is_inside`, :func:`fsync_directory`, :func:`no_follow`,
-    :func:`open_lane`, :func:`private_directory`, :class:`UnsafeFileError`.
+    :func:`open_lane`, :func:`private_directory`, :class:`UnsafeFileError`;
+    :func:`free_bytes` and :data:`FREE_SPACE_RESERVE` (what writing an image leaves free).
 Images and catalogues
     :func:`check_image` (a disk image and its backing chain, before anything
     opens it), :func:`read_qcow2_header`; :func:`parse_cluster_xml`,
@@ -130,8 +131,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "install_log_redaction": ("pragma_core.redaction", "install"),
     **{
         name: ("pragma_core.paths", name)
-        for name in ("UnsafeFileError", "fsync_directory", "is_inside", "no_follow", "open_inside", "open_lane",
-                     "private_directory", "safe_join", "stat_inside")
+        for name in ("FREE_SPACE_CHECK_EVERY", "FREE_SPACE_RESERVE", "UnsafeFileError", "free_bytes",
+                     "fsync_directory", "is_inside", "no_follow", "open_inside", "open_lane", "private_directory",
+                     "safe_join", "stat_inside")
     },
     **{name: ("pragma_core.imagecheck", name) for name in ("CheckedImage", "Qcow2Header", "check_image", "read_qcow2_header")},
     **{name: ("pragma_core.clusterxml", name) for name in ("MAX_DESCRIPTION_BYTES", "parse_cluster_xml", "replace_disk_source")},
@@ -181,7 +183,10 @@ if TYPE_CHECKING:  # what type checkers see; at run time names load on first use
     from .imagecheck import read_qcow2_header as read_qcow2_header
     from .parallel import ParallelError as ParallelError
     from .parallel import run_parallel as run_parallel
+    from .paths import FREE_SPACE_CHECK_EVERY as FREE_SPACE_CHECK_EVERY
+    from .paths import FREE_SPACE_RESERVE as FREE_SPACE_RESERVE
     from .paths import UnsafeFileError as UnsafeFileError
+    from .paths import free_bytes as free_bytes
     from .paths import fsync_directory as fsync_directory
     from .paths import is_inside as is_inside
     from .paths import no_follow as no_follow

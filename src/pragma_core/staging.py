@@ -93,7 +93,16 @@ from .model import (
     StagedCluster,
     StagedImage,
 )
-from .paths import UnsafeFileError, open_inside, open_lane, safe_join, stat_inside
+from .paths import (
+    FREE_SPACE_CHECK_EVERY,
+    FREE_SPACE_RESERVE,
+    UnsafeFileError,
+    free_bytes,
+    open_inside,
+    open_lane,
+    safe_join,
+    stat_inside,
+)
 from .processors import OUTPUT_CHUNK, Processor, ProcessorRegistry, StreamDecoder
 
 __all__ = [
@@ -121,11 +130,6 @@ INPUT_CHUNK = 256 << 10
 SPARSE_BLOCK = 64 << 10
 #: Default largest staged image (``max_image_size``): parts decompress to at most this.
 DEFAULT_MAX_IMAGE_SIZE = 1 << 40
-#: Space a staging leaves free on its filesystem: the output is refused before it takes the rest
-#: (a few MB of gzip can decompress to a TiB of non-zero bytes).
-FREE_SPACE_RESERVE = 1 << 30
-#: Bytes of data written between two checks of the free space.
-_FREE_SPACE_CHECK = 256 << 20
 _ZERO_BLOCK = bytes(SPARSE_BLOCK)
 _ZERO_PAGE = bytes(4096)
 #: Start writing dirty pages to disk after this many bytes of data (in the
@@ -432,7 +436,7 @@ class _SparseWriter:
         self._until_check -= len(view)
         if self._until_check <= 0:
             self._check_free_space()
-            self._until_check = _FREE_SPACE_CHECK
+            self._until_check = FREE_SPACE_CHECK_EVERY
         try:
             while view:
                 written = os.pwrite(self.fd, view, offset)
@@ -447,11 +451,11 @@ class _SparseWriter:
 
     def _check_free_space(self) -> None:
         try:
-            fs = os.fstatvfs(self.fd)
+            free = free_bytes(self.fd)
         except OSError:
             return  # no answer: ENOSPC still stops the write
-        if fs.f_bavail * fs.f_frsize < FREE_SPACE_RESERVE + _FREE_SPACE_CHECK:
-            raise StagingError(f"{self.label}: fewer than {(FREE_SPACE_RESERVE + _FREE_SPACE_CHECK) >> 20} MiB"
+        if free < FREE_SPACE_RESERVE + FREE_SPACE_CHECK_EVERY:
+            raise StagingError(f"{self.label}: fewer than {(FREE_SPACE_RESERVE + FREE_SPACE_CHECK_EVERY) >> 20} MiB"
                                " would stay free on its filesystem; refused")
 
     def finish(self) -> os.stat_result:

@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pragma_core import RepositoryError
+from pragma_core.pluginkit import FREE_SPACE_CHECK_EVERY, FREE_SPACE_RESERVE, free_bytes
 
 from .czimage import PARTIMAG, ClonezillaImage, PartitionImage, read_image
 from .decompress import JoinedPieces, iter_chunks, open_decompressed
@@ -48,10 +49,6 @@ _ZERO = bytes(1 << 16)
 _MIB = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
-#: What a restore always leaves free on the filesystem it writes to: 1 GiB.
-FREE_SPACE_RESERVE = 1 << 30
-#: Bytes written between two checks of the free space: 256 MiB.
-FREE_SPACE_CHECK_EVERY = 256 << 20
 
 
 class ToolError(RepositoryError):
@@ -60,12 +57,6 @@ class ToolError(RepositoryError):
 
 class DiskLimitError(RepositoryError):
     """A restore would pass a limit of this host (``max_disk_size``, the free space); the ISO is kept."""
-
-
-def free_bytes(where: int | Path) -> int:
-    """Bytes an unprivileged user may still write on the filesystem of ``where`` (an open fd or a path)."""
-    st = os.fstatvfs(where) if isinstance(where, int) else os.statvfs(where)
-    return st.f_bavail * st.f_frsize
 
 
 def _amount(count: int) -> str:
