@@ -7,6 +7,7 @@ hosts' libvirt, so only the claims there keep them apart.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -14,7 +15,7 @@ import pytest
 from conftest import base_conf, ext4_cluster, host_file, settings_from
 
 from pragma_core.errors import CapacityError, DriverError
-from pragma_core.model import BootRequest
+from pragma_core.model import Allocation, BootRequest
 from pragma_core.testing.contract import boot
 from pragma_kvm_rocks.claims import claim_name, claim_xml, clashes
 from pragma_kvm_rocks.driver import KvmRocksDriver
@@ -79,26 +80,33 @@ def test_a_second_head_sees_the_first_heads_claim_and_takes_other_resources(tmp_
     assert all(site.domains(h) == [] for h in HOSTS)
 
 
-def test_heads_allocating_at_once_never_share_an_ip_vlan_name_or_mac(tmp_path: Path) -> None:
-    site = Site(tmp_path)
-    heads = [site.head(f"h{i}") for i in range(4)]
-    results: list[object] = []
-    barrier = threading.Barrier(len(heads) * 2)
+def _race(heads: list[KvmRocksDriver], allocate: Callable[[KvmRocksDriver], Allocation]
+          ) -> tuple[list[Allocation], list[BaseException]]:
+    """Run ``allocate`` for every head in its own thread, all released at once: what succeeded, what failed."""
+    results: list[Allocation | BaseException] = []
+    barrier = threading.Barrier(len(heads))
 
-    def allocate(head: KvmRocksDriver) -> None:
+    def run(head: KvmRocksDriver) -> None:
         barrier.wait()
         try:
-            results.append(head.allocate(request(1), site.cluster))
+            results.append(allocate(head))
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             results.append(exc)
 
-    threads = [threading.Thread(target=allocate, args=(head,)) for head in heads for _ in range(2)]
+    threads = [threading.Thread(target=run, args=(head,)) for head in heads]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(120)
-    allocations = [r for r in results if not isinstance(r, BaseException)]
-    errors = [r for r in results if isinstance(r, BaseException)]
+    return ([r for r in results if not isinstance(r, BaseException)],
+            [r for r in results if isinstance(r, BaseException)])
+
+
+def test_heads_allocating_at_once_never_share_an_ip_vlan_name_or_mac(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    heads = [site.head(f"h{i}") for i in range(4)]
+    twice = [head for head in heads for _ in range(2)]
+    allocations, errors = _race(twice, lambda head: head.allocate(request(1), site.cluster))
     # 8 public IPs and 10 VLANs: every allocation succeeds, and none shares anything
     assert not errors, errors
     assert len(allocations) == 8
@@ -192,23 +200,8 @@ def test_heads_with_their_own_addresses_allocating_at_once_never_overcommit_a_ho
         head = site.head(f"own{i}")
         own = attrs.evolve(head.settings, public_ips=(f"198.51.100.{10 + i}",), vlans=(200 + i,))
         heads.append(KvmRocksDriver(own, hosts=site.shared))
-    results: list[object] = []
-    barrier = threading.Barrier(len(heads))
-
-    def allocate(head: KvmRocksDriver) -> None:
-        barrier.wait()
-        try:
-            results.append(head.allocate(request(60), site.cluster))  # 61 of the 192 CPUs each: three fit, not four
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-            results.append(exc)
-
-    threads = [threading.Thread(target=allocate, args=(head,)) for head in heads]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    allocations = [r for r in results if not isinstance(r, BaseException)]
-    errors = [r for r in results if isinstance(r, BaseException)]
+    # 61 of the 192 CPUs each: three fit, not four
+    allocations, errors = _race(heads, lambda head: head.allocate(request(60), site.cluster))
     assert all(isinstance(e, CapacityError) for e in errors), errors
     assert len(allocations) == 3 and len(errors) == 1, [str(e) for e in errors]
     per_host: dict[str, int] = {}

@@ -87,6 +87,20 @@ def test_overlay_injection_writes_vcout_renames_legacy_files_and_keeps_data(tmp_
             assert all(any(held[i:i + 4096]) for i in range(0, len(held), 4096)), "the template holds no zero block"
 
 
+def _ext4_base(tmp_path: Path) -> tuple[Path, e2fs.ExtLocation, e2fs.GuestPlan]:
+    """A small raw base with an ext4 root, where its filesystem is, and the edits it gets."""
+    need("debugfs", "e2image")
+    base = make_ext4_disk(tmp_path / "base.img", size=48 << 20, extra_data=1 << 20)
+    location = e2fs.find_root_filesystem(base)
+    return base, location, e2fs.plan_edits(base, location)
+
+
+def _uncached_template(base: Path, location: e2fs.ExtLocation, plan: e2fs.GuestPlan, work: Path) -> bytes:
+    """The template ``e2image`` makes for ``base`` now, with no cache involved."""
+    work.mkdir()
+    return e2fs.OverlayDelta(base, location, plan, work).template.read_bytes()
+
+
 def _overlay_bytes(delta: e2fs.OverlayDelta, base: Path, out: Path, vcout: bytes) -> bytes:
     clusters = delta.clusters("node-1", vcout)
     write_overlay(out, backing_file=base, backing_format="raw", virtual_size=base.stat().st_size, data=clusters)
@@ -96,10 +110,7 @@ def _overlay_bytes(delta: e2fs.OverlayDelta, base: Path, out: Path, vcout: bytes
 def test_the_template_of_an_unchanged_base_is_made_once_and_gives_the_same_overlays(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    need("debugfs", "e2image")
-    base = make_ext4_disk(tmp_path / "base.img", size=48 << 20, extra_data=1 << 20)
-    location = e2fs.find_root_filesystem(base)
-    plan = e2fs.plan_edits(base, location)
+    base, location, plan = _ext4_base(tmp_path)
     vcout = b"<vc><key>ssh-ed25519 AAAA test</key></vc>\n"
     cache = tmp_path / "state" / "templates"
     for work in ("w0", "w1", "w2"):
@@ -120,10 +131,7 @@ def test_the_template_of_an_unchanged_base_is_made_once_and_gives_the_same_overl
 
 
 def test_a_base_changed_in_place_gets_a_new_template_and_its_own_overlay(tmp_path: Path) -> None:
-    need("debugfs", "e2image")
-    base = make_ext4_disk(tmp_path / "base.img", size=48 << 20, extra_data=1 << 20)
-    location = e2fs.find_root_filesystem(base)
-    plan = e2fs.plan_edits(base, location)
+    base, location, plan = _ext4_base(tmp_path)
     cache = tmp_path / "templates"
     (tmp_path / "w1").mkdir()
     e2fs.OverlayDelta(base, location, plan, tmp_path / "w1", cache=cache)
@@ -133,17 +141,12 @@ def test_a_base_changed_in_place_gets_a_new_template_and_its_own_overlay(tmp_pat
     assert e2fs.TemplateCache.key(base, location) != old_key
     (tmp_path / "w2").mkdir()
     delta = e2fs.OverlayDelta(base, location, plan, tmp_path / "w2", cache=cache)
-    fresh = tmp_path / "w3"
-    fresh.mkdir()
-    assert delta.template.read_bytes() == e2fs.OverlayDelta(base, location, plan, fresh).template.read_bytes()
+    assert delta.template.read_bytes() == _uncached_template(base, location, plan, tmp_path / "w3")
     assert len(list(cache.glob("*.img"))) == 2, "the older entry is kept while a boot may still use it"
 
 
 def test_a_link_planted_in_the_template_cache_is_never_followed(tmp_path: Path) -> None:
-    need("debugfs", "e2image")
-    base = make_ext4_disk(tmp_path / "base.img", size=48 << 20, extra_data=1 << 20)
-    location = e2fs.find_root_filesystem(base)
-    plan = e2fs.plan_edits(base, location)
+    base, location, plan = _ext4_base(tmp_path)
     cache = tmp_path / "templates"
     cache.mkdir(mode=0o700)
     outside = tmp_path / "secret"
@@ -151,9 +154,7 @@ def test_a_link_planted_in_the_template_cache_is_never_followed(tmp_path: Path) 
     (cache / f"{e2fs.TemplateCache.key(base, location)}.img").symlink_to(outside)
     (tmp_path / "w").mkdir()
     delta = e2fs.OverlayDelta(base, location, plan, tmp_path / "w", cache=cache)
-    fresh = tmp_path / "w2"
-    fresh.mkdir()
-    assert delta.template.read_bytes() == e2fs.OverlayDelta(base, location, plan, fresh).template.read_bytes()
+    assert delta.template.read_bytes() == _uncached_template(base, location, plan, tmp_path / "w2")
     assert outside.read_bytes() == b"not a template" * 100, "the link's target is neither read nor written"
 
 
@@ -161,10 +162,7 @@ def test_stale_templates_of_a_base_and_leftover_temporaries_are_deleted(tmp_path
     import os
     import time
 
-    need("debugfs", "e2image")
-    base = make_ext4_disk(tmp_path / "base.img", size=48 << 20, extra_data=1 << 20)
-    location = e2fs.find_root_filesystem(base)
-    plan = e2fs.plan_edits(base, location)
+    base, location, plan = _ext4_base(tmp_path)
     cache = tmp_path / "templates"
     cache.mkdir(mode=0o700)
     key = e2fs.TemplateCache.key(base, location)

@@ -13,7 +13,7 @@ import pytest
 from pragma_core.http import HeaderAuth
 
 from pragma_repo_clonezilla import drive
-from pragma_repo_clonezilla.drive import DriveClient, DriveError, DriveQuotaError
+from pragma_repo_clonezilla.drive import DriveClient, DriveError, DriveFile, DriveQuotaError
 from pragma_repo_clonezilla.drivepage import parse_modified
 from pragma_repo_clonezilla.settings import ClonezillaSettings
 
@@ -180,14 +180,25 @@ def test_the_api_key_is_the_shared_clients_header_authentication(drive_sim) -> N
     assert client(drive_sim, api=False).http.auth is None
 
 
-def test_a_link_planted_at_the_part_file_is_never_written_through(drive_sim, tmp_path: Path) -> None:
+def _listed(drive_sim, name: str) -> tuple[bytes, str, DriveClient, DriveFile]:
+    """A new 50 kB file ``name`` in the shared folder: its bytes, its id, a client, and its listed item."""
     data = os.urandom(50_000)
-    ident = drive_sim.add_file("x-frontend.iso", drive_sim.root, data, modified=1_600_000_000)
+    ident = drive_sim.add_file(name, drive_sim.root, data, modified=1_600_000_000)
     c = client(drive_sim)
-    item = next(i for i in c.list_folder(drive_sim.root) if i.id == ident)
+    return data, ident, c, next(i for i in c.list_folder(drive_sim.root) if i.id == ident)
+
+
+def _victim(tmp_path: Path) -> Path:
+    """A file a planted link points at (it must keep its bytes), and the download directory ``dl``."""
     victim = tmp_path / "victim"
     victim.write_bytes(b"keep me")
     (tmp_path / "dl").mkdir()
+    return victim
+
+
+def test_a_link_planted_at_the_part_file_is_never_written_through(drive_sim, tmp_path: Path) -> None:
+    data, ident, c, item = _listed(drive_sim, "x-frontend.iso")
+    victim = _victim(tmp_path)
     dest = tmp_path / "dl" / "x-frontend.iso"
     (tmp_path / "dl" / "x-frontend.iso.part").symlink_to(victim)
     # a matching resume record: the download would continue the "part" (the victim) from its end
@@ -198,13 +209,8 @@ def test_a_link_planted_at_the_part_file_is_never_written_through(drive_sim, tmp
 
 
 def test_a_link_planted_at_the_resume_record_is_never_written_through(drive_sim, tmp_path: Path) -> None:
-    data = os.urandom(50_000)
-    ident = drive_sim.add_file("y-frontend.iso", drive_sim.root, data, modified=1_600_000_000)
-    c = client(drive_sim)
-    item = next(i for i in c.list_folder(drive_sim.root) if i.id == ident)
-    victim = tmp_path / "victim"
-    victim.write_bytes(b"keep me")
-    (tmp_path / "dl").mkdir()
+    data, ident, c, item = _listed(drive_sim, "y-frontend.iso")
+    victim = _victim(tmp_path)
     record = tmp_path / "dl" / "y-frontend.iso.part.json"
     record.symlink_to(victim)
     drive_sim.fail(ident, *["quota"])  # stop after the record is written: it must not have gone through the link

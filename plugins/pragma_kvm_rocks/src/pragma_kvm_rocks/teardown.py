@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -155,8 +156,6 @@ def _remove_on(cluster: str, host: str, nodes: Sequence[NodeRecord], hosts: Host
 def is_node_of(cluster: str, name: str) -> bool:
     """Whether ``name`` is one of ``cluster``'s node names: the frontend (the cluster's own name),
     ``<cluster>-compute-<i>`` or legacy ``vm-<cluster>-<i>`` (:func:`~.policy.compute_name`)."""
-    import re
-
     escaped = re.escape(cluster)
     return name == cluster or re.fullmatch(rf"(?:{escaped}-compute-|vm-{escaped}-)[0-9]{{1,6}}", name) is not None
 
