@@ -380,8 +380,8 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, root: Path, authorize: Callable[[Request], int | None] | None) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, root: Path, authorize: Callable[[Request], int | None] | None, host: str = "127.0.0.1") -> None:
+        super().__init__((host, 0), _Handler)
         self.root = Path(os.path.abspath(root))
         self.authorize = authorize
         self.state = _State()
@@ -395,11 +395,12 @@ class _Server(ThreadingHTTPServer):
 
 
 class FaultServer:
-    """Serve ``root`` on 127.0.0.1 in a background thread (a context manager)."""
+    """Serve ``root`` on 127.0.0.1 (or another loopback ``host``) in a background thread (a context manager)."""
 
     def __init__(self, root: Path, *, authorize: Callable[[Request], int | None] | None = None,
-                 tls: tuple[Path, Path] | None = None) -> None:
-        self._server = _Server(Path(root), authorize)
+                 tls: tuple[Path, Path] | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self._server = _Server(Path(root), authorize, host)
         self.scheme = "http"
         if tls is not None:  # (certificate, key): serve https
             import ssl
@@ -433,7 +434,7 @@ class FaultServer:
 
     @property
     def base_url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def url(self, path: str = "") -> str:
         return f"{self.base_url}/{path.lstrip('/')}"

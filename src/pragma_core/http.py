@@ -369,9 +369,16 @@ def _adapter_class() -> Any:
 
     class _Watched:
         sock: Any
+        host: str
+        proxy: Any
 
         def _new_conn(self) -> Any:
             sock = super()._new_conn()  # type: ignore[misc]
+            try:
+                _check_peer(self, sock)
+            except RedirectRefused:
+                sock.close()
+                raise
             _attach(sock)  # the plain socket: covers a TLS handshake too
             return sock
 
@@ -380,7 +387,8 @@ def _adapter_class() -> Any:
             _attach(self.sock)
 
         def request(self, *args: Any, **kwargs: Any) -> None:
-            if self.sock is not None:  # a kept-alive connection
+            if self.sock is not None:  # a kept-alive connection, made for another request
+                _check_peer(self, self.sock)
                 _attach(self.sock)
             super().request(*args, **kwargs)  # type: ignore[misc]
 
@@ -437,7 +445,7 @@ class _RedirectPolicy:
     signed body re-sent by a 307/308 (CloudStack's POST) would go along.
     """
 
-    __slots__ = ("body", "headers", "origin", "scheme")
+    __slots__ = ("_allowed", "body", "headers", "origin", "scheme")
 
     def __init__(self, url: str, headers: frozenset[str], body: bool) -> None:
         from urllib.parse import urlsplit
@@ -445,6 +453,14 @@ class _RedirectPolicy:
         parts = urlsplit(url)
         self.scheme, self.origin = parts.scheme.lower(), _origin(parts)
         self.headers, self.body = headers, body
+        self._allowed: set[str] | None = None
+
+    @property
+    def allowed(self) -> set[str]:
+        """The kinds of non-public address another host may have: those of the origin, never link-local."""
+        if self._allowed is None:
+            self._allowed = _reach(self.origin[1]) - {"link-local"}
+        return self._allowed
 
     def check(self, request: Any) -> None:
         """Make the next hop ``request`` (a prepared request) safe to send, or raise :class:`RedirectRefused`."""
@@ -461,39 +477,66 @@ class _RedirectPolicy:
         if self.body and request.body is not None:
             raise RedirectRefused(f"redirected to {_redact_url(request.url)}: a redirect to another host would"
                                   " carry the request's credentials")
-        inside = _reach(parts.hostname or "") - (_reach(self.origin[1]) - {"link-local"})
+        inside = _reach(parts.hostname or "") - self.allowed
         if inside:
             raise RedirectRefused(f"redirected to {_redact_url(request.url)}: a redirect to a"
                                   f" {' or '.join(sorted(inside))} address is not followed")
 
+    def check_peer(self, host: str, sock: socket.socket) -> None:
+        """Refuse a connection to another host than the origin whose peer is a kind of address
+        :attr:`allowed` does not hold.
+
+        This is the address actually connected: :meth:`check` resolved the
+        name before, and a DNS server may answer differently by the time the
+        connection is made (DNS rebinding).
+        """
+        if host.strip("[]").lower() == self.origin[1]:
+            return
+        try:
+            kind = _kind(sock.getpeername()[0])
+        except (OSError, IndexError, ValueError):
+            return  # not connected: nothing is sent
+        if kind is not None and kind not in self.allowed:
+            raise RedirectRefused(f"redirected to {host[:255]}: it connected to a {kind} address;"
+                                  " a redirect there is not followed")
+
+
+def _check_peer(conn: Any, sock: Any) -> None:
+    """Called by the watched connections: hold a connection made while a redirect is followed to its policy."""
+    policy = getattr(_redirects, "policy", None)
+    if policy is not None and getattr(conn, "proxy", None) is None and isinstance(sock, socket.socket):
+        policy.check_peer(str(conn.host), sock)  # through a proxy, the proxy makes the onward connection
+
 
 def _reach(host: str) -> set[str]:
-    """The kinds of non-public address ``host`` is or resolves to: ``link-local`` (where clouds serve
-    instance credentials: 169.254.169.254), ``loopback``, ``private``; empty for a public host.
+    """The kinds of non-public address ``host`` is or resolves to (see :func:`_kind`); empty for a public host.
 
     A redirect may lead only where its origin already was: a public repository cannot send pragma,
     root on the head node, to the cloud's metadata service or to services on the head itself.
-    Link-local is never a redirect's place. (A name is resolved here; a DNS server that answers
-    differently when the connection is made is not caught.)
+    Link-local is never a redirect's place. The name is resolved here to refuse early; the address
+    connected is checked again (:meth:`_RedirectPolicy.check_peer`).
     """
-    import ipaddress
-
     try:
         found = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
     except (OSError, UnicodeError):
         return set()  # the connection will fail on its own
-    out = set()
-    for text in found:
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-        mapped = getattr(address, "ipv4_mapped", None)
-        address = mapped or address
-        if address.is_link_local:
-            out.add("link-local")
-        elif address.is_loopback:
-            out.add("loopback")
-        elif address.is_private or address.is_reserved or address.is_unspecified or address.is_multicast:
-            out.add("private")
-    return out
+    return {kind for text in found if (kind := _kind(text)) is not None}
+
+
+def _kind(text: str) -> str | None:
+    """``link-local`` (where clouds serve instance credentials: 169.254.169.254), ``loopback``,
+    ``private`` (also reserved, unspecified, multicast), or ``None`` for a public address."""
+    import ipaddress
+
+    address = ipaddress.ip_address(text.split("%", 1)[0])
+    address = getattr(address, "ipv4_mapped", None) or address
+    if address.is_link_local:
+        return "link-local"
+    if address.is_loopback:
+        return "loopback"
+    if address.is_private or address.is_reserved or address.is_unspecified or address.is_multicast:
+        return "private"
+    return None
 
 
 def _origin(parts: Any) -> tuple[str, str, int | None]:

@@ -168,3 +168,48 @@ def test_a_redirect_between_two_loopback_hosts_is_followed(tmp_path: Path) -> No
         with FaultServer(tmp_path / "a") as origin:
             origin.add_fault("/file", Fault(redirect=elsewhere.url("x").replace("127.0.0.1", "localhost")))
             assert HttpClient(**FAST).get(origin.url("file")).load() == b"payload"  # type: ignore[arg-type]
+
+
+def test_a_redirect_whose_name_resolves_elsewhere_when_connecting_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """DNS rebinding: the redirect's host name resolves to an address of the origin's kind when the
+    redirect is checked, then to the metadata service's kind when the connection is made. The address
+    connected is what counts. (Here 127.0.0.2 plays the link-local metadata service, 127.0.0.1 a
+    public host: the loopback servers stand for both.)"""
+    import socket
+
+    from pragma_core import http
+
+    kinds = {"127.0.0.1": None, "127.0.0.2": "link-local"}
+    monkeypatch.setattr(http, "_kind", lambda text: kinds.get(text, "private"))
+    answers = iter(["127.0.0.1"])  # the first lookup (the check) gets the public address, every later one not
+    real = socket.getaddrinfo
+
+    def rebinding(host, port, *args, **kwargs):
+        if host == "rebind.invalid":
+            return real(next(answers, "127.0.0.2"), port, *args, **kwargs)
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "secret").write_bytes(b"instance credentials")
+    with FaultServer(tmp_path / "a") as origin, FaultServer(tmp_path / "b", host="127.0.0.2") as metadata:
+        origin.add_fault("/part", Fault(redirect=f"http://rebind.invalid:{metadata.port}/secret"))
+        with pytest.raises(RedirectRefused, match=r"it connected to a link-local address; a redirect there is not followed"):
+            HttpClient(**FAST).get(origin.url("part"))  # type: ignore[arg-type]
+        assert metadata.requests == [], "nothing was sent to the address the name turned into"
+
+
+def test_a_redirect_to_a_host_of_the_origins_kind_is_followed_after_the_connection_check(tmp_path: Path,
+                                                                                          monkeypatch) -> None:
+    import socket
+
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo",
+                        lambda host, *a, **k: real("127.0.0.1" if host == "mirror.invalid" else host, *a, **k))
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "b" / "x").write_bytes(b"payload")
+    with FaultServer(tmp_path / "a") as origin, FaultServer(tmp_path / "b") as mirror:
+        origin.add_fault("/file", Fault(redirect=f"http://mirror.invalid:{mirror.port}/x"))
+        assert HttpClient(**FAST).get(origin.url("file")).load() == b"payload"  # type: ignore[arg-type]
