@@ -211,3 +211,38 @@ def test_a_base_claiming_a_huge_virtual_size_is_refused_before_any_overlay_is_ma
     with pytest.raises(DriverError, match=r"claims a virtual size of 140737488355328 bytes \(at most 64 TiB\)"):
         DiskBuilder(mode="overlay", injection="none").build([job])
     assert not job.target.exists()
+
+
+def _raw_jobs(tmp_path: Path, count: int) -> list[DiskJob]:
+    cluster = tmp_path / "demo"
+    cluster.mkdir()
+    (cluster / "base.raw").write_bytes(bytes(2 * MIB))
+    return [DiskJob(node=f"n{i}", base=cluster / "base.raw", base_format="raw", target=tmp_path / "disks" / f"n{i}.qcow2",
+                    root=cluster) for i in range(count)]
+
+
+def test_ready_runs_for_each_disk_as_soon_as_that_disk_is_complete(tmp_path: Path) -> None:
+    jobs = _raw_jobs(tmp_path, 6)
+    seen: dict[str, tuple[int, str]] = {}
+    lock = threading.Lock()
+
+    def ready(job: DiskJob) -> None:
+        with lock:
+            seen[job.node] = (read_header(job.target)["virtual_size"], threading.current_thread().name)
+
+    DiskBuilder(mode="overlay", injection="none", max_parallel=3).build(jobs, ready)
+    assert sorted(seen) == [job.node for job in jobs]
+    assert {size for size, _ in seen.values()} == {2 * MIB}, "each disk is whole when its node is told"
+    assert all(name.startswith("pragma-parallel") for _, name in seen.values()), "in the threads that made the disks"
+
+
+def test_a_failing_ready_fails_the_build_and_removes_every_disk(tmp_path: Path) -> None:
+    jobs = _raw_jobs(tmp_path, 4)
+
+    def ready(job: DiskJob) -> None:
+        if job.node == "n2":
+            raise DriverError("starting node n2 on localhost: no bridge")
+
+    with pytest.raises(DriverError, match=r"^starting node n2 on localhost: no bridge$"):
+        DiskBuilder(mode="overlay", injection="none", max_parallel=2).build(jobs, ready)
+    assert list((tmp_path / "disks").iterdir()) == []

@@ -2,14 +2,16 @@
 
 1. the node disks must not exist yet; base images (and kernels) reach the
    hosts that need them (:meth:`~.storage.Storage.stage`);
-2. node disks with vc-out inside are made (:meth:`~.storage.Storage.build`);
-3. every domain is defined on its own host, with the node's record as
-   metadata (its allocation id included), in parallel;
-4. every node's QEMU is launched with paused vCPUs (``max_parallel`` at a
-   time on each host), then the frontend is resumed, then the computes: the
-   launches -- the slow part of a start -- overlap, no guest takes CPU from
-   them, and no compute runs before the frontend (hosts that cannot start a
-   domain paused start the frontend, then the computes).
+2. node disks with vc-out inside are made (:meth:`~.storage.Storage.build`),
+   and as soon as a node's disk is complete, in the same thread, its domain
+   is defined on its host with the node's record as metadata (its
+   allocation id included) and its QEMU is launched with paused vCPUs
+   (``max_parallel`` nodes at a time on each host): the launches -- the slow
+   part of a start -- overlap each other and the disks still being written;
+3. once every node is launched, the frontend is resumed, then the
+   computes: no guest takes CPU from the launches, and no compute runs
+   before the frontend (hosts that cannot start a domain paused start the
+   frontend, then the computes).
 
 What it made is noted in a :class:`Made`, so a rollback removes exactly that.
 """
@@ -20,7 +22,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from attrs import define, field
@@ -33,7 +34,6 @@ from .allocation import KvmRocksState, node_record
 from .disks import target_format
 from .domainxml import Nic, boot_files, build_domain_xml, check_template
 from .hosts import Hosts
-from .parallel import failure_text
 from .settings import KvmRocksSettings
 from .storage import NodeDisk, StagedFile, Storage
 
@@ -86,14 +86,25 @@ def deploy(cfg: KvmRocksSettings, hosts: Hosts, storage: Storage, allocation: Al
                  base=StagedFile(path=image.path, fmt=image.format, root=cluster.description.directory))
         for n in nodes if (image := _image(cluster, n)) is not None
     ]
-    storage.build(disks, staged, made.disks)
-    log.info("cluster %s: %d disk(s) ready in %.2f s", allocation.cluster, len(disks), time.monotonic() - started)
-    mark = time.monotonic()
     workers = per_host_workers(cfg.max_parallel, nodes)
-    _parallel(lambda node: define_node(cfg, hosts, storage, allocation, cluster, node, staged, made), nodes,
-              workers, "node definitions")
-    log.debug("cluster %s: domains defined in %.2f s", allocation.cluster, time.monotonic() - mark)
-    start_cluster(hosts, allocation, workers, progress=progress)
+    by_name = {n.name: n for n in nodes}
+    paused: dict[str, bool] = {}
+    disks_done = [started]
+
+    def launch(node: Node) -> None:
+        define_node(cfg, hosts, storage, allocation, cluster, node, staged, made)
+        paused[node.name] = domains.start(hosts, node.host, node.name, paused=True)
+
+    def disk_ready(disk: NodeDisk) -> None:
+        disks_done.append(time.monotonic())
+        launch(by_name[disk.node])
+
+    storage.build(disks, staged, made.disks, ready=disk_ready, workers=workers)
+    _parallel(launch, [n for n in nodes if n.name not in paused], workers, "nodes")  # nodes without a disk
+    log.info("cluster %s: %d disk(s) ready in %.2f s", allocation.cluster, len(disks), max(disks_done) - started)
+    log.debug("cluster %s: %d node(s) launched in %.2f s", allocation.cluster, len(nodes), time.monotonic() - started)
+    run_cluster(hosts, allocation, {name for name, is_paused in paused.items() if is_paused}, workers,
+                progress=progress)
     log.info("cluster %s: %d node(s) started in %.2f s", allocation.cluster, len(nodes), time.monotonic() - started)
 
 
@@ -140,29 +151,20 @@ def define_node(cfg: KvmRocksSettings, hosts: Hosts, storage: Storage, allocatio
         made.domains.append((node.host, node.name))
 
 
-def start_cluster(hosts: Hosts, allocation: Allocation, workers: int, *, progress: NodeProgress | None = None) -> None:
-    """Launch every node paused, in parallel; then run the frontend, then the computes.
+def run_cluster(hosts: Hosts, allocation: Allocation, paused: set[str], workers: int, *,
+                progress: NodeProgress | None = None) -> None:
+    """Run every node: the frontend first, then the computes (``paused``: the nodes launched paused).
 
     No compute runs a guest instruction before the frontend runs, and no
     guest runs while QEMUs are still being launched: a running guest's
     firmware would take CPU from the launches (the slow part of a start). A
-    host that cannot start a domain paused (libvirt's test driver) starts
-    the frontend, then the computes, directly. ``progress(started, total)``
-    is called as each node runs its guest.
+    node not launched paused (a host that cannot start a domain paused:
+    libvirt's test driver) is started here, the frontend first.
+    ``progress(started, total)`` is called as each node runs its guest.
     """
     mark = time.monotonic()
     fe = allocation.frontend
     counter = _Counter(len(allocation.nodes), progress)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        launched = [pool.submit(domains.start, hosts, n.host, n.name, paused=True) for n in allocation.nodes]
-    errors = [f.exception() for f in launched if f.exception() is not None]
-    if len(errors) == 1:
-        raise errors[0]  # type: ignore[misc]
-    if errors:
-        raise DriverError(f"{len(errors)} of {len(allocation.nodes)} nodes failed to start: "
-                          + failure_text(ExceptionGroup("starting nodes", errors)))  # type: ignore[arg-type]
-    log.debug("cluster %s: %d node(s) launched in %.2f s", allocation.cluster, len(launched), time.monotonic() - mark)
-    paused = {node.name for node, f in zip(allocation.nodes, launched) if f.result()}
     if fe.name in paused:
         domains.resume(hosts, fe.host, fe.name)
     else:
@@ -173,7 +175,7 @@ def start_cluster(hosts: Hosts, allocation: Allocation, workers: int, *, progres
               workers, "resumes")
     _parallel(lambda n: counter.step(domains.start(hosts, n.host, n.name)), [n for n in computes if n.name not in paused],
               workers, "starts")
-    log.debug("cluster %s: every node running %.2f s after the launches began (%d launched paused)",
+    log.debug("cluster %s: every node running %.2f s after the launches ended (%d launched paused)",
               allocation.cluster, time.monotonic() - mark, len(paused))
 
 

@@ -12,7 +12,10 @@ written, so an image pragma cannot edit fails cleanly:
 
 Overlays are written by :mod:`pragma_kvm_rocks.qcow2` in this process (no
 ``qemu-img`` per node); copies use ``copy_file_range`` over data extents only.
-Work runs on ``max_parallel`` threads.
+Work runs on ``max_parallel`` threads. A caller may pass ``ready``: called
+for each disk, in the thread that made it, as soon as it is complete (the
+deploy defines and launches that node there while other disks are still
+being written); with guestfish injection, once every disk is injected.
 
 A base image comes from a repository: before anything opens it (e2fsprogs,
 libguestfs, libvirt through the overlay), :func:`pragma_core.imagecheck.check_image`
@@ -30,7 +33,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from attrs import frozen
@@ -150,8 +153,9 @@ class DiskBuilder:
         #: Where a build's scratch directory goes (``None``: the system's temporary directory).
         self.scratch = scratch
 
-    def build(self, jobs: Sequence[DiskJob]) -> None:
-        """Make every disk; on failure remove the ones made and re-raise."""
+    def build(self, jobs: Sequence[DiskJob], ready: Callable[[DiskJob], object] | None = None) -> None:
+        """Make every disk, calling ``ready(job)`` for each once it is complete (see the module); on any
+        failure, of a disk or of ``ready``, remove the disks made and re-raise."""
         checked = {
             job.base: check_base(job.base, job.base_format, root=job.root, mode=self.mode) for job in jobs
         }
@@ -174,13 +178,6 @@ class DiskBuilder:
                             assert plan.location is not None and plan.plan is not None
                             plan.delta = e2fs.OverlayDelta(plan.base, plan.location, plan.plan, Path(tmp),
                                                           cache=self.templates)
-                run_parallel(
-                    lambda job: self._one(job, plans[job.base], made),
-                    jobs,
-                    workers=self.max_parallel,
-                    label=lambda job: job.node,
-                    what="node disks",
-                )
                 late = [
                     guestfish.GuestDisk(
                         path=job.target, format=target_format(self.mode, job.base_format), vcout=job.vcout
@@ -188,7 +185,18 @@ class DiskBuilder:
                     for job in jobs
                     if job.vcout is not None and plans[job.base].method == "guestfish"
                 ]
+                streamed = ready if not late else None  # guestfish edits every disk after they are all made
+                what = "node disks" if ready is None else "nodes"
+                run_parallel(
+                    lambda job: self._one(job, plans[job.base], made, streamed),
+                    jobs,
+                    workers=self.max_parallel,
+                    label=lambda job: job.node,
+                    what=what,
+                )
                 guestfish.inject(late)
+                if ready is not None and late:
+                    run_parallel(ready, jobs, workers=self.max_parallel, label=lambda job: job.node, what=what)
         except BaseException:
             for path in made:
                 path.unlink(missing_ok=True)
@@ -207,7 +215,7 @@ class DiskBuilder:
                 shutil.rmtree(entry.path, ignore_errors=True)
         return tempfile.TemporaryDirectory(prefix=f"pragma-disks-{os.getpid()}-", dir=self.scratch)
 
-    def _one(self, job: DiskJob, plan: _BasePlan, made: list[Path]) -> None:
+    def _one(self, job: DiskJob, plan: _BasePlan, made: list[Path], ready: Callable[[DiskJob], object] | None) -> None:
         job.target.parent.mkdir(parents=True, exist_ok=True)
         if job.target.exists():
             raise DriverError(f"node disk {job.target} already exists")
@@ -231,3 +239,5 @@ class DiskBuilder:
                 assert plan.location is not None and plan.plan is not None
                 e2fs.inject_raw(job.target, plan.location, plan.plan, job.vcout)
         log.debug("disk of %s ready: %s", job.node, job.target)
+        if ready is not None:
+            ready(job)

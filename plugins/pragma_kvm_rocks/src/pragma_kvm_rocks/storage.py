@@ -31,7 +31,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from attrs import frozen
@@ -112,9 +112,9 @@ class Storage(abc.ABC):
         """Whether node disks are overlays (their host needs the base image)."""
         return self.cfg.disk_mode == "overlay"
 
-    def builder(self) -> DiskBuilder:
+    def builder(self, workers: int | None = None) -> DiskBuilder:
         return DiskBuilder(mode=self.cfg.disk_mode, injection=self.cfg.vcout_injection,
-                           max_parallel=self.cfg.max_parallel, guestfish=self.mode != "pool",
+                           max_parallel=workers or self.cfg.max_parallel, guestfish=self.mode != "pool",
                            templates=self.cfg.state_dir / "templates", scratch=self.cfg.state_dir / "scratch")
 
     def _jobs(self, disks: Sequence[NodeDisk], staged: Mapping[tuple[str, Path], str], directory: Path) -> list[DiskJob]:
@@ -134,8 +134,15 @@ class Storage(abc.ABC):
         """Raise when a disk of one of the ``(host, node)`` pairs already exists."""
 
     @abc.abstractmethod
-    def build(self, disks: Sequence[NodeDisk], staged: Mapping[tuple[str, Path], str], made: list[tuple[str, str]]) -> None:
-        """Make the node disks on their hosts; each one made is added to ``made`` as ``(host, file)``."""
+    def build(self, disks: Sequence[NodeDisk], staged: Mapping[tuple[str, Path], str], made: list[tuple[str, str]],
+              *, ready: Callable[[NodeDisk], object] | None = None, workers: int | None = None) -> None:
+        """Make the node disks on their hosts; each one made is added to ``made`` as ``(host, file)``.
+
+        ``ready(disk)`` is called for each disk as soon as it is in place on
+        its host, in the thread that made it (at most ``workers`` at once,
+        default ``max_parallel``); its failure fails the build like the
+        disk's own, and the disks are removed.
+        """
 
     def prepare_console(self, host: str, node: str) -> None:
         """Make what the console log needs before the domain starts (nothing here)."""
@@ -213,9 +220,11 @@ class SharedStorage(Storage):
             if path.exists():
                 raise DriverError(f"node disk {path} already exists")
 
-    def build(self, disks: Sequence[NodeDisk], staged: Mapping[tuple[str, Path], str], made: list[tuple[str, str]]) -> None:
+    def build(self, disks: Sequence[NodeDisk], staged: Mapping[tuple[str, Path], str], made: list[tuple[str, str]],
+              *, ready: Callable[[NodeDisk], object] | None = None, workers: int | None = None) -> None:
         jobs = self._jobs(disks, staged, self.diskdir)
-        self.builder().build(jobs)
+        disk_of = {job.node: disk for disk, job in zip(disks, jobs)}
+        self.builder(workers).build(jobs, None if ready is None else lambda job: ready(disk_of[job.node]))
         made.extend((d.host, str(job.target)) for d, job in zip(disks, jobs))
 
     def read_console(self, host: str, node: str) -> bytes | None:
@@ -315,7 +324,8 @@ class PoolStorage(Storage):
 
         run_parallel(check, nodes, workers=len(nodes), what="node disk checks")
 
-    def build(self, disks: Sequence[NodeDisk], staged: Mapping[tuple[str, Path], str], made: list[tuple[str, str]]) -> None:
+    def build(self, disks: Sequence[NodeDisk], staged: Mapping[tuple[str, Path], str], made: list[tuple[str, str]],
+              *, ready: Callable[[NodeDisk], object] | None = None, workers: int | None = None) -> None:
         work = self.cfg.state_dir / "upload"
         work.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="disks-", dir=work) as tmp:
@@ -328,9 +338,12 @@ class PoolStorage(Storage):
                 volume = pool.create(job.target.name, job.target.stat().st_size, mode="0600")
                 made.append((disk.host, job.target.name))
                 pool.upload(volume, job.target)
+                if ready is not None:
+                    ready(disk)
 
-            run_parallel(send, list(zip(disks, jobs)), workers=self.cfg.max_parallel * len({d.host for d in disks}),
-                         label=lambda pair: pair[0].node, what="node disk uploads")
+            run_parallel(send, list(zip(disks, jobs)),
+                         workers=workers or self.cfg.max_parallel * len({d.host for d in disks}),
+                         label=lambda pair: pair[0].node, what="node disk uploads" if ready is None else "nodes")
 
     def prepare_console(self, host: str, node: str) -> None:
         """Create the console log's volume, so it is in the pool (virtlogd writes the file, libvirt reads it)."""
