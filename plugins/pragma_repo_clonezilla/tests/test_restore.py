@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import COMPUTE_FILES, FRONTEND_FILES
-from czbuild import check_ext4, make_clonezilla_image, make_ext4, make_iso, make_plain_iso, partition_table
+from czbuild import check_ext4, make_clonezilla_image, make_ext4, make_iso, make_plain_iso, partition_table, run
 from pragma_repo_clonezilla.isofile import BadImageError
 from pragma_repo_clonezilla.restore import restore_iso_to_raw, split_iso_name
 
@@ -199,3 +199,63 @@ def test_any_error_of_pycdlib_on_a_hostile_iso_is_a_bad_image(isos, tmp_path: Pa
     message = str(info.value)
     assert message.startswith(f"{isos['frontend'].name}: ") and "\n" not in message
     assert f"unreadable ISO 9660 image ({type(error).__name__}" in message
+
+
+def _endless_boot_catalog(tmp_path: Path, tail: int) -> Path:
+    """An ISO whose El Torito boot catalog never ends: after its first two entries, 32-byte section
+    entries run on to the end of the file, ``tail`` bytes of them past the ISO's own data. pycdlib
+    reads on, sector after sector, keeping one object per entry."""
+    content = tmp_path / "content"
+    content.mkdir()
+    (content / "boot.img").write_bytes(bytes(2048))
+    iso = tmp_path / "endless-frontend.iso"
+    run("xorriso", "-as", "mkisofs", "-quiet", "-R", "-J", "-b", "boot.img", "-no-emul-boot", "-boot-load-size", "4",
+        "-c", "boot.cat", "-o", iso, content)
+    data = bytearray(iso.read_bytes())
+    assert data[17 * 2048 + 1: 17 * 2048 + 6] == b"CD001" and data[17 * 2048] == 0, "sector 17 is the boot record"
+    catalog = struct.unpack_from("<I", data, 17 * 2048 + 0x47)[0] * 2048
+    entry = b"\x88" + bytes(31)
+    body = entry * ((len(data) - catalog - 64) // 32)
+    data[catalog + 64: catalog + 64 + len(body)] = body
+    iso.write_bytes(bytes(data[: catalog + 64 + len(body)]) + entry * (tail // 32))
+    return iso
+
+
+def test_an_iso_whose_metadata_never_ends_is_refused_once_its_read_budget_is_spent(tmp_path: Path, monkeypatch) -> None:
+    from pragma_repo_clonezilla import isofile
+
+    monkeypatch.setattr(isofile, "PARSE_MAX_BYTES", 1 << 20)
+    iso = _endless_boot_catalog(tmp_path, tail=4 << 20)
+    with pytest.raises(BadImageError) as info:
+        restore_iso_to_raw(iso, tmp_path / "out.raw")
+    assert str(info.value) == "endless-frontend.iso: its metadata takes more than 1 MiB to read (a hostile or broken ISO)"
+    assert not (tmp_path / "out.raw").exists()
+
+
+def test_an_iso_whose_metadata_takes_too_long_to_parse_is_refused(isos, tmp_path: Path, monkeypatch) -> None:
+    from pragma_repo_clonezilla import isofile
+
+    monkeypatch.setattr(isofile, "PARSE_SECONDS", 0.0)
+    with pytest.raises(BadImageError, match=r": its metadata takes more than 0 s to read \(a hostile or broken ISO\)$"):
+        restore_iso_to_raw(isos["frontend"], tmp_path / "out.raw")
+
+
+def test_a_real_clonezilla_iso_parses_well_within_the_budget(isos) -> None:
+    from pragma_repo_clonezilla import isofile
+
+    class Counting(isofile._Budget):
+        spent = 0
+
+        def read(self, size: int = -1) -> bytes:
+            data = super().read(size)
+            Counting.spent += len(data)
+            return data
+
+    original = isofile._Budget
+    isofile._Budget = Counting  # type: ignore[misc]
+    try:
+        with isofile.IsoFile(isos["frontend"]):
+            pass
+    finally:
+        isofile._Budget = original  # type: ignore[misc]
+    assert 0 < Counting.spent < isofile.PARSE_MAX_BYTES // 64

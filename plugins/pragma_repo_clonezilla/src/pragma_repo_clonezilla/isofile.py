@@ -12,13 +12,24 @@ The ISO is opened once, with :func:`pragma_core.pluginkit.open_inside` (a
 regular file really in its directory: no link leading out, no FIFO), and
 everything -- the signature check, pycdlib's parsing, the files' bytes -- is
 read through that one descriptor, so what is parsed is what is streamed.
+
+pycdlib parses the whole ISO's metadata when it opens it, and a hostile
+image's metadata can make that endless: an El Torito boot catalog may run on
+through every sector of a multi-GiB ISO (one object kept per 32 bytes), a
+path table may declare gigabytes. So pycdlib reads through :class:`_Budget`:
+at most :data:`PARSE_MAX_BYTES` in all, each read refused before it is made
+when it would pass that, and nothing read after :data:`PARSE_SECONDS`.
+Either is a :class:`BadImageError`. A Clonezilla ISO's metadata is a few
+directories of a few dozen files: kilobytes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -27,6 +38,10 @@ from typing import Any
 from pragma_core import RepositoryError
 from pragma_core.pluginkit import open_inside
 
+#: The most pycdlib may read of an ISO while it parses its metadata (see the module).
+PARSE_MAX_BYTES = 16 << 20
+#: How long pycdlib may take to parse an ISO's metadata, in seconds.
+PARSE_SECONDS = 60.0
 #: ISO 9660 volume descriptors start at sector 16; each holds "CD001" at byte 1.
 _MAGIC_OFFSET = 16 * 2048 + 1
 _MAGIC = b"CD001"
@@ -81,6 +96,40 @@ class _ExtentReader(io.RawIOBase):
         return 0
 
 
+class _Budget:
+    """The ISO file as pycdlib parses it: reads bounded in bytes and time (see the module)."""
+
+    def __init__(self, file: Any, label: str) -> None:
+        self._file = file
+        self._label = label
+        self._left = PARSE_MAX_BYTES
+        self._until = time.monotonic() + PARSE_SECONDS
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or size > self._left:
+            raise BadImageError(f"{self._label}: its metadata takes more than {PARSE_MAX_BYTES >> 20} MiB to read"
+                                " (a hostile or broken ISO)")
+        if time.monotonic() > self._until:
+            raise BadImageError(f"{self._label}: its metadata takes more than {PARSE_SECONDS:g} s to read"
+                                " (a hostile or broken ISO)")
+        data = self._file.read(size)
+        self._left -= len(data)
+        return bytes(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return int(self._file.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self._file.tell())
+
+    def parsed(self) -> None:
+        """The parse is over: what pycdlib may still read stays within the bytes left, with no deadline."""
+        self._until = math.inf
+
+    def close(self) -> None:
+        """Nothing: the :class:`IsoFile` closes the file it opened."""
+
+
 class IsoFile:
     """An open ISO image: list directories and stream files by their long names."""
 
@@ -106,7 +155,9 @@ class IsoFile:
         if not _has_magic(self._fd):
             raise BadImageError(f"{self.path.name}: not an ISO 9660 image")
         with self._parsing():
-            self._iso.open_fp(self._file)
+            budget = _Budget(self._file, self.path.name)
+            self._iso.open_fp(budget)
+            budget.parsed()
             if self._iso.has_rock_ridge():
                 return "rr_path"
             if self._iso.has_joliet():
