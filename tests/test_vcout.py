@@ -705,3 +705,21 @@ def test_write_replaces_an_existing_file(tmp_path: Path) -> None:
     write({"fe": b"new"}, tmp_path)
     assert (tmp_path / FRONTEND_FILE).read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == [FRONTEND_FILE]
+
+
+def test_write_that_fails_part_way_leaves_no_file_new_or_replaced(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / FRONTEND_FILE).write_bytes(b"old")
+    real_fdopen, opened = os.fdopen, []
+
+    def disk_full_on_the_third(fd: int, *args: object, **kwargs: object):
+        opened.append(fd)
+        if len(opened) == 3:
+            os.close(fd)
+            raise OSError(28, "No space left on device")
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fdopen", disk_full_on_the_third)
+    with pytest.raises(OSError, match="No space left"):
+        write({"fe": b"new", "c0": b"a", "c1": b"b", "c2": b"c"}, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [FRONTEND_FILE]
+    assert (tmp_path / FRONTEND_FILE).read_bytes() == b"old"

@@ -571,7 +571,9 @@ def write(files: Mapping[str, bytes], directory: Path, *, frontend: str | None =
     as ``<node name>.xml``. A node name that is not a plain file name (a
     ``/``, ``..``, a leading dot) or that would collide with ``vc-out.xml``
     is a :class:`~pragma_core.errors.FormatError`, and nothing is written.
-    Each file is written to a temporary name and renamed into place.
+    Every file is first written whole under a temporary name; only then are
+    they renamed into place, so a failure while writing (a full disk) leaves
+    none of them, not some.
     """
     directory = Path(directory)
     if not files:
@@ -590,14 +592,18 @@ def write(files: Mapping[str, bytes], directory: Path, *, frontend: str | None =
         target = safe_join(directory, file_name(name, frontend=is_frontend), what="vc-out file")
         targets[name] = target
     directory.mkdir(parents=True, exist_ok=True)
-    for name, target in targets.items():
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
-        try:
+    written: list[tuple[str, Path]] = []
+    try:
+        for name, target in targets.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
+            written.append((tmp, target))
             with os.fdopen(fd, "wb") as stream:
                 stream.write(files[name])
             os.chmod(tmp, 0o644)
+        for tmp, target in written:
             os.replace(tmp, target)
-        except BaseException:
+    except BaseException:
+        for tmp, _ in written:
             Path(tmp).unlink(missing_ok=True)
-            raise
+        raise
     return targets
