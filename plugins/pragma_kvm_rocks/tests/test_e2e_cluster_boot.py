@@ -235,8 +235,15 @@ def test_console_is_logged_per_node_and_wait_ready_reads_the_guest_verdicts(tmp_
     assert set(driver.wait_ready(allocation.cluster, 30).values()) == {
         "stopped: domain is shutoff, not running"
     }
+    rotated = [logs[c0].with_name(f"{c0}.console.log.{i}") for i in range(3)]  # virtlogd's backups of a chatty guest
+    for path in rotated:
+        path.write_bytes(b"x" * 1024)
+    other = logs[c0].with_name(f"{c0}0.console.log.0")  # another node's (compute-00) backup
+    other.write_bytes(b"x")
     driver.clean(allocation.cluster)
     assert not any(path.exists() for path in logs.values()), "clean removes the console logs"
+    assert not any(path.exists() for path in rotated), "and virtlogd's rotated copies of them"
+    assert other.exists()
 
 
 # --------------------------------------------------------------------------- the test

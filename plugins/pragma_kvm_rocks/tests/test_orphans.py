@@ -33,6 +33,7 @@ def _crash_leftovers(driver, cluster):  # noqa: ANN001, ANN202
     driver.claims.withdraw(gone.cluster, gone.state.allocation_id)
     for node in gone.nodes:
         driver.storage.diskdir.joinpath(f"{node.name}.console.log").write_text("boot\n")
+        driver.storage.diskdir.joinpath(f"{node.name}.console.log.0").write_text("boot\n")  # virtlogd rotated it
     stale = driver.allocate(BootRequest(image="demo", cpus=1, key=KEY), cluster)
     driver.claims.withdraw(stale.cluster, stale.state.allocation_id)
     return gone, stale
@@ -51,6 +52,7 @@ def test_orphans_are_what_no_live_cluster_holds_and_remove_takes_only_them(tmp_p
     expected = {("domain", n.host, n.name) for n in gone.nodes}
     expected |= {("disk", "", f"{n.name}.qcow2") for n in gone.nodes}
     expected |= {("disk", "", f"{n.name}.console.log") for n in gone.nodes}
+    expected |= {("disk", "", f"{n.name}.console.log.0") for n in gone.nodes}
     expected |= {("record", "", f"{stale.cluster}.json"), ("base", "", "pragma-base-0123456789abcdef.img")}
     assert found == expected
     assert not any(live.cluster in name for _k, _h, name in found)

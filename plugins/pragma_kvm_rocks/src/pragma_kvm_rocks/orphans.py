@@ -35,7 +35,7 @@ from .hosts import Hosts
 from .parallel import settle
 from .pool import HostPool
 from .records import RecordStore
-from .storage import BASE_PREFIX, BOOT_PREFIX, CONSOLE_SUFFIX, DONE_SUFFIX, PoolStorage, Storage
+from .storage import BASE_PREFIX, BOOT_PREFIX, CONSOLE_SUFFIX, DONE_SUFFIX, ROTATED_CONSOLE, PoolStorage, Storage
 from .view import SiteView
 
 log = logging.getLogger(__name__)
@@ -159,12 +159,14 @@ def judge_files(host: str, names: Iterable[str], live: Liveness, *, base_key: Ca
             if base_key(base) not in live.bases:
                 out.append(Orphan(kind="base", host=host, name=name, reason="no live cluster uses it"))
             continue
-        node = name[: -len(CONSOLE_SUFFIX)] if name.endswith(CONSOLE_SUFFIX) else None
+        rotated = ROTATED_CONSOLE.fullmatch(name)
+        console = name.endswith(CONSOLE_SUFFIX) or rotated is not None
+        node = name[: -len(CONSOLE_SUFFIX)] if name.endswith(CONSOLE_SUFFIX) else rotated.group("node") if rotated else None
         match = _DISK.fullmatch(name) if node is None else None
         node = node or (match.group("node") if match else None)
         if node is None or node in live.nodes:
             continue
-        ours = (name.endswith(CONSOLE_SUFFIX) or _NODE_NAME.fullmatch(node) or node in live.known_nodes
+        ours = (console or _NODE_NAME.fullmatch(node) or node in live.known_nodes
                 or f"{node}{CONSOLE_SUFFIX}" in present)
         if ours:
             out.append(Orphan(kind="disk", host=host, name=name, reason=f"node {node} belongs to no live cluster"))

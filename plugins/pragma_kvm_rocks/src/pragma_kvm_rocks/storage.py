@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 BASE_PREFIX = "pragma-base-"
 BOOT_PREFIX = "pragma-boot-"
 CONSOLE_SUFFIX = ".console.log"
+#: virtlogd's rotated copies of a console log: ``<node>.console.log.0``, ``.1``... (``max_backups`` in virtlogd.conf).
+ROTATED_CONSOLE = re.compile(r"(?P<node>.+)\.console\.log\.[0-9]{1,4}")
 #: Marks a base volume whose upload finished (``<base>.ok``, empty).
 DONE_SUFFIX = ".ok"
 #: A base upload that has not grown for this long is taken for dead (its boot was killed).
@@ -235,7 +237,13 @@ class SharedStorage(Storage):
             return None
 
     def remove_node(self, host: str, node: str, disk: str = "") -> None:
-        for path in {_own_disk(node, disk), self.disk_path(host, node), self.console_path(host, node)} - {""}:
+        paths = {_own_disk(node, disk), self.disk_path(host, node), self.console_path(host, node)} - {""}
+        try:
+            with os.scandir(self.diskdir) as entries:
+                paths.update(entry.path for entry in entries if _rotated_console_of(entry.name) == node)
+        except FileNotFoundError:
+            pass
+        for path in paths:
             self.remove_file(host, path)
 
     def remove_file(self, host: str, name: str) -> None:
@@ -359,11 +367,19 @@ class PoolStorage(Storage):
         names = {disk_name(node, self.cfg.disk_mode), node + CONSOLE_SUFFIX}
         if _own_disk(node, disk) and Path(disk).parent == self.diskdir:
             names.add(Path(disk).name)
+        if self.pool(host).exists():
+            names.update(name for name in self.pool(host).names() if _rotated_console_of(name) == node)
         for name in names:
             self.remove_file(host, name)
 
     def remove_file(self, host: str, name: str) -> None:
         self.pool(host).delete(name)
+
+
+def _rotated_console_of(name: str) -> str | None:
+    """The node whose console log file ``name`` is a rotated copy of (virtlogd's ``.log.N``), else ``None``."""
+    match = ROTATED_CONSOLE.fullmatch(name)
+    return match.group("node") if match else None
 
 
 def _own_disk(node: str, disk: str) -> str:
