@@ -71,6 +71,26 @@ def test_a_driver_name_two_distributions_register_shows_as_a_conflict_naming_bot
     assert len(table) == 2 and all(line.endswith("conflict: " + TWIN_CONFLICT) for line in table)
 
 
+def test_a_name_one_distribution_registers_twice_is_reported_against_that_distribution_alone(
+    site: Site, installed: Installed
+) -> None:
+    installed.add("pragma-twin-a", "1.0", entry_points="[pragma.drivers]\ntwin = twin_a:Driver\ntwin = twin_a:Other\n",
+                  modules={"twin_a": UNIMPORTABLE})
+    report = [p.as_dict() for p in plugins.list_plugins() if p.name == "twin"]
+    assert [(p["distribution"], p["status"]) for p in report] == [("pragma-twin-a", "conflict")] * 2
+    assert {p["reason"] for p in report} == {
+        "'twin' is registered 2 times by pragma-twin-a 1.0: twin_a:Driver and twin_a:Other;"
+        " its entry points are broken: reinstall pragma-twin-a, or report it to its authors"
+    }
+
+
+def test_a_line_one_distribution_repeats_word_for_word_is_no_conflict(site: Site, installed: Installed) -> None:
+    installed.add("pragma-twin-a", "1.0", entry_points="[pragma.drivers]\ntwin = twin_a:Driver\ntwin = twin_a:Driver\n",
+                  modules={"twin_a": UNIMPORTABLE})
+    (info,) = [p for p in plugins.list_plugins() if p.name == "twin"]
+    assert info.status != "conflict"
+
+
 @pytest.mark.parametrize("command", [["boot", "demo", "1"], ["list", "cluster"]])
 def test_using_a_conflicting_driver_name_is_one_error_naming_both_and_imports_neither(
     site: Site, installed: Installed, command: list[str]

@@ -126,7 +126,11 @@ def _scan() -> dict[str, dict[str, tuple[EntryPoint, ...]]]:
 
 
 def _by_distribution(eps: list[EntryPoint]) -> tuple[EntryPoint, ...]:
-    return tuple(sorted(eps, key=lambda ep: normalize(_dist(ep)[0])))
+    """Sorted by distribution; a line a distribution repeats word for word counts once."""
+    unique: dict[tuple[str, str], EntryPoint] = {}
+    for ep in eps:
+        unique.setdefault((normalize(_dist(ep)[0]), ep.value), ep)
+    return tuple(sorted(unique.values(), key=lambda ep: normalize(_dist(ep)[0])))
 
 
 def claims(group: str) -> dict[str, tuple[EntryPoint, ...]]:
@@ -153,8 +157,17 @@ def _info(group: str, ep: EntryPoint, status: str, reason: str = "") -> PluginIn
 
 
 def conflict(name: str, eps: Iterable[EntryPoint]) -> str:
-    """The one line that names every distribution (and version) registering ``name``."""
-    sides = [f"{dist} {version} ({ep.value})" for ep in eps for dist, version in [_dist(ep)]]
+    """The one line that names every distribution (and version) registering ``name``, and what each points to."""
+    targets: dict[tuple[str, str], list[str]] = {}
+    for ep in eps:
+        targets.setdefault(_dist(ep), []).append(ep.value)
+    if len(targets) == 1:  # one distribution's entry points name it twice: nothing to uninstall or block
+        ((dist, version), values), = targets.items()
+        return (
+            f"{name!r} is registered {len(values)} times by {dist} {version}: {' and '.join(values)};"
+            f" its entry points are broken: reinstall {dist}, or report it to its authors"
+        )
+    sides = [f"{dist} {version} ({', '.join(values)})" for (dist, version), values in targets.items()]
     return (
         f"{name!r} is registered by {len(sides)} distributions: {' and '.join(sides)};"
         " uninstall one, or block one with PRAGMA_PLUGINS_BLOCK=<distribution>"
