@@ -36,6 +36,7 @@ key *does* remove another tenant's VM).
 from __future__ import annotations
 
 import base64
+import contextlib
 import binascii
 import hashlib
 import hmac
@@ -437,7 +438,10 @@ class CloudStackSimulator:
         ``errortext``), ``slow_job`` (option ``delay`` seconds), ``http_error``
         (option ``status``, default 503, an HTML body as a proxy sends),
         ``drop`` (the connection is closed without an answer),
-        ``drop_after`` (the command takes effect, then the answer is lost), ``expire``
+        ``drop_after`` (the command takes effect, then the answer is lost),
+        ``late`` (the answer is lost at once and the command takes effect only
+        ``delay`` seconds later, default 0.3: a server still at work when the
+        client gave up), ``expire``
         (the server's clock runs ahead, so the signature has expired), ``drip``
         (the answer comes one byte every :data:`DRIP` seconds), ``huge`` (the
         answer announces a length of 10**12 bytes), ``echo``
@@ -450,7 +454,8 @@ class CloudStackSimulator:
         networks), ``endless`` (from now on, every page of the list is full,
         with a ``count`` always one page ahead: see :meth:`_endless_page`).
         """
-        kinds = ("fail_job", "slow_job", "http_error", "drop", "drop_after", "expire", "drip", "huge", "echo", "unscoped", "endless")
+        kinds = ("fail_job", "slow_job", "http_error", "drop", "drop_after", "late", "expire", "drip", "huge", "echo",
+                 "unscoped", "endless")
         assert kind in kinds, kind
         with self.lock:
             self.faults.setdefault(command, []).append(_Fault(kind, count, **options))
@@ -535,6 +540,17 @@ class CloudStackSimulator:
         endless = self._take_fault(command, ("endless",))
         if endless is not None:
             return 200, {key: self._endless_page(command, params, endless)}, None
+        late = self._take_fault(command, ("late",))
+        if late is not None:
+            def take_effect() -> None:
+                with self.lock, contextlib.suppress(ApiError):
+                    self.caller = self.accounts[self.keys[api_key][1]]
+                    handler(params, method)
+
+            timer = threading.Timer(late.options.get("delay", 0.3), take_effect)
+            timer.daemon = True
+            timer.start()
+            return 200, None, "drop"
         try:
             with self.lock:
                 self.caller = self.accounts[self.keys[api_key][1]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import time
 from pathlib import Path
 
 import attrs
@@ -262,6 +263,19 @@ def test_failed_allocate_removes_what_it_made(
     with pytest.raises(DriverError) as info:
         driver.allocate(request(3), cluster)
     assert str(info.value).startswith(message)
+    assert leftovers(sim) == ([], [])
+
+
+def test_a_network_made_after_its_lost_answer_is_found_and_removed(
+    sim: CloudStackSimulator, driver: CloudStackDriver, cluster: StagedCluster
+) -> None:
+    """No answer to createNetwork, and CloudStack makes the network only a moment later: a single look
+    right after the failure finds nothing; pragma keeps looking while CloudStack may still be at work."""
+    sim.inject("createNetwork", "late", delay=0.3)
+    with pytest.raises(DriverError, match="^CloudStack createNetwork: cannot talk to"):
+        driver.allocate(request(3), cluster)
+    time.sleep(0.5)  # past the moment the network appeared
+    assert len(sim.calls("listNetworks")) > 1, "it looked more than once"
     assert leftovers(sim) == ([], [])
 
 

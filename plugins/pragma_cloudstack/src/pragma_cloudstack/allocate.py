@@ -23,6 +23,9 @@ from attrs import frozen
 
 from pragma_core import Allocation, BootRequest, ClusterDescription, DriverError, Interface, Network, Node, ResolvedCluster, Role
 
+from pragma_core.pluginkit import poll
+
+from .client import CloudStackNoAnswer
 from .naming import TAG_CLUSTER, TAG_ROLE, cluster_lock, compute_name, free_name, template_name
 from .state import CloudStackState
 
@@ -55,6 +58,10 @@ class VmSpec:
     template: dict
     offering: dict
     networks: tuple[dict, ...]
+
+
+class _NotSeen(Exception):
+    """A network looked for after a lost ``createNetwork`` answer did not appear in time."""
 
 
 class _Made:
@@ -146,8 +153,8 @@ class Allocator:
                 "createNetwork",
                 {"name": name, "displaytext": displaytext, "networkofferingid": offering["id"], "zoneid": zone["id"]},
             )
-        except DriverError:
-            self._recover_network(name, displaytext, made)
+        except DriverError as exc:
+            self._recover_network(name, displaytext, made, unknown=isinstance(exc, CloudStackNoAnswer))
             raise
         network = answer.get("network", answer)
         made.network_ids.append(network["id"])
@@ -160,10 +167,29 @@ class Allocator:
         self._wait_all(jobs)
         return network
 
-    def _recover_network(self, name: str, displaytext: str, made: _Made) -> None:
-        """Record the network a failed ``createNetwork`` may still have made: pragma's, named ``name``, with this run's ``displaytext``."""
+    def _recover_network(self, name: str, displaytext: str, made: _Made, *, unknown: bool) -> None:
+        """Record the network a failed ``createNetwork`` may still have made: pragma's, named ``name``, with this
+        run's ``displaytext``, so that the clean-up removes it.
+
+        ``unknown``: no answer came, so CloudStack may still be making it; it
+        is looked for until ``request_timeout`` has passed (as long as
+        CloudStack answers the lookups), not just once.
+        """
+        lookups, config = self.lookups, self.driver.config
+
+        def seen() -> list[dict] | None:
+            return lookups.networks_made(name, displaytext) or None
+
         try:
-            made.network_ids.extend(n["id"] for n in self.lookups.networks_made(name, displaytext))
+            if not unknown:
+                made.network_ids.extend(n["id"] for n in lookups.networks_made(name, displaytext))
+                return
+            found = poll(seen, timeout=config.request_timeout, interval=config.poll_interval,
+                         max_interval=config.poll_max_interval, timed_out=lambda: _NotSeen())
+            made.network_ids.extend(n["id"] for n in found)
+        except _NotSeen:
+            log.warning("createNetwork got no answer and no network %s (display text %r) appeared within %g s;"
+                        " should one appear later, delete it", name, displaytext, config.request_timeout)
         except DriverError as exc:  # the createNetwork error is the one to report
             log.warning("could not look for the network %s that a failed createNetwork may have made: %s", name, exc)
 

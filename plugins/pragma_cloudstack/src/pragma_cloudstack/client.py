@@ -127,6 +127,10 @@ class CloudStackError(DriverError):
         super().__init__(f"CloudStack {command}: {self.errortext}{code}")
 
 
+class CloudStackNoAnswer(CloudStackError):
+    """No answer came (the connection failed, the time ran out): the command may or may not have taken effect."""
+
+
 class CloudStackCapacityError(CloudStackError, CapacityError):
     """CloudStack has not enough capacity or the account hit a resource limit."""
 
@@ -231,10 +235,10 @@ class CloudStackClient:
             if exc.reply is not None:
                 return self._parse(command, exc.reply)
             if exc.timed_out:
-                raise CloudStackError(command, f"no answer from {self.endpoint} within {self.timeout:g} s") from None
-            raise CloudStackError(command, f"cannot talk to {self.endpoint}: {exc.reason}") from None
+                raise CloudStackNoAnswer(command, f"no answer from {self.endpoint} within {self.timeout:g} s") from None
+            raise CloudStackNoAnswer(command, f"cannot talk to {self.endpoint}: {exc.reason}") from None
         except TransferError as exc:  # the deadline passed, the answer is too large, a redirect loop
-            raise CloudStackError(command, f"{self.endpoint}: {exc.reason}") from None
+            raise CloudStackNoAnswer(command, f"{self.endpoint}: {exc.reason}") from None
         return self._parse(command, reply)
 
     def _parse(self, command: str, reply: Reply) -> dict:
