@@ -15,7 +15,7 @@ from filelock import FileLock
 from conftest import COMPUTE_FILES, FRONTEND_FILES
 from czbuild import check_ext4
 from pragma_core.config import parse_legacy, site_config_from
-from pragma_core.errors import ConfigError, NotFoundError, RepositoryError
+from pragma_core.errors import ConfigError, NotFoundError, PragmaError, RepositoryError
 from pragma_repo_clonezilla.repository import ClonezillaRepository
 from pragma_repo_clonezilla.sync import LOCK_NAME
 
@@ -226,6 +226,22 @@ def test_template_outside_the_repository_or_unknown_variable_fails_the_cluster(d
 
 
 # --------------------------------------------------------------------------- hostile repository and ISOs
+
+
+def test_a_link_planted_at_the_default_work_directory_stops_the_sync_before_anything_is_fetched(
+    drive_sim, isos, tmp_path: Path
+) -> None:
+    publish(drive_sim, isos, "good", compute=False)
+    root, outside = tmp_path / "repo", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / ".pragma-work").symlink_to(outside)
+    repo = make_repo(drive_sim, root)
+    with pytest.raises(PragmaError) as info:
+        repo.sync()
+    assert str(info.value).endswith(f"{root / '.pragma-work'}: is a symbolic link; pragma does not write through"
+                                    " symbolic links")
+    assert drive_sim.media_requests() == [] and list(outside.iterdir()) == []
 
 
 def test_a_link_at_a_cluster_folder_is_refused_and_nothing_is_written_through_it(drive_sim, isos, tmp_path: Path) -> None:

@@ -142,9 +142,22 @@ class Syncer:
         except OSError as exc:  # a symbolic link there is never followed (ELOOP)
             raise RepositoryError(f"{lock_path}: cannot take the sync lock: {exc.strerror or exc}") from None
         try:
+            self._check_work_dir()
             return self._run_locked()
         finally:
             lock.release()
+
+    def _check_work_dir(self) -> None:
+        """The default work directory, ``<root>/.pragma-work``, made when missing; an
+        :class:`UnsafeFileError` if it is a symbolic link or not a directory.
+
+        Restores write their scratch disks and partclone logs there, as root:
+        anyone who may write the repository directory could plant a link to
+        have them written elsewhere. A ``work_dir`` the site names is its own
+        choice, links and all.
+        """
+        if self.settings.work_dir is None:
+            os.close(open_lane(self.root, self.work_dir.name, create=True))
 
     def _run_locked(self) -> SyncReport:
         report = SyncReport()
