@@ -45,6 +45,7 @@ __all__ = [
     "open_lane",
     "private_directory",
     "safe_join",
+    "unshared_directory",
     "stat_inside",
 ]
 
@@ -110,14 +111,33 @@ def private_directory(path: Path) -> Path:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
+    _check_unshared(path, owners={os.geteuid()})
+    return path
+
+
+def unshared_directory(path: Path) -> Path:
+    """``path``, checked to be a real directory (not a link) owned by this user or by root, that no one
+    else may write; otherwise :class:`UnsafeFileError` says why and how to fix it.
+
+    For a directory this process writes into by name over a long run, as
+    root (a sync's repository and its cluster folders): whoever else may
+    write there could put a link in place of an entry between the moment it
+    is checked and the moment it is written. With only its owner able to
+    write, nobody can.
+    """
+    _check_unshared(path, owners={os.geteuid(), 0})
+    return path
+
+
+def _check_unshared(path: Path, *, owners: set[int]) -> None:
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafeFileError(path, "is not a directory (a link is never followed)", errno.ENOTDIR)
-    if st.st_uid != os.geteuid():
+    if st.st_uid not in owners:
         raise UnsafeFileError(path, f"belongs to user {st.st_uid}, not to this one ({os.geteuid()})", errno.EPERM)
     if st.st_mode & 0o022:
-        raise UnsafeFileError(path, f"can be written by others (mode {stat.S_IMODE(st.st_mode):o})", errno.EPERM)
-    return path
+        raise UnsafeFileError(path, f"can be written by others (mode {stat.S_IMODE(st.st_mode):o}): they could put"
+                              f" a link in place of what pragma writes there; chmod go-w {path}", errno.EPERM)
 
 
 def fsync_directory(directory: Path) -> None:

@@ -36,7 +36,7 @@ Secrets (:mod:`pragma_core.redaction`)
 Files (:mod:`pragma_core.paths`)
     :func:`safe_join`, :func:`open_inside`, :func:`stat_inside`,
     :func:`is_inside`, :func:`fsync_directory`, :func:`no_follow`,
-    :func:`open_lane`, :func:`private_directory`, :class:`UnsafeFileError`;
+    :func:`open_lane`, :func:`private_directory`, :func:`unshared_directory`, :class:`UnsafeFileError`;
     :func:`free_bytes` and :data:`FREE_SPACE_RESERVE` (what writing an image leaves free).
 Images and catalogues
     :func:`check_image` (a disk image and its backing chain, before anything
@@ -133,7 +133,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
         name: ("pragma_core.paths", name)
         for name in ("FREE_SPACE_CHECK_EVERY", "FREE_SPACE_RESERVE", "UnsafeFileError", "free_bytes",
                      "fsync_directory", "is_inside", "no_follow", "open_inside", "open_lane", "private_directory",
-                     "safe_join", "stat_inside")
+                     "safe_join", "stat_inside", "unshared_directory")
     },
     **{name: ("pragma_core.imagecheck", name) for name in ("CheckedImage", "Qcow2Header", "check_image", "read_qcow2_header")},
     **{name: ("pragma_core.clusterxml", name) for name in ("MAX_DESCRIPTION_BYTES", "parse_cluster_xml", "replace_disk_source")},
@@ -195,6 +195,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time names load on first use
     from .paths import private_directory as private_directory
     from .paths import safe_join as safe_join
     from .paths import stat_inside as stat_inside
+    from .paths import unshared_directory as unshared_directory
     from .redaction import install as install_log_redaction  # noqa: F401 - exported under this name
     from .redaction import redact as redact
     from .redaction import register_pem as register_pem

@@ -244,6 +244,34 @@ def test_a_link_planted_at_the_default_work_directory_stops_the_sync_before_anyt
     assert drive_sim.media_requests() == [] and list(outside.iterdir()) == []
 
 
+def test_a_repository_directory_others_may_write_is_refused_before_anything_is_fetched(
+    drive_sim, isos, tmp_path: Path
+) -> None:
+    publish(drive_sim, isos, "good", compute=False)
+    root = tmp_path / "repo"
+    root.mkdir()
+    os.chmod(root, 0o775)  # a local user of the group could swap a cluster folder for a link mid-sync
+    with pytest.raises(RepositoryError) as info:
+        make_repo(drive_sim, root).sync()
+    assert str(info.value) == (f"repository_dir {root}: can be written by others (mode 775): they could put a link in"
+                               f" place of what pragma writes there; chmod go-w {root}")
+    assert drive_sim.media_requests() == [] and sorted(p.name for p in root.iterdir()) == []
+
+
+def test_a_cluster_folder_others_may_write_fails_that_cluster_alone(drive_sim, isos, tmp_path: Path) -> None:
+    publish(drive_sim, isos, "good", compute=False)
+    publish(drive_sim, isos, "open", compute=False)
+    root = tmp_path / "repo"
+    (root / "open").mkdir(parents=True)
+    os.chmod(root / "open", 0o777)
+    repo = make_repo(drive_sim, root)
+    with pytest.raises(RepositoryError) as info:
+        repo.sync()
+    assert f"open: {root / 'open'}: can be written by others (mode 777)" in str(info.value)
+    assert list((root / "open").iterdir()) == []
+    assert repo.list() == ["good"]
+
+
 def test_a_link_at_a_cluster_folder_is_refused_and_nothing_is_written_through_it(drive_sim, isos, tmp_path: Path) -> None:
     publish(drive_sim, isos, "good", compute=False)
     publish(drive_sim, isos, "linked", compute=False)

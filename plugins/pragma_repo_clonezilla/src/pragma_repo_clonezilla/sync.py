@@ -32,11 +32,13 @@ from attrs import define, field
 
 from pragma_core import PragmaError, RepositoryError
 from pragma_core.pluginkit import (
+    UnsafeFileError,
     is_valid_name,
     open_lane,
     parse_cluster_xml,
     read_vcdb,
     safe_join,
+    unshared_directory,
     write_vcdb,
 )
 
@@ -133,6 +135,10 @@ class Syncer:
         from filelock import FileLock, Timeout
 
         self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            unshared_directory(self.root)  # see _cluster_directory
+        except UnsafeFileError as exc:
+            raise RepositoryError(f"repository_dir {exc}") from None
         lock_path = self.root / LOCK_NAME
         lock = FileLock(str(lock_path), timeout=0)
         try:
@@ -158,6 +164,7 @@ class Syncer:
         """
         if self.settings.work_dir is None:
             os.close(open_lane(self.root, self.work_dir.name, create=True))
+            unshared_directory(self.work_dir)
 
     def _run_locked(self) -> SyncReport:
         report = SyncReport()
@@ -243,13 +250,18 @@ class Syncer:
         return local, changed
 
     def _cluster_directory(self, name: str) -> Path:
-        """``root/name``, made when missing; an :class:`UnsafeFileError` if it is a symbolic link or not a directory.
+        """``root/name``, made when missing; an :class:`UnsafeFileError` if it is a symbolic link, not a
+        directory, or a directory others may write.
 
         Everything of the cluster is written there by name, as root: a link
         planted at that name would send the downloads and restores elsewhere.
+        The repository directory and the folder may be written by their owner
+        only (checked for the repository when the sync starts), so nobody else
+        can put a link in place of either once it is checked.
         """
         path = safe_join(self.root, name, what="cluster folder")
         os.close(open_lane(self.root, name, create=True))
+        unshared_directory(path)
         return path
 
     def _fetch(self, item: DriveFile, local: Path, cluster: str) -> bool:
