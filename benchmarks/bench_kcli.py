@@ -50,6 +50,7 @@ recorded before and after. See ``benchmarks/README-kcli.md``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -598,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"(kcli threaded {args.kcli_reliability}); pragma teardown: {teardown}", flush=True)
     timed: dict[str, list[tuple[Run, Run]]] = {t.name: [] for t in tools}
     reliability: dict[str, list[tuple[Run, Run]]] = {}
+    stopped = ""  # why the run ended early (libvirtd gone...): what was measured is still reported
     try:
         for tool in tools:  # warm-up: page cache, first QEMU start, kcli's first run (one for both modes)
             if tool.name not in ("kcli-threaded", "loose"):
@@ -633,14 +635,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"FAILED {pair[0].failure or pair[1].failure}", flush=True)
             print(f"reliability {tool.name}: {counts[tool.name]} rounds done at {time.monotonic() - began:.0f} s",
                   flush=True)
+    except Exception as exc:  # noqa: BLE001 - the rounds measured so far are still reported below
+        stopped = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        print(f"STOPPED EARLY at {time.monotonic() - began:.0f} s: {stopped}", flush=True)
     finally:
-        reset_pragma(site)
-        peers.reset_tight(peers.URI, floor)
-        peers.bare_teardown(peers.URI, loose_names, workdir / "bare")
+        cleanups = [lambda: reset_pragma(site), lambda: peers.reset_tight(peers.URI, floor),
+                    lambda: peers.bare_teardown(peers.URI, loose_names, workdir / "bare")]
         if kenv is not None:
-            peers.teardown_kcli(kenv, kcli_names)
-        for bridge in bridges:
-            peers.delete_bridge(bridge)
+            cleanups.append(lambda: peers.teardown_kcli(kenv, kcli_names))
+        cleanups += [functools.partial(peers.delete_bridge, bridge) for bridge in bridges]
+        for cleanup in cleanups:
+            try:
+                cleanup()
+            except Exception as exc:  # noqa: BLE001 - every other clean-up still runs
+                print(f"clean-up failed: {type(exc).__name__}: {exc}", flush=True)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     after = peers.load_sample()
@@ -648,9 +656,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     own_cpu = sum(r.ru_utime + r.ru_stime for r in own)
     numbers = report(tools, timed, reliability, nodes=args.nodes, cores=cores, site=site, before=before,
                      after=after, own_cpu=own_cpu, elapsed=time.monotonic() - began)
-    print(f"\nwhole run {time.monotonic() - began:.0f} s")
-    print(json.dumps(numbers))
-    return 0
+    print(f"\nwhole run {time.monotonic() - began:.0f} s" + (f"; stopped early: {stopped}" if stopped else ""))
+    print(json.dumps({**numbers, "stopped": stopped} if stopped else numbers))
+    return 1 if stopped else 0
 
 
 if __name__ == "__main__":
