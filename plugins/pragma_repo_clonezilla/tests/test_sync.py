@@ -176,7 +176,9 @@ def test_web_mode_sync_without_api_key_and_qcow2_output(drive_sim, isos, tmp_pat
     assert any("uuid" in r["query"] for r in drive_sim.requests)
 
 
-def test_zfs_target_runs_ssh_and_zfs_as_argument_lists(drive_sim, isos, tmp_path: Path, monkeypatch) -> None:
+def _zfs_repo(drive_sim, isos, tmp_path: Path, monkeypatch, *, available: int):  # noqa: ANN001, ANN202
+    """A repository restoring to ``zfs://nas-0-0/tank/...`` through a fake ``ssh`` that logs every call
+    (and its stdin's length) and says the pool has ``available`` bytes."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     record = tmp_path / "ssh.log"
@@ -188,12 +190,19 @@ def test_zfs_target_runs_ssh_and_zfs_as_argument_lists(drive_sim, isos, tmp_path
         "while block := sys.stdin.buffer.read(1 << 20):\n"
         "    count += len(block)\n"
         f"with open({str(record)!r}, 'a') as f: f.write(json.dumps({{'argv': sys.argv[1:], 'stdin': count}}) + '\\n')\n"
+        "if sys.argv[-2:] == ['available', 'tank']:\n"
+        f"    print({available})\n"
+        "    sys.exit(0)\n"
         "sys.exit(1 if sys.argv[-4:-1] == ['value', 'creation', 'tank/vc-demo'] or 'get' in sys.argv else 0)\n"
     )
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     publish(drive_sim, isos, "demo", compute=False)
-    repo = make_repo(drive_sim, tmp_path / "repo", local_image_url="zfs://nas-0-0/tank/vc-$imagename")
+    return make_repo(drive_sim, tmp_path / "repo", local_image_url="zfs://nas-0-0/tank/vc-$imagename"), record
+
+
+def test_zfs_target_runs_ssh_and_zfs_as_argument_lists(drive_sim, isos, tmp_path: Path, monkeypatch) -> None:
+    repo, record = _zfs_repo(drive_sim, isos, tmp_path, monkeypatch, available=50 << 30)
     assert repo.sync() is True
     calls = [json.loads(line) for line in record.read_text().splitlines()]
     vol = "tank/vc-clonezilla-live-demo-frontend"
@@ -203,9 +212,24 @@ def test_zfs_target_runs_ssh_and_zfs_as_argument_lists(drive_sim, isos, tmp_path
     assert ["zfs", "create", "-s", "-V", str(1 << 30), f"{vol}-pragma-new"] in remote  # fix B34: name from the URL
     dd = next(c for c in calls if c["argv"][4] == "dd")
     assert dd["argv"][5] == f"of=/dev/zvol/{vol}-pragma-new" and dd["stdin"] == 1 << 30
+    assert dd["argv"][7] == "conv=notrunc,sparse", "zero blocks are skipped: the sparse volume stays sparse"
+    assert remote.index(["zfs", "get", "-Hp", "-o", "value", "available", "tank"]) < remote.index(
+        ["zfs", "create", "-s", "-V", str(1 << 30), f"{vol}-pragma-new"])
     assert remote[-1] == ["zfs", "rename", f"{vol}-pragma-new", vol]
     local = (tmp_path / "repo" / "demo" / "demo-local.xml").read_text()
     assert 'volume="vc-clonezilla-live-demo-frontend"' in local and 'pool="tank"' in local and 'host="nas-0-0"' in local
+
+
+def test_a_zfs_restore_that_would_fill_the_pool_is_refused_before_the_volume_is_made(
+    drive_sim, isos, tmp_path: Path, monkeypatch
+) -> None:
+    repo, record = _zfs_repo(drive_sim, isos, tmp_path, monkeypatch, available=(1 << 30) + (1 << 20))
+    with pytest.raises(RepositoryError) as info:
+        repo.sync()
+    assert "vc-clonezilla-live-demo-frontend: refused: pool tank on nas-0-0 has 1074790400 bytes available" in str(info.value)
+    remote = [c["argv"][4:] for c in map(json.loads, record.read_text().splitlines())]
+    assert not any(argv[:2] in (["zfs", "create"], ["dd", "of=/dev/zvol/tank/vc-clonezilla-live-demo-frontend-pragma-new"])
+                   for argv in remote), "nothing was made on the NAS"
 
 
 def test_bad_settings_name_the_setting(drive_sim, tmp_path: Path) -> None:

@@ -37,8 +37,9 @@ from typing import BinaryIO, Literal
 from attrs import frozen
 
 from pragma_core import ConfigError, RepositoryError
+from pragma_core.pluginkit import FREE_SPACE_RESERVE
 
-from .restore import DEFAULT_MAX_DISK_SIZE, ToolError, check_declared_size, ensure_free_space, restore_iso_to_raw, split_iso_name
+from .restore import DEFAULT_MAX_DISK_SIZE, DiskLimitError, ToolError, check_declared_size, ensure_free_space, restore_iso_to_raw, split_iso_name
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +140,33 @@ class ZfsHost:
         text = result.stdout.decode(errors="replace").strip()
         return float(text) if result.returncode == 0 and text.isdigit() else None
 
+    def available(self, pool: str) -> int:
+        """Bytes the pool can still store (``zfs get -Hp available``); a :class:`ToolError` when unknown."""
+        result = self.run("zfs", "get", "-Hp", "-o", "value", "available", pool, check=False)
+        text = result.stdout.decode(errors="replace").strip()
+        if result.returncode != 0 or not text.isascii() or not text.isdigit():
+            raise ToolError(f"ssh {self.host} zfs get available {pool}: cannot read how much space the pool has")
+        return int(text)
+
     def replace_volume(self, raw: Path, size: int, pool: str, volume: str) -> None:
-        """Write ``raw`` to a new volume, then swap it in for ``pool/volume`` (clones of the old one survive)."""
+        """Write ``raw`` to a new volume, then swap it in for ``pool/volume`` (clones of the old one survive).
+
+        The volume is sparse and only the raw image's data blocks are written
+        (``dd conv=sparse``); that much must leave the pool
+        :data:`~pragma_core.paths.FREE_SPACE_RESERVE` free, or nothing is made.
+        """
         dataset = f"{pool}/{volume}"
         staging = f"{dataset}-pragma-new"
+        needed = raw.stat().st_blocks * 512
+        available = self.available(pool)
+        if available - needed < FREE_SPACE_RESERVE:
+            raise DiskLimitError(f"{volume}: refused: pool {pool} on {self.host} has {available} bytes available and"
+                                 f" this restore writes {needed}; a restore leaves at least {FREE_SPACE_RESERVE} free")
         self.run("zfs", "destroy", "-r", staging, check=False)
         self.run("zfs", "create", "-s", "-V", str(size), staging)
         try:
             with open(raw, "rb") as data:
-                self.run("dd", f"of=/dev/zvol/{staging}", "bs=4M", "conv=notrunc", stdin=data.fileno())
+                self.run("dd", f"of=/dev/zvol/{staging}", "bs=4M", "conv=notrunc,sparse", stdin=data.fileno())
             if self.creation_time(dataset) is not None:
                 listing = self.run("zfs", "list", "-H", "-o", "name,origin", "-t", "volume", "-r", pool)
                 for line in listing.stdout.decode(errors="replace").splitlines():
