@@ -163,8 +163,9 @@ def ext4_cluster(directory: Path, *, name: str = "demo", size: int = 64 << 20) -
 
 
 def host_file(directory: Path, name: str, *, cpus: int, running: dict[str, int] | None = None,
-              stopped: dict[str, int] | None = None) -> Path:
-    """A libvirt test-driver node file: a host with ``cpus`` CPUs and some domains."""
+              stopped: dict[str, int] | None = None, memory_mib: int = 256 << 10) -> Path:
+    """A libvirt test-driver node file: a host with ``cpus`` CPUs, ``memory_mib`` of memory and some domains
+    (512 MiB each)."""
     domains = []
     for dom, vcpus in (running or {}).items():
         domains.append(f'<domain type="test"><name>{dom}</name><memory>524288</memory>'
@@ -178,7 +179,7 @@ def host_file(directory: Path, name: str, *, cpus: int, running: dict[str, int] 
         <node>
           <cpu><mhz>2000</mhz><model>x86_64</model><active>{cpus}</active><nodes>1</nodes>
                <sockets>1</sockets><cores>{cpus}</cores><threads>1</threads></cpu>
-          <memory>268435456</memory>
+          <memory>{memory_mib * 1024}</memory>
           {''.join(domains)}
         </node>
         """))
@@ -215,13 +216,14 @@ def make_driver(tmp_path: Path):
     """Factory: a driver on libvirt test-driver hosts described by ``hosts`` (name -> cpus)."""
 
     def factory(hosts: dict[str, int] | None = None, *, extra: str = "", running: dict[str, dict[str, int]] | None = None,
-                root: Path | None = None) -> KvmRocksDriver:
+                root: Path | None = None, memory_mib: dict[str, int] | None = None) -> KvmRocksDriver:
         root = root or tmp_path
         hosts_dir = root / "hosts"
         hosts_dir.mkdir(exist_ok=True)
         hosts = hosts or {"localhost": 16}
         for name, cpus in hosts.items():
-            host_file(hosts_dir, name, cpus=cpus, running=(running or {}).get(name))
+            host_file(hosts_dir, name, cpus=cpus, running=(running or {}).get(name),
+                      **({"memory_mib": memory_mib[name]} if memory_mib and name in memory_mib else {}))
         containers = None if list(hosts) == ["localhost"] else list(hosts)
         conf = base_conf(root, hosts_dir=hosts_dir, containers=containers, extra=extra)
         settings = settings_from(conf, root / "kvm_rocks.conf")

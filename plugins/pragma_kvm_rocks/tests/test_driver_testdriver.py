@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 from pragma_core.errors import CapacityError, DriverError, NotFoundError
@@ -57,6 +58,28 @@ def test_running_domains_and_reserved_cpus_reduce_capacity(tmp_path: Path, make_
         assert allocation.frontend.host == "h2"
     finally:
         driver.rollback(allocation)
+
+
+def test_with_memory_allocation_ratio_host_memory_running_guests_and_reservations_bound_the_nodes(
+    tmp_path: Path, make_driver
+) -> None:
+    """The hosts' memory is read from libvirt, running domains and earlier reservations hold theirs."""
+    driver = make_driver({"h1": 8, "h2": 8}, running={"h1": {"busy": 1}}, memory_mib={"h1": 6144, "h2": 3072},
+                         extra="max_cpus_per_node = 1\nmemory_allocation_ratio = 1\nmemory_reserved_mib = 512\n"
+                               "frontend_host = 'h1'\n")
+    cluster = ext4_cluster(tmp_path / "image")
+    two_gib = BootRequest(image="demo", cpus=3, key=KEY, memory=MemorySpec(frontend_mib=2048, compute_mib=2048))
+    # h1: 6144 - 512 - 512 (busy) - 2048 (frontend) = 3072 MiB: 1 compute; h2: 3072 - 512 = 2560 MiB: 1 compute
+    with pytest.raises(CapacityError, match=r"3 CPUs requested, 2 available on 2 host\(s\); memory_allocation_ratio"
+                                            r" leaves room for h1 1 node\(s\), h2 1 node\(s\) of 2048 MiB"):
+        driver.allocate(two_gib, cluster)
+    first = driver.allocate(attrs.evolve(two_gib, cpus=2), cluster)
+    try:
+        assert sorted(n.host for n in first.computes) == ["h1", "h2"]
+        with pytest.raises(CapacityError, match="not enough memory for the frontend on h1"):
+            driver.allocate(attrs.evolve(two_gib, cpus=0), cluster)  # the first cluster's reservation holds it
+    finally:
+        driver.rollback(first)
 
 
 def test_reservations_of_earlier_allocations_count_against_capacity(tmp_path: Path, make_driver) -> None:

@@ -118,3 +118,57 @@ def test_a_plan_for_a_thousand_vms_on_a_hundred_hosts_is_fast(tmp_path: Path) ->
     elapsed = time.perf_counter() - started
     assert len(plan.computes) == 1000 and len({c.host for c in plan.computes}) == 100
     assert elapsed < 5.0, f"planning took {elapsed:.2f} s"  # a bound that detects a runaway, not a benchmark
+
+
+# --------------------------------------------------------------------------- memory (opt-in)
+
+
+def _memory_hosts() -> list[HostCapacity]:
+    return [HostCapacity(name="h1", cpus=8, memory_mib=8192), HostCapacity(name="h2", cpus=8, memory_mib=4096),
+            HostCapacity(name="h3", cpus=8, memory_mib=2048, used_memory_mib=1024)]
+
+
+def test_memory_is_not_counted_unless_memory_allocation_ratio_is_set(tmp_path: Path) -> None:
+    cfg = _settings(tmp_path, "max_cpus_per_node = 1\n")
+    plan = plan_cluster(cfg, _usage(hosts=_memory_hosts()), Sizes(cpus=12, frontend_memory_mib=4096,
+                                                                     compute_memory_mib=4096), no_dns)
+    assert len(plan.computes) == 12, "the legacy behaviour: CPUs alone decide"
+
+
+def test_with_memory_allocation_ratio_a_host_takes_only_the_nodes_its_free_memory_holds(tmp_path: Path) -> None:
+    cfg = _settings(tmp_path, "max_cpus_per_node = 1\nmemory_allocation_ratio = 1\nmemory_reserved_mib = 1024\n")
+    sizes = Sizes(cpus=3, frontend_memory_mib=2048, compute_memory_mib=2048)
+    plan = plan_cluster(cfg, _usage(hosts=_memory_hosts()), sizes, no_dns)
+    # h1: (8192 - 1024) MiB less the frontend's 2048 = 2 computes; h2: 3072 MiB = 1; h3: 1024 - 1024 held = none
+    assert plan.frontend_host == "h1"
+    assert sorted(c.host for c in plan.computes) == ["h1", "h1", "h2"]
+    with pytest.raises(CapacityError) as info:
+        plan_cluster(cfg, _usage(hosts=_memory_hosts()), Sizes(cpus=4, frontend_memory_mib=2048,
+                                                                compute_memory_mib=2048), no_dns)
+    assert str(info.value) == ("not enough capacity: 4 CPUs requested, 3 available on 2 host(s); memory_allocation_ratio"
+                               " leaves room for h1 2 node(s), h2 1 node(s), h3 0 node(s) of 2048 MiB")
+
+
+def test_one_node_per_host_needs_room_for_one_node_in_memory(tmp_path: Path) -> None:
+    cfg = _settings(tmp_path, "memory_allocation_ratio = 1.5\nmemory_reserved_mib = 0\n")
+    sizes = Sizes(cpus=14, frontend_memory_mib=1024, compute_memory_mib=3000)
+    plan = plan_cluster(cfg, _usage(hosts=_memory_hosts()), sizes, no_dns)
+    # h3: 2048 * 1.5 - 1024 held = 2048 MiB: no room for a 3000 MiB node, so its 8 CPUs are not used
+    assert {c.host: c.cpus for c in plan.computes} == {"h2": 8, "h1": 6}, "most free first, h3 left out"
+
+
+def test_a_frontend_that_does_not_fit_its_hosts_memory_is_refused(tmp_path: Path) -> None:
+    cfg = _settings(tmp_path, "memory_allocation_ratio = 1\nfrontend_host = \"h3\"\n")
+    with pytest.raises(CapacityError, match=r"^not enough memory for the frontend on h3: it needs 2048 MiB, 0 MiB"
+                                            r" available \(memory_allocation_ratio 1, memory_reserved_mib 1024\)$"):
+        plan_cluster(cfg, _usage(hosts=_memory_hosts()), Sizes(cpus=0, frontend_memory_mib=2048), no_dns)
+
+
+def test_a_host_whose_guests_hold_more_memory_than_allowed_is_overcommitted(tmp_path: Path) -> None:
+    from pragma_kvm_rocks.policy import overcommitted
+
+    hosts = [HostCapacity(name="h1", cpus=8, memory_mib=8192, used_memory_mib=7500),
+             HostCapacity(name="h2", cpus=8, memory_mib=8192, used_memory_mib=7000)]
+    counted = _settings(tmp_path, "memory_allocation_ratio = 1\nmemory_reserved_mib = 1024\n")
+    assert overcommitted(counted, _usage(hosts=hosts), ["h1", "h2"]) == ["h1"]
+    assert overcommitted(_settings(tmp_path), _usage(hosts=hosts), ["h1", "h2"]) == []

@@ -170,7 +170,8 @@ class KvmRocksDriver(Driver[KvmRocksSettings, KvmRocksState]):
         )
         extras = extra_networks(cfg, request)
         sizes = Sizes(cpus=request.cpus, frontend_cpus=fe_cpus, frontend_nics=2 + len(extras),
-                      compute_nics=1 + len(extras))
+                      compute_nics=1 + len(extras), frontend_memory_mib=memory.frontend_mib,
+                      compute_memory_mib=memory.compute_mib)
         names: dict[str, str | None] = {}
 
         def reverse(ip: str) -> str | None:

@@ -242,12 +242,17 @@ class Hosts:
 
     def cpus(self, host: str) -> int:
         """Online CPUs of ``host`` (``virConnectGetInfo``)."""
+        return self.size(host)[0]
+
+    def size(self, host: str) -> tuple[int, int]:
+        """Online CPUs and memory in MiB of ``host`` (``virConnectGetInfo``)."""
         conn = self.conn(host)
         libvirt = import_libvirt()
         try:
-            return int(conn.getInfo()[2])
+            info = conn.getInfo()
+            return int(info[2]), int(info[1])
         except libvirt.libvirtError as exc:
-            raise self.failure(host, conn, exc, "reading the CPUs") from None
+            raise self.failure(host, conn, exc, "reading the CPUs and memory") from None
 
     def domain_type(self, host: str, wanted: str) -> str:
         """``kvm`` or ``qemu`` for ``host``; ``auto`` picks kvm when the host can run it."""

@@ -33,11 +33,21 @@ from pragma_core import CapacityError
 
 @frozen(kw_only=True)
 class HostCapacity:
-    """What one host has: online CPUs and the vCPUs its running domains use."""
+    """What one host has: online CPUs and the vCPUs its running domains use; its memory and the MiB they use."""
 
     name: str
     cpus: int
     used: int = 0
+    memory_mib: int = 0
+    used_memory_mib: int = 0
+
+    def usable_memory(self, *, reserved_mib: int = 0, ratio: float = 1.0) -> int:
+        """MiB of guest memory the host may hold: ``floor((memory - reserved) * ratio)``."""
+        return math.floor(max(self.memory_mib - reserved_mib, 0) * ratio + 1e-9)
+
+    def free_memory(self, *, reserved_mib: int = 0, ratio: float = 1.0) -> int:
+        """MiB still available for guests; never negative."""
+        return max(self.usable_memory(reserved_mib=reserved_mib, ratio=ratio) - self.used_memory_mib, 0)
 
     def usable(self, *, reserved: int = 0, ratio: float = 1.0) -> int:
         """vCPUs the host may hold: ``floor((online CPUs - reserved) * ratio)``."""

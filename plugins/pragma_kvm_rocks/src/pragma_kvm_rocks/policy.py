@@ -67,20 +67,32 @@ class Usage:
 
 
 def overcommitted(cfg: KvmRocksSettings, usage: Usage, hosts: Iterable[str]) -> list[str]:
-    """Those of ``hosts`` whose vCPUs in use and reserved (every head's claims) exceed what they may hold."""
+    """Those of ``hosts`` whose vCPUs (and, with ``memory_allocation_ratio``, memory) in use and reserved
+    (every head's claims) exceed what they may hold."""
     wanted = set(hosts)
+    memory = cfg.memory_allocation_ratio > 0
     return sorted(h.name for h in usage.hosts if h.name in wanted
-                  and h.used > h.usable(reserved=cfg.num_processors_reserved, ratio=cfg.cpu_allocation_ratio))
+                  and (h.used > h.usable(reserved=cfg.num_processors_reserved, ratio=cfg.cpu_allocation_ratio)
+                       or memory and h.used_memory_mib > h.usable_memory(reserved_mib=cfg.memory_reserved_mib,
+                                                                         ratio=cfg.memory_allocation_ratio)))
+
+
+def _free_memory(cfg: KvmRocksSettings, host: HostCapacity) -> int:
+    """MiB ``host`` may still give guests under ``memory_allocation_ratio`` and ``memory_reserved_mib``."""
+    return host.free_memory(reserved_mib=cfg.memory_reserved_mib, ratio=cfg.memory_allocation_ratio)
 
 
 @frozen(kw_only=True)
 class Sizes:
-    """What one cluster needs: compute CPUs, the frontend's vCPUs, NICs of a frontend and of a compute."""
+    """What one cluster needs: compute CPUs, the frontend's vCPUs, NICs of a frontend and of a compute, and
+    the memory of a frontend and of a compute (MiB)."""
 
     cpus: int
     frontend_cpus: int = 1
     frontend_nics: int = 2
     compute_nics: int = 1
+    frontend_memory_mib: int = 0
+    compute_memory_mib: int = 0
 
 
 @frozen(kw_only=True)
@@ -220,20 +232,50 @@ def derive_macs(vlan: int, counts: Sequence[int], used: frozenset[str]) -> tuple
 
 
 def place_nodes(cfg: KvmRocksSettings, usage: Usage, sizes: Sizes) -> tuple[str, list[Placement]]:
-    """The frontend's host and the computes' placements, over the hosts that answered."""
-    frontend = frontend_host(cfg, usage, sizes.frontend_cpus)
-    capacities = [attrs.evolve(h, used=h.used + sizes.frontend_cpus) if h.name == frontend else h
-                  for h in usage.hosts]
+    """The frontend's host and the computes' placements, over the hosts that answered.
+
+    With ``memory_allocation_ratio`` set, a host takes only as many compute
+    nodes as its free memory holds (the frontend's counted first on its host).
+    """
+    frontend = frontend_host(cfg, usage, sizes.frontend_cpus, sizes.frontend_memory_mib)
+    capacities = [attrs.evolve(h, used=h.used + sizes.frontend_cpus,
+                               used_memory_mib=h.used_memory_mib + sizes.frontend_memory_mib)
+                  if h.name == frontend else h for h in usage.hosts]
     free = free_capacity(capacities, reserved=cfg.num_processors_reserved, ratio=cfg.cpu_allocation_ratio,
                          allowed=cfg.hosts)
+    limited = _memory_limits(cfg, capacities, free, sizes.compute_memory_mib)
     strategy = spread if cfg.placement_strategy == "spread" else place
     try:
-        return frontend, strategy(sizes.cpus, free, max_cpus_per_node=cfg.max_cpus_per_node)
+        return frontend, strategy(sizes.cpus, {h: min(v, limited.get(h, v)) for h, v in free.items()},
+                                  max_cpus_per_node=cfg.max_cpus_per_node)
     except CapacityError as exc:
-        raise CapacityError(str(exc) + _skipped(usage, cfg.hosts), reserved=usage.idle) from None
+        held = [f"{h} {n} node(s)" for h, n in sorted(_nodes_by_memory(cfg, capacities, sizes.compute_memory_mib).items())
+                if h in free and limited.get(h, free[h]) < free[h]]
+        memory = (f"; memory_allocation_ratio leaves room for {', '.join(held)} of {sizes.compute_memory_mib} MiB"
+                  if held else "")
+        raise CapacityError(str(exc) + memory + _skipped(usage, cfg.hosts), reserved=usage.idle) from None
 
 
-def frontend_host(cfg: KvmRocksSettings, usage: Usage, cpus: int) -> str:
+def _nodes_by_memory(cfg: KvmRocksSettings, hosts: Iterable[HostCapacity], node_mib: int) -> dict[str, int]:
+    """How many compute nodes of ``node_mib`` each host's free memory holds (empty when memory is not counted)."""
+    if cfg.memory_allocation_ratio <= 0 or node_mib <= 0:
+        return {}
+    return {h.name: _free_memory(cfg, h) // node_mib for h in hosts}
+
+
+def _memory_limits(cfg: KvmRocksSettings, hosts: Iterable[HostCapacity], free: dict[str, int],
+                   node_mib: int) -> dict[str, int]:
+    """The most compute CPUs each host may get so that its nodes fit its free memory.
+
+    Nodes of at most ``max_cpus_per_node`` CPUs: ``nodes that fit x max_cpus_per_node``;
+    one node per host (the legacy shape): all its free CPUs if one node fits, else none.
+    """
+    per_node = cfg.max_cpus_per_node
+    return {host: nodes * per_node if per_node else (free.get(host, 0) if nodes else 0)
+            for host, nodes in _nodes_by_memory(cfg, hosts, node_mib).items()}
+
+
+def frontend_host(cfg: KvmRocksSettings, usage: Usage, cpus: int, memory_mib: int = 0) -> str:
     """The frontend's host: ``frontend_host``, else the first host (the next that answers when it does not)."""
     answered = {h.name: h for h in usage.hosts}
     host = cfg.frontend
@@ -250,6 +292,12 @@ def frontend_host(cfg: KvmRocksSettings, usage: Usage, cpus: int) -> str:
         raise CapacityError(
             f"not enough capacity for the frontend on {host}: it needs {cpus} CPUs,"
             f" {max(usable - capacity.used, 0)} available", reserved=usage.idle,
+        )
+    if cfg.memory_allocation_ratio > 0 and memory_mib > _free_memory(cfg, capacity):
+        raise CapacityError(
+            f"not enough memory for the frontend on {host}: it needs {memory_mib} MiB,"
+            f" {_free_memory(cfg, capacity)} MiB available (memory_allocation_ratio"
+            f" {cfg.memory_allocation_ratio:g}, memory_reserved_mib {cfg.memory_reserved_mib})", reserved=usage.idle,
         )
     return host
 

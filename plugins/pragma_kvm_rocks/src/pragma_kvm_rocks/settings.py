@@ -208,6 +208,11 @@ class KvmRocksSettings:
     vcout_injection: str = setting(choice("auto", "e2fs", "guestfish", "none"), default="auto")
     max_parallel: int = setting(to_positive_int, default=4, help="nodes created at once")
     cpu_allocation_ratio: float = setting(number_between(0, 64, above=True), default=1.0)
+    memory_allocation_ratio: float = setting(
+        number_between(0, 64), default=0.0,
+        help="guest memory a host may hold, as a multiple of its memory less memory_reserved_mib; 0: not counted")
+    memory_reserved_mib: int = setting(to_non_negative_int, default=1024,
+                                       help="host memory kept for the host itself (with memory_allocation_ratio)")
     max_cpus_per_node: int | None = setting(_cpus_limit, default=None, help="0: no limit")
     private_network: ipaddress.IPv4Network = setting(to_ipv4_network, default="10.1.0.0/16")
     state_dir: Path = setting(to_path, default=DEFAULT_STATE_DIR, help="allocation records and locks")

@@ -32,6 +32,8 @@ class SiteView:
     claims: ClaimSet
     records: tuple[ClusterRecord, ...] = field(converter=to_tuple)
     cpus: Mapping[str, int] = field(factory=dict)
+    #: Each answering host's memory in MiB.
+    memory: Mapping[str, int] = field(factory=dict)
     unreachable: Mapping[str, str] = field(factory=dict)
     #: This head: ``<hostname>:<state_dir>`` (see :attr:`ClusterRecord.head`).
     head: str = ""
@@ -70,18 +72,21 @@ class SiteView:
         )
 
     def capacities(self, reservations: Sequence[ClusterRecord]) -> list[HostCapacity]:
-        """Each answering host: online CPUs, vCPUs of running domains plus CPUs reserved for nodes not running."""
+        """Each answering host: online CPUs and memory; what running domains use plus what is reserved for
+        nodes not running (vCPUs, MiB)."""
         active = {(d.host, d.name) for d in self.nodes if d.active}
-        reserved: dict[tuple[str, str], int] = {}
+        reserved: dict[tuple[str, str], tuple[int, int]] = {}
         for record in reservations:
             for node in record.nodes:
                 if (node.host, node.name) not in active:
-                    reserved[(node.host, node.name)] = node.cpus
+                    reserved[(node.host, node.name)] = (node.cpus, node.memory_mib)
         out = []
         for host, cpus in self.cpus.items():
-            used = sum(d.vcpus for d in self.nodes if d.host == host and d.active)
-            used += sum(c for (h, _n), c in reserved.items() if h == host)
-            out.append(HostCapacity(name=host, cpus=cpus, used=used))
+            running = [d for d in self.nodes if d.host == host and d.active]
+            held = [size for (h, _n), size in reserved.items() if h == host]
+            out.append(HostCapacity(name=host, cpus=cpus, used=sum(d.vcpus for d in running) + sum(c for c, _ in held),
+                                    memory_mib=self.memory.get(host, 0),
+                                    used_memory_mib=sum(d.memory_mib for d in running) + sum(m for _, m in held)))
         return out
 
     def idle(self) -> tuple[str, ...]:
@@ -106,12 +111,13 @@ def read_view(hosts: Hosts, names: Sequence[str], claim_group: Sequence[str], re
     """Read every host of ``names`` (and the claim hosts) in parallel: domains, CPUs; what did not answer."""
     everyone = list(dict.fromkeys((*names, *claim_group)))
 
-    def read(host: str) -> tuple[list[DomainInfo], int]:
-        return hosts.inventory(host), hosts.cpus(host)
+    def read(host: str) -> tuple[list[DomainInfo], tuple[int, int]]:
+        return hosts.inventory(host), hosts.size(host)
 
     outcomes = settle(read, everyone)
     domains: list[DomainInfo] = []
     cpus: dict[str, int] = {}
+    memory: dict[str, int] = {}
     unreachable: dict[str, str] = {}
     for host, outcome in zip(everyone, outcomes):
         if isinstance(outcome, BaseException):
@@ -119,12 +125,12 @@ def read_view(hosts: Hosts, names: Sequence[str], claim_group: Sequence[str], re
             continue
         domains += outcome[0]
         if host in names:
-            cpus[host] = outcome[1]
+            cpus[host], memory[host] = outcome[1]
     answered = [h for h in everyone if h not in unreachable]
     claims = ClaimSet.from_domains(claim_group, answered, domains,
                                    [unreachable[h] for h in claim_group if h in unreachable])
-    return SiteView(domains=domains, claims=claims, records=list(records), cpus=cpus, unreachable=unreachable,
-                    head=head)
+    return SiteView(domains=domains, claims=claims, records=list(records), cpus=cpus, memory=memory,
+                    unreachable=unreachable, head=head)
 
 
 # --------------------------------------------------------------------------- list cluster
