@@ -34,19 +34,19 @@ from typing import BinaryIO
 from .errors import FormatError, PragmaError
 
 __all__ = [
+    "FREE_SPACE_CHECK_EVERY",
+    "FREE_SPACE_RESERVE",
     "UnsafeFileError",
+    "free_bytes",
     "fsync_directory",
     "is_inside",
     "no_follow",
     "open_inside",
-    "FREE_SPACE_CHECK_EVERY",
-    "FREE_SPACE_RESERVE",
-    "free_bytes",
     "open_lane",
     "private_directory",
     "safe_join",
-    "unshared_directory",
     "stat_inside",
+    "unshared_directory",
 ]
 
 

@@ -35,7 +35,7 @@ from .hosts import Hosts
 from .parallel import settle
 from .pool import HostPool
 from .records import RecordStore
-from .storage import BASE_PREFIX, BOOT_PREFIX, CONSOLE_SUFFIX, DONE_SUFFIX, ROTATED_CONSOLE, PoolStorage, Storage
+from .storage import BASE_PREFIX, BOOT_PREFIX, CONSOLE_SUFFIX, DONE_SUFFIX, PoolStorage, Storage, console_node
 from .view import SiteView
 
 log = logging.getLogger(__name__)
@@ -159,9 +159,8 @@ def judge_files(host: str, names: Iterable[str], live: Liveness, *, base_key: Ca
             if base_key(base) not in live.bases:
                 out.append(Orphan(kind="base", host=host, name=name, reason="no live cluster uses it"))
             continue
-        rotated = ROTATED_CONSOLE.fullmatch(name)
-        console = name.endswith(CONSOLE_SUFFIX) or rotated is not None
-        node = name[: -len(CONSOLE_SUFFIX)] if name.endswith(CONSOLE_SUFFIX) else rotated.group("node") if rotated else None
+        node = console_node(name)
+        console = node is not None
         match = _DISK.fullmatch(name) if node is None else None
         node = node or (match.group("node") if match else None)
         if node is None or node in live.nodes:

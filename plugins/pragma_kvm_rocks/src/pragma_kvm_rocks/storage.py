@@ -50,8 +50,8 @@ log = logging.getLogger(__name__)
 BASE_PREFIX = "pragma-base-"
 BOOT_PREFIX = "pragma-boot-"
 CONSOLE_SUFFIX = ".console.log"
-#: virtlogd's rotated copies of a console log: ``<node>.console.log.0``, ``.1``... (``max_backups`` in virtlogd.conf).
-ROTATED_CONSOLE = re.compile(r"(?P<node>.+)\.console\.log\.[0-9]{1,4}")
+#: A node's console log, or one of virtlogd's rotated copies of it (``.0``, ``.1``...: ``max_backups`` in virtlogd.conf).
+_CONSOLE_LOG = re.compile(r"(?P<node>.+)\.console\.log(?:\.[0-9]{1,4})?")
 #: Marks a base volume whose upload finished (``<base>.ok``, empty).
 DONE_SUFFIX = ".ok"
 #: A base upload that has not grown for this long is taken for dead (its boot was killed).
@@ -240,7 +240,7 @@ class SharedStorage(Storage):
         paths = {_own_disk(node, disk), self.disk_path(host, node), self.console_path(host, node)} - {""}
         try:
             with os.scandir(self.diskdir) as entries:
-                paths.update(entry.path for entry in entries if _rotated_console_of(entry.name) == node)
+                paths.update(entry.path for entry in entries if console_node(entry.name) == node)
         except FileNotFoundError:
             pass
         for path in paths:
@@ -368,7 +368,7 @@ class PoolStorage(Storage):
         if _own_disk(node, disk) and Path(disk).parent == self.diskdir:
             names.add(Path(disk).name)
         if self.pool(host).exists():
-            names.update(name for name in self.pool(host).names() if _rotated_console_of(name) == node)
+            names.update(name for name in self.pool(host).names() if console_node(name) == node)
         for name in names:
             self.remove_file(host, name)
 
@@ -376,9 +376,10 @@ class PoolStorage(Storage):
         self.pool(host).delete(name)
 
 
-def _rotated_console_of(name: str) -> str | None:
-    """The node whose console log file ``name`` is a rotated copy of (virtlogd's ``.log.N``), else ``None``."""
-    match = ROTATED_CONSOLE.fullmatch(name)
+def console_node(name: str) -> str | None:
+    """The node whose console log file ``name`` is (``<node>.console.log``, or virtlogd's rotated
+    ``<node>.console.log.N``), else ``None``."""
+    match = _CONSOLE_LOG.fullmatch(name)
     return match.group("node") if match else None
 
 
