@@ -14,11 +14,11 @@ from attrs import frozen
 from pragma_core import Allocation, BootRequest, Interface, Network, Node, StagedCluster
 from pragma_core.pluginkit import plan_addresses
 
-from .disks import disk_name
 from .policy import ExtraNetwork, Plan
 from .records import ClusterRecord, NicRecord, NodeRecord
 from .settings import KvmRocksSettings
 from .state import KvmRocksState
+from .storage import disk_name
 
 
 @frozen(kw_only=True)

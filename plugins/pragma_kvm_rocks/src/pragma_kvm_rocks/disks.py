@@ -93,11 +93,6 @@ def target_format(mode: str, base_format: str) -> str:
     return "qcow2" if mode == "overlay" else base_format
 
 
-def disk_name(node: str, mode: str) -> str:
-    """The file name of a node's disk in ``diskdir``."""
-    return f"{node}.qcow2" if mode == "overlay" else f"{node}.img"
-
-
 _SCRATCH = re.compile(r"pragma-disks-([0-9]{1,10})-[A-Za-z0-9_]+")
 
 

@@ -33,17 +33,21 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from attrs import frozen
 
 from pragma_core import DriverError, StagingError
-from pragma_core.pluginkit import check_image, poll, run_parallel
+from pragma_core.pluginkit import run_parallel
 
-from .disks import DiskBuilder, DiskJob, disk_name
 from .hosts import Hosts
 from .pool import HostPool, VolumeExists
 from .settings import KvmRocksSettings
 from .sparse import sparse_copy
+
+# Building disks (and checking a base image) is the boot's: ``clean`` and ``list orphans`` import neither.
+if TYPE_CHECKING:
+    from .disks import DiskBuilder, DiskJob
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,11 @@ DONE_SUFFIX = ".ok"
 #: A base upload that has not grown for this long is taken for dead (its boot was killed).
 STALLED_UPLOAD = 120.0
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def disk_name(node: str, mode: str) -> str:
+    """The file name of a node's disk in ``diskdir``."""
+    return f"{node}.qcow2" if mode == "overlay" else f"{node}.img"
 
 
 def file_key(path: Path) -> str:
@@ -115,11 +124,15 @@ class Storage(abc.ABC):
         return self.cfg.disk_mode == "overlay"
 
     def builder(self, workers: int | None = None) -> DiskBuilder:
+        from .disks import DiskBuilder
+
         return DiskBuilder(mode=self.cfg.disk_mode, injection=self.cfg.vcout_injection,
                            max_parallel=workers or self.cfg.max_parallel, guestfish=self.mode != "pool",
                            templates=self.cfg.state_dir / "templates", scratch=self.cfg.state_dir / "scratch")
 
     def _jobs(self, disks: Sequence[NodeDisk], staged: Mapping[tuple[str, Path], str], directory: Path) -> list[DiskJob]:
+        from .disks import DiskJob
+
         return [
             DiskJob(node=d.node, base=d.base.path, base_format=d.base.fmt or "raw",
                     target=directory / disk_name(d.node, self.cfg.disk_mode), vcout=d.vcout, root=d.base.root,
@@ -165,6 +178,8 @@ class Storage(abc.ABC):
 
 def check_copyable(item: StagedFile) -> None:
     """A base image copied or uploaded alone must have no backing file (its chain would stay behind)."""
+    from pragma_core.pluginkit import check_image
+
     if item.fmt is None:
         return
     try:
@@ -308,6 +323,8 @@ class PoolStorage(Storage):
 
     def _wait_upload(self, pool: HostPool, name: str) -> bool:
         """Wait for another boot's upload of ``name``: ``True`` once done, ``False`` after removing a dead one."""
+        from pragma_core.pluginkit import poll
+
         def done() -> bool | None:
             if pool.volume(name + DONE_SUFFIX) is not None:
                 return True

@@ -21,20 +21,22 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 from attrs import frozen
 
 from pragma_core import DriverError
-from pragma_core.pluginkit import poll
 
 from . import domains
 from .claims import Claims
-from .deploy import Made
 from .hosts import DomainInfo, Hosts, HostUnavailable
 from .parallel import failure_text, settle, split
 from .records import ClusterRecord, NodeRecord, RecordStore
-from .storage import Storage
+
+if TYPE_CHECKING:  # clean imports neither: they are the boot's
+    from .deploy import Made
+    from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,8 @@ def shutdown(hosts: Hosts, running: Sequence[DomainInfo], timeout: float,
 
 def ask_shutdown(hosts: Hosts, running: Sequence[DomainInfo], timeout: float) -> list[DomainInfo]:
     """Send every domain an ACPI power-off; wait up to ``timeout`` s. The domains still running (or unknown)."""
+    from pragma_core.pluginkit import poll  # with the HTTP client's deadline: not for a clean --force
+
     outcomes = settle(lambda d: domains.ask_shutdown(hosts, d.host, d.name), running)
     pending = [d for d, o in zip(running, outcomes) if not isinstance(o, HostUnavailable)]
 
