@@ -17,7 +17,7 @@ from czbuild import check_ext4
 from pragma_core.config import parse_legacy, site_config_from
 from pragma_core.errors import ConfigError, NotFoundError, PragmaError, RepositoryError
 from pragma_repo_clonezilla.repository import ClonezillaRepository
-from pragma_repo_clonezilla.sync import LOCK_NAME
+from pragma_repo_clonezilla.sync import LOCK_NAME, Syncer
 
 XML = b"""<vc version="0.1">
   <virtualization engine="kvm" type="hvm" arch="x86_64"/>
@@ -266,6 +266,45 @@ def test_a_link_planted_at_the_default_work_directory_stops_the_sync_before_anyt
     assert str(info.value).endswith(f"{root / '.pragma-work'}: is a symbolic link; pragma does not write through"
                                     " symbolic links")
     assert drive_sim.media_requests() == [] and list(outside.iterdir()) == []
+
+
+def test_a_work_dir_the_site_names_is_used_by_the_real_path_its_links_lead_to(drive_sim, isos, tmp_path: Path) -> None:
+    publish(drive_sim, isos, "good", compute=False)
+    real = tmp_path / "scratch" / "pragma"
+    real.mkdir(parents=True)
+    (tmp_path / "work").symlink_to(real)  # the site's own link, e.g. /scratch -> /data/scratch
+    repo = make_repo(drive_sim, tmp_path / "repo", work_dir=str(tmp_path / "work"))
+    assert repo.sync()
+    assert repo.list() == ["good"]
+    syncer = Syncer(repo.config, root=repo.root, vcdb_path=repo.settings.vcdb_path, folder_id=repo.folder_id,
+                    client=repo.client)
+    syncer._check_work_dir()
+    assert syncer.work_dir == real  # scratch disks and logs are written by this path, not through the link
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o775], ids=["777", "1777-like-tmp", "775"])
+def test_a_work_dir_the_site_names_that_others_may_write_is_refused_before_anything_is_fetched(
+    drive_sim, isos, tmp_path: Path, mode: int
+) -> None:
+    publish(drive_sim, isos, "good", compute=False)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, mode)  # /tmp-like: another user could put a link at a scratch disk's or log's name
+    (tmp_path / "work").symlink_to(shared)
+    root = tmp_path / "repo"
+    with pytest.raises(RepositoryError) as info:
+        make_repo(drive_sim, root, work_dir=str(tmp_path / "work")).sync()
+    assert str(info.value) == (f"work_dir {shared}: can be written by others (mode {mode & 0o7777:o}): they could put a"
+                               f" link in place of what pragma writes there; chmod go-w {shared}")
+    assert drive_sim.media_requests() == [] and list(shared.iterdir()) == []
+
+
+def test_a_work_dir_the_site_names_is_made_when_missing(drive_sim, isos, tmp_path: Path) -> None:
+    publish(drive_sim, isos, "good", compute=False)
+    work = tmp_path / "scratch" / "pragma-work"
+    repo = make_repo(drive_sim, tmp_path / "repo", work_dir=str(work))
+    assert repo.sync()
+    assert work.is_dir() and not work.stat().st_mode & 0o022
 
 
 def test_a_repository_directory_others_may_write_is_refused_before_anything_is_fetched(

@@ -154,17 +154,31 @@ class Syncer:
             lock.release()
 
     def _check_work_dir(self) -> None:
-        """The default work directory, ``<root>/.pragma-work``, made when missing; an
-        :class:`UnsafeFileError` if it is a symbolic link or not a directory.
+        """The work directory, made when missing and checked before anything is fetched.
 
-        Restores write their scratch disks and partclone logs there, as root:
-        anyone who may write the repository directory could plant a link to
-        have them written elsewhere. A ``work_dir`` the site names is its own
-        choice, links and all.
+        Restores write their scratch disks and partclone logs there by name, as
+        root: whoever else may write the directory could put a link in place of
+        one of those names and have root write elsewhere. The default,
+        ``<root>/.pragma-work``, must be a real directory (anyone who may write
+        the repository directory could plant a link there). A ``work_dir`` the
+        site names may be reached through links (its own choice), and is used
+        by the real path they lead to. Either must be writable by its owner
+        only (:func:`~pragma_core.paths.unshared_directory`); an
+        :class:`UnsafeFileError` says why not.
         """
         if self.settings.work_dir is None:
             os.close(open_lane(self.root, self.work_dir.name, create=True))
             unshared_directory(self.work_dir)
+            return
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            resolved = self.work_dir.resolve(strict=True)
+        except OSError as exc:
+            raise RepositoryError(f"work_dir {self.work_dir}: cannot make it: {exc.strerror or exc}") from None
+        try:
+            self.work_dir = unshared_directory(resolved)
+        except UnsafeFileError as exc:
+            raise RepositoryError(f"work_dir {exc}") from None
 
     def _run_locked(self) -> SyncReport:
         report = SyncReport()
