@@ -45,6 +45,7 @@ def test_the_legacy_site_configuration_loads(tmp_path: Path) -> None:
 SPELLINGS = {
     "retries": ([3, 3.0, "3", " 3 "], 3),
     "timeout": ([120, 120.0, "120", " 120 ", "1.2e2"], 120.0),
+    "restore_timeout": ([7200, "7200", " 7200 ", "7.2e3"], 7200.0),
     "retry_delay": ([0, 0.0, "0", "+0"], 0.0),
     "size": ([50, 50.0, "50", "50G", "50 GiB"], 50 << 30),
     "max_disk_size": ([1 << 41, "2199023255552", "2T", "2048G", " 2 TiB "], 1 << 41),

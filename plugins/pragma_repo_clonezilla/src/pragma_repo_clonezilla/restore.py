@@ -34,12 +34,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pragma_core import RepositoryError
-from pragma_core.pluginkit import FREE_SPACE_CHECK_EVERY, FREE_SPACE_RESERVE, free_bytes
+from pragma_core.pluginkit import FREE_SPACE_CHECK_EVERY, FREE_SPACE_RESERVE, Deadline, free_bytes
 
 from .czimage import PARTIMAG, ClonezillaImage, PartitionImage, read_image
 from .decompress import JoinedPieces, iter_chunks, open_decompressed
 from .isofile import BadImageError, IsoFile
-from .settings import DEFAULT_MAX_DISK_SIZE
+from .settings import DEFAULT_MAX_DISK_SIZE, DEFAULT_RESTORE_TIMEOUT
+from .tools import ToolError, overdue, stop, watched
+from .tools import start as start_tool
+from .tools import run as run_tool
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +52,6 @@ _ZERO = bytes(1 << 16)
 _MIB = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
-
-
-class ToolError(RepositoryError):
-    """A restore tool (sfdisk, partclone, qemu-img, ssh) failed for a reason other than bad input."""
 
 
 class DiskLimitError(RepositoryError):
@@ -94,22 +93,27 @@ def check_declared_size(label: str, size: int, max_disk_size: int) -> None:
 
 
 class _Budget:
-    """What one restore may still write: ``max_disk_size`` bytes in all, and never the last free GiB.
+    """What one restore may still write and how long it may take: ``max_disk_size`` bytes in all, never
+    the last free GiB, and nothing after its ``restore_timeout`` deadline.
 
     :meth:`spend` is called with every chunk *before* it goes to the disk
-    (written by dd or fed to partclone), so the limit is never passed.
+    (written by dd or fed to partclone), so the limit is never passed; the
+    tools the restore runs share the same ``deadline``.
     """
 
-    def __init__(self, fd: int, label: str, *, disk_size: int, limit: int) -> None:
+    def __init__(self, fd: int, label: str, *, disk_size: int, limit: int, deadline: Deadline) -> None:
         self.fd = fd
         self.label = label
         self.disk_size = disk_size
         self.limit = limit
+        self.deadline = deadline
         self.spent = 0
         self._next_check = FREE_SPACE_CHECK_EVERY
         self.check()
 
     def spend(self, count: int) -> None:
+        if self.deadline.expired:
+            raise overdue(self.label, self.deadline)
         self.spent += count
         if self.spent > self.limit:
             raise BadImageError(
@@ -190,11 +194,8 @@ def _least_written(iso: IsoFile, image: ClonezillaImage) -> int:
     return min(pieces, iso.length)
 
 
-def _run(argv: list[str], what: str, *, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    try:
-        result = subprocess.run(argv, input=stdin, capture_output=True, check=False)
-    except FileNotFoundError:
-        raise ToolError(f"{what}: {argv[0]} is not installed") from None
+def _run(argv: list[str], what: str, deadline: Deadline, *, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    result = run_tool(argv, what, deadline, input=stdin)
     if result.returncode != 0:
         message = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()
         raise ToolError(f"{what}: {Path(argv[0]).name} failed (exit {result.returncode}): {message[-1] if message else ''}")
@@ -208,6 +209,7 @@ def restore_iso_to_raw(
     size_setting: int | None = None,
     log_dir: Path | None = None,
     max_disk_size: int = DEFAULT_MAX_DISK_SIZE,
+    deadline: Deadline | None = None,
 ) -> int:
     """Restore the image in ``iso_path`` into the new sparse raw file ``output``; return its size.
 
@@ -216,8 +218,10 @@ def restore_iso_to_raw(
     :class:`DiskLimitError` when the disk would be larger than
     ``max_disk_size`` or the filesystem would keep less than
     :data:`FREE_SPACE_RESERVE` free, and :class:`ToolError` when a tool
-    fails for another reason.
+    fails for another reason or the restore is not done by ``deadline``
+    (default: :data:`~.settings.DEFAULT_RESTORE_TIMEOUT` from now).
     """
+    deadline = deadline or Deadline(DEFAULT_RESTORE_TIMEOUT)
     image_name, name_size = split_iso_name(iso_path.name)
     with IsoFile(iso_path) as iso:
         image = find_image(iso, image_name)
@@ -228,7 +232,7 @@ def restore_iso_to_raw(
         try:
             try:
                 os.ftruncate(fd, size)
-                budget = _Budget(fd, iso_path.name, disk_size=size, limit=max_disk_size)
+                budget = _Budget(fd, iso_path.name, disk_size=size, limit=max_disk_size, deadline=deadline)
                 _restore(iso, image, output, fd, log_dir or output.parent, budget)
                 budget.check()
                 os.fsync(fd)
@@ -245,6 +249,7 @@ def _restore(iso: IsoFile, image: ClonezillaImage, output: Path, fd: int, log_di
     _run(
         ["sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "never", "-q", str(output)],
         f"{label}: applying {image.disk}-pt.sf",
+        budget.deadline,
         stdin=image.table.for_sfdisk(),
     )
     if image.mbr is not None:
@@ -265,7 +270,8 @@ def _restore(iso: IsoFile, image: ClonezillaImage, output: Path, fd: int, log_di
     for device, uuid, swap_label in image.swaps:
         entry = image.table.find(device)
         assert entry is not None
-        _make_swap(fd, entry.start * image.table.sector_size, entry.size * image.table.sector_size, uuid, swap_label, output.parent, f"{label}: {device}")
+        _make_swap(fd, entry.start * image.table.sector_size, entry.size * image.table.sector_size, uuid, swap_label, output.parent, f"{label}: {device}",
+                   budget.deadline)
 
 
 def _partition_stream(iso: IsoFile, image: ClonezillaImage, part: PartitionImage, label: str):  # type: ignore[no-untyped-def]
@@ -358,7 +364,8 @@ def _run_partclone(
     log_file = Path(log_name)
     # -f 0: no progress refresh delay (the default waits 2 s at the end of every run).
     argv = [tool, "-r", "-s", "-", "-O", str(output), f"--offset={offset}", "-L", str(log_file), "-q", "-f", "0"]
-    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_tool(argv, f"{label}: partclone.{filesystem}", stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
     assert process.stdin is not None
     try:
         fcntl.fcntl(process.stdin.fileno(), _F_SETPIPE_SZ, _MIB)
@@ -366,25 +373,25 @@ def _run_partclone(
         pass
     broken = False
     try:
-        try:
-            budget.spend(len(first))
-            process.stdin.write(first)
-            for chunk in chunks:
-                budget.spend(len(chunk))
-                process.stdin.write(chunk)
-        except BrokenPipeError:
-            broken = True
-        finally:
+        with watched(process, f"{label}: partclone.{filesystem}", budget.deadline):
             try:
-                process.stdin.close()
+                budget.spend(len(first))
+                process.stdin.write(first)
+                for chunk in chunks:
+                    budget.spend(len(chunk))
+                    process.stdin.write(chunk)
             except BrokenPipeError:
                 broken = True
+            finally:
+                try:
+                    process.stdin.close()
+                except BrokenPipeError:
+                    broken = True
+            status = process.wait()
     except BaseException:
-        process.kill()
-        process.wait()
+        stop(process)
         log_file.unlink(missing_ok=True)
         raise
-    status = process.wait()
     text = log_file.read_text(errors="replace") if log_file.exists() else ""
     if status != 0 or "successfully" not in text:
         reason = _partclone_reason(text) or (f"exit status {status}" if status else "no success line in its log")
@@ -402,7 +409,8 @@ def _partclone_reason(text: str) -> str:
     return ""
 
 
-def _make_swap(fd: int, offset: int, length: int, uuid: str, swap_label: str, tmp_dir: Path, label: str) -> None:
+def _make_swap(fd: int, offset: int, length: int, uuid: str, swap_label: str, tmp_dir: Path, label: str,
+               deadline: Deadline) -> None:
     """Write a swap signature (``mkswap`` on a sparse scratch file of the partition's size)."""
     mkswap = shutil.which("mkswap")
     if mkswap is None:
@@ -415,6 +423,6 @@ def _make_swap(fd: int, offset: int, length: int, uuid: str, swap_label: str, tm
             argv += ["-U", uuid]
         if swap_label and re.fullmatch(r"[\w.+-]{1,16}", swap_label):
             argv += ["-L", swap_label]
-        _run([*argv, scratch.name], f"{label}: mkswap")
+        _run([*argv, scratch.name], f"{label}: mkswap", deadline)
         header = os.pread(scratch.fileno(), 65536, 0)
     _write_sparse(fd, header, offset)

@@ -86,6 +86,8 @@ def _http_url(value: Any) -> str:
 
 #: The largest disk a restore may make when the site sets none: 1 TiB.
 DEFAULT_MAX_DISK_SIZE = 1 << 40
+#: The longest one image's restore may take (tools, restore VM, transfer to a NAS), seconds: 6 h.
+DEFAULT_RESTORE_TIMEOUT = 6 * 3600.0
 _disk_bytes = int_between(1 << 20, 1 << 53)
 
 
@@ -132,6 +134,9 @@ class ClonezillaSettings:
     retries: int = setting(to_non_negative_int, default=5)
     retry_delay: float = setting(to_seconds, default=2.0)
     timeout: float = setting(to_seconds, default=60.0)
+    restore_timeout: float = setting(
+        to_seconds, default=DEFAULT_RESTORE_TIMEOUT, help="longest one image's restore may take, seconds"
+    )
     work_dir: Path | None = setting(to_optional_path, default=None)
 
     def __attrs_post_init__(self) -> None:

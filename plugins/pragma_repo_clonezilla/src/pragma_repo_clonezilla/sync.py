@@ -32,6 +32,7 @@ from attrs import define, field
 
 from pragma_core import PragmaError, RepositoryError
 from pragma_core.pluginkit import (
+    Deadline,
     UnsafeFileError,
     is_valid_name,
     open_lane,
@@ -236,7 +237,7 @@ class Syncer:
             if owner != folder.name:
                 raise RepositoryError(f"{target.url} is already the image of {owner}: put $cluster in local_image_url")
             targets[role] = target
-            current = target_mtime(target, ssh=self.settings.ssh)
+            current = target_mtime(target, ssh=self.settings.ssh, deadline=Deadline(self.settings.timeout))
             if current is not None and current >= iso_path.stat().st_mtime:
                 continue
             try:
@@ -290,6 +291,7 @@ class Syncer:
         return True
 
     def _restore_default(self, iso: Path, target: Target) -> None:
+        deadline = Deadline(self.settings.restore_timeout)
         if self.settings.restore_with == "cziso":
             assert self.settings.cziso is not None
             imagename, _ = split_iso_name(iso.name)
@@ -300,6 +302,7 @@ class Syncer:
                 size_setting=self.settings.size,
                 log_file=iso.parent / f"{imagename}-restore.log",
                 max_disk_size=self.settings.max_disk_size,
+                deadline=deadline,
             )
             return
         deliver(
@@ -309,6 +312,7 @@ class Syncer:
             work_dir=self.work_dir,
             ssh=self.settings.ssh,
             max_disk_size=self.settings.max_disk_size,
+            deadline=deadline,
         )
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import string
 import subprocess
 import tempfile
@@ -37,9 +38,12 @@ from typing import BinaryIO, Literal
 from attrs import frozen
 
 from pragma_core import ConfigError, RepositoryError
-from pragma_core.pluginkit import FREE_SPACE_RESERVE
+from pragma_core.pluginkit import FREE_SPACE_RESERVE, Deadline
 
-from .restore import DEFAULT_MAX_DISK_SIZE, DiskLimitError, ToolError, check_declared_size, ensure_free_space, restore_iso_to_raw, split_iso_name
+from .restore import DEFAULT_MAX_DISK_SIZE, DiskLimitError, check_declared_size, ensure_free_space, restore_iso_to_raw, split_iso_name
+from .settings import DEFAULT_RESTORE_TIMEOUT
+from .tools import ToolError
+from .tools import run as run_tool
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,8 @@ _ZFS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
 _SAFE_IMAGE = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*")
 _VARIABLES = ("imagename", "repository_dir", "cluster")
+#: How long removing a half-written staging volume may take, once a restore has failed (or run out of time).
+CLEANUP_SECONDS = 60.0
 
 
 @frozen(kw_only=True)
@@ -111,11 +117,13 @@ def resolve_target(template: str, *, imagename: str, repository_dir: Path, clust
 class ZfsHost:
     """``zfs`` commands on a NAS over ``ssh``: argument lists, each remote word quoted and validated."""
 
-    def __init__(self, host: str, *, ssh: str = "ssh") -> None:
+    def __init__(self, host: str, *, ssh: str = "ssh", deadline: Deadline | None = None) -> None:
         if not _HOST.fullmatch(host):
             raise ConfigError(f"local_image_url: invalid host {host!r}", key="repository_settings")
         self.host = host
         self.ssh = ssh
+        #: Every ssh call shares it: a NAS that stops answering or reading stops the restore, not the sync.
+        self.deadline = deadline or Deadline(DEFAULT_RESTORE_TIMEOUT)
 
     def argv(self, *remote: str) -> list[str]:
         import shlex
@@ -124,11 +132,7 @@ class ZfsHost:
         return [self.ssh, "-o", "BatchMode=yes", self.host, "--", *(shlex.quote(word) for word in remote)]
 
     def run(self, *remote: str, check: bool = True, stdin: int | None = None) -> subprocess.CompletedProcess[bytes]:
-        argv = self.argv(*remote)
-        try:
-            result = subprocess.run(argv, stdin=stdin if stdin is not None else subprocess.DEVNULL, capture_output=True, check=False)
-        except FileNotFoundError:
-            raise ToolError(f"{self.ssh} is not installed") from None
+        result = run_tool(self.argv(*remote), f"ssh {self.host} {' '.join(remote[:2])}", self.deadline, stdin=stdin)
         if check and result.returncode != 0:
             lines = result.stderr.decode(errors="replace").strip().splitlines()
             raise ToolError(f"ssh {self.host} {' '.join(remote[:2])}: exit {result.returncode}: {lines[-1] if lines else ''}")
@@ -176,14 +180,19 @@ class ZfsHost:
                 self.run("zfs", "destroy", "-r", dataset)
             self.run("zfs", "rename", staging, dataset)
         except BaseException:
-            self.run("zfs", "destroy", "-r", staging, check=False)
+            # Its own minute: the restore's deadline may be what just passed.
+            try:
+                ZfsHost(self.host, ssh=self.ssh, deadline=Deadline(CLEANUP_SECONDS)).run(
+                    "zfs", "destroy", "-r", staging, check=False)
+            except ToolError as exc:
+                log.warning("%s: staging volume %s may be left on %s: %s", volume, staging, self.host, exc)
             raise
 
 
 # --------------------------------------------------------------------------- delivery
 
 
-def target_mtime(target: Target, *, ssh: str = "ssh") -> float | None:
+def target_mtime(target: Target, *, ssh: str = "ssh", deadline: Deadline | None = None) -> float | None:
     """When the target was last written; ``None`` when it does not exist."""
     if target.kind == "file":
         assert target.path is not None
@@ -191,7 +200,7 @@ def target_mtime(target: Target, *, ssh: str = "ssh") -> float | None:
             return target.path.stat().st_mtime
         except FileNotFoundError:
             return None
-    return ZfsHost(target.host, ssh=ssh).creation_time(target.dataset)
+    return ZfsHost(target.host, ssh=ssh, deadline=deadline).creation_time(target.dataset)
 
 
 def deliver(
@@ -202,27 +211,32 @@ def deliver(
     work_dir: Path,
     ssh: str = "ssh",
     max_disk_size: int = DEFAULT_MAX_DISK_SIZE,
+    deadline: Deadline | None = None,
 ) -> None:
     """Restore ``iso`` into ``target``, replacing what is there only once the new image is complete.
 
     The restore is bounded by ``max_disk_size`` and keeps the reserve of free
     space (see :mod:`.restore`); the qcow2 copy is made only when the raw
     image's allocated bytes, written again, still leave that reserve free.
+    The whole of it -- restore, qcow2 copy, transfer to a NAS -- is done by
+    ``deadline`` (default: ``restore_timeout``'s default from now) or stopped.
     """
+    deadline = deadline or Deadline(DEFAULT_RESTORE_TIMEOUT)
     if target.kind == "file":
         assert target.path is not None
         directory = target.path.parent
         directory.mkdir(parents=True, exist_ok=True)
         raw = _scratch(directory, target.path.name, ".raw")
         try:
-            restore_iso_to_raw(iso, raw, size_setting=size_setting, log_dir=work_dir, max_disk_size=max_disk_size)
+            restore_iso_to_raw(iso, raw, size_setting=size_setting, log_dir=work_dir, max_disk_size=max_disk_size,
+                               deadline=deadline)
             if target.format == "qcow2":
                 # qemu-img writes the copy itself: it takes about what the raw file has allocated.
                 allocated = raw.stat().st_blocks * 512
                 ensure_free_space(directory, allocated + allocated // 64, f"{iso.name}: qcow2 copy")
                 qcow = _scratch(directory, target.path.name, ".qcow2")
                 try:
-                    _qemu_img_convert(raw, qcow)
+                    _qemu_img_convert(raw, qcow, deadline)
                     os.replace(qcow, target.path)
                 finally:
                     qcow.unlink(missing_ok=True)
@@ -234,8 +248,9 @@ def deliver(
     work_dir.mkdir(parents=True, exist_ok=True)
     raw = _scratch(work_dir, target.volume, ".raw")
     try:
-        size = restore_iso_to_raw(iso, raw, size_setting=size_setting, log_dir=work_dir, max_disk_size=max_disk_size)
-        ZfsHost(target.host, ssh=ssh).replace_volume(raw, size, target.pool, target.volume)
+        size = restore_iso_to_raw(iso, raw, size_setting=size_setting, log_dir=work_dir, max_disk_size=max_disk_size,
+                                  deadline=deadline)
+        ZfsHost(target.host, ssh=ssh, deadline=deadline).replace_volume(raw, size, target.pool, target.volume)
     finally:
         raw.unlink(missing_ok=True)
 
@@ -248,12 +263,11 @@ def _scratch(directory: Path, name: str, suffix: str) -> Path:
     return Path(path)
 
 
-def _qemu_img_convert(raw: Path, qcow: Path) -> None:
+def _qemu_img_convert(raw: Path, qcow: Path, deadline: Deadline) -> None:
     argv = ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(qcow)]
-    try:
-        result = subprocess.run(argv, capture_output=True, check=False)
-    except FileNotFoundError:
-        raise ToolError("qemu-img is not installed (Debian package qemu-utils)") from None
+    if shutil.which("qemu-img") is None:
+        raise ToolError("qemu-img is not installed (Debian package qemu-utils)")
+    result = run_tool(argv, f"qemu-img convert {raw.name}", deadline)
     if result.returncode != 0:
         lines = result.stderr.decode(errors="replace").strip().splitlines()
         raise ToolError(f"qemu-img convert to {qcow.name} failed: {lines[-1] if lines else result.returncode}")
@@ -267,6 +281,7 @@ def cziso_restore(
     size_setting: int | None,
     log_file: Path,
     max_disk_size: int = DEFAULT_MAX_DISK_SIZE,
+    deadline: Deadline | None = None,
 ) -> None:
     """Restore with the legacy ``cziso`` tool (boots a VM): ``cziso restore <iso> <url> overwrite=true``.
 
@@ -274,18 +289,18 @@ def cziso_restore(
     symbolic link (or anything else) planted at that name is replaced, never
     written through. The VM writes the disk, so only the sizes known
     beforehand are checked: the ``.NNG`` of the ISO's name and ``size`` may
-    not pass ``max_disk_size``.
+    not pass ``max_disk_size``. cziso and what it started in its process
+    group are stopped at ``deadline`` (a VM libvirt started for it is
+    libvirt's, and stays).
     """
+    deadline = deadline or Deadline(DEFAULT_RESTORE_TIMEOUT)
     _, name_size = split_iso_name(iso.name)
     check_declared_size(iso.name, max(name_size or 0, size_setting or 0), max_disk_size)
     argv = [str(cziso), "restore", str(iso), target.url, "overwrite=true"]
     if size_setting:
         argv.append(f"size={-(-size_setting // (1 << 30))}")
     with _fresh_log(log_file) as out:
-        try:
-            result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)
-        except OSError as exc:
-            raise ToolError(f"cannot run {cziso}: {exc.strerror or exc}") from None
+        result = run_tool(argv, f"cziso restore {iso.name}", deadline, stdout=out)
     if result.returncode != 0:
         raise ToolError(f"cziso restore {iso.name} failed (exit {result.returncode}); see {log_file}")
 
