@@ -44,7 +44,6 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 from pathlib import Path
 from typing import BinaryIO
 
@@ -356,15 +355,14 @@ def _backing_format(path: Path, header: Qcow2Header) -> str:
 
 def _qemu_img_info(program: str, fd: int, label: Path) -> int:
     """``qemu-img info`` of the qcow2 open on ``fd`` (never its backing files); its virtual size."""
+    from .http import Deadline
+    from .tools import run_tool
+
     argv = [program, "info", "--output=json", "-U", "-f", "qcow2", f"/dev/fd/{fd}"]
-    try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=QEMU_IMG_TIMEOUT, check=False, pass_fds=(fd,)
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise StagingError(f"{label}: qemu-img info failed: {exc}") from None
+    done = run_tool(argv, what=f"{label}: qemu-img info", deadline=Deadline(QEMU_IMG_TIMEOUT), error=StagingError,
+                    pass_fds=(fd,), max_output=1 << 20)
     if done.returncode != 0:
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        lines = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()]
         reason = lines[-1].strip() if lines else f"exit status {done.returncode}"
         raise StagingError(f"{label}: not a usable qcow2 image: {reason.replace(f'/dev/fd/{fd}', str(label))}")
     try:

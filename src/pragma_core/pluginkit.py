@@ -51,6 +51,11 @@ Work in parallel, processes
     :class:`ParallelError` is an :class:`ExceptionGroup`);
     :func:`process_alive` (is the process that made a reservation still
     running).
+External tools (:mod:`pragma_core.tools`)
+    :func:`run_tool` (a deadline, a cap on what it prints, killed with its
+    process group), :func:`start_tool`, :func:`watch_tool` and
+    :func:`stop_tool` for a tool fed through a pipe, :func:`overdue_error`,
+    :data:`MAX_TOOL_OUTPUT`.
 
 Names load on first use, like :mod:`pragma_core`'s, so importing this
 module costs nothing until a name is used.
@@ -145,6 +150,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     **{name: ("pragma_core.addressing", name) for name in ("AddressPlan", "frontend_address", "parse_cidr", "plan_addresses")},
     **{name: ("pragma_core.parallel", name) for name in ("ParallelError", "run_parallel")},
     "process_alive": ("pragma_core.signals", "process_alive"),
+    **{name: ("pragma_core.tools", name)
+       for name in ("MAX_TOOL_OUTPUT", "overdue_error", "run_tool", "start_tool", "stop_tool", "watch_tool")},
 }
 
 if TYPE_CHECKING:  # what type checkers see; at run time names load on first use
@@ -230,6 +237,12 @@ if TYPE_CHECKING:  # what type checkers see; at run time names load on first use
     from .printable import printable as printable
     from .processors import gzip_library as gzip_library
     from .signals import process_alive as process_alive
+    from .tools import MAX_TOOL_OUTPUT as MAX_TOOL_OUTPUT
+    from .tools import overdue_error as overdue_error
+    from .tools import run_tool as run_tool
+    from .tools import start_tool as start_tool
+    from .tools import stop_tool as stop_tool
+    from .tools import watch_tool as watch_tool
     from .staging import Stager as Stager
     from .vcdb import invalid_name as invalid_name
     from .vcdb import is_valid_name as is_valid_name

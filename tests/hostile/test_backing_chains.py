@@ -33,7 +33,6 @@ from hostilekit import (
 )
 from stagingkit import describe
 
-from pragma_core import imagecheck
 from pragma_core.errors import StagingError
 from pragma_core.imagecheck import MAX_CHAIN_DEPTH, check_image
 from pragma_core.model import DiskImage
@@ -184,13 +183,13 @@ def _build(scene: Scene, payload: str) -> str:
 def programs_started(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """From now on, record every program started (staging must start none for a hostile chain)."""
     started: list[list[str]] = []
-    real = subprocess.run
+    real = subprocess.Popen
 
-    def run(argv, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def popen(argv, *args, **kwargs):  # type: ignore[no-untyped-def]
         started.append(list(argv))
         return real(argv, *args, **kwargs)
 
-    monkeypatch.setattr(imagecheck.subprocess, "run", run)
+    monkeypatch.setattr(subprocess, "Popen", popen)
     return started
 
 

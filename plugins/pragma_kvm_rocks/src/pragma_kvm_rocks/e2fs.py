@@ -49,6 +49,7 @@ from pathlib import Path, PurePosixPath
 from attrs import frozen
 
 from pragma_core import DriverError
+from pragma_core.pluginkit import Deadline, run_tool
 
 from .qcow2 import CLUSTER_SIZE
 from .sparse import copy_extents, data_extents, nonzero_copy, sparse_copy
@@ -71,11 +72,30 @@ class InjectionUnsupported(DriverError):
     """The image is not one this module can edit (not raw, no ext filesystem...)."""
 
 
+#: The longest one e2fsprogs or sfdisk run on a base image may take, seconds. The base comes from the
+#: repository: a crafted filesystem must not hold a boot for ever (nor fill memory: :func:`_tool`).
+TOOL_SECONDS = 600.0
+
+
+def _tool(
+    argv: Sequence[str],
+    *,
+    what: str,
+    package: str = "e2fsprogs",
+    input: str | None = None,  # noqa: A002 - subprocess's name
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` bounded (core's ``run_tool``: :data:`TOOL_SECONDS`, at most ``MAX_TOOL_OUTPUT`` printed);
+    :class:`InjectionUnsupported` when the tool is not installed, a :class:`DriverError` past a bound."""
+    if shutil.which(argv[0]) is None:
+        raise InjectionUnsupported(f"{argv[0]} is not installed (Debian package {package})")
+    done = run_tool(argv, what=what, deadline=Deadline(TOOL_SECONDS), error=DriverError,
+                    input=None if input is None else input.encode())
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(errors="replace"),
+                                       done.stderr.decode(errors="replace"))
+
+
 def _run(argv: Sequence[str], *, what: str) -> str:
-    try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise InjectionUnsupported(f"{argv[0]} is not installed (Debian package e2fsprogs)") from None
+    proc = _tool(argv, what=what)
     if proc.returncode != 0:
         raise DriverError(f"{what} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
     # debugfs reports most command failures on stderr with exit status 0.
@@ -122,10 +142,7 @@ def find_root_filesystem(path: Path) -> ExtLocation:
     size = path.stat().st_size
     if has_ext_magic(path, 0):
         return ExtLocation(offset=0, length=size)
-    try:
-        proc = subprocess.run(["sfdisk", "--json", str(path)], capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise InjectionUnsupported("sfdisk is not installed (Debian package fdisk)") from None
+    proc = _tool(["sfdisk", "--json", str(path)], what=f"reading the partition table of {path}", package="fdisk")
     if proc.returncode != 0:
         raise InjectionUnsupported(f"{path}: no partition table and no ext filesystem")
     table = json.loads(proc.stdout).get("partitiontable", {})
@@ -237,10 +254,7 @@ def _debugfs(image: Path, location: ExtLocation, script: str, *, write: bool) ->
     if write:
         argv.append("-w")
     argv += ["-f", "-", _device(image, location.offset)]
-    try:
-        proc = subprocess.run(argv, input=script, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise InjectionUnsupported("debugfs is not installed (Debian package e2fsprogs)") from None
+    proc = _tool(argv, what=f"debugfs on {image}", input=script)
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise DriverError(f"debugfs on {image} failed: {output.strip().splitlines()[-1:]}")
@@ -456,11 +470,8 @@ class TemplateCache:
 
 def read_file(image: Path, location: ExtLocation, guest_path: str) -> bytes:
     """Read one file out of an ext filesystem in a raw image (``debugfs cat``), for checks."""
-    proc = subprocess.run(
-        ["debugfs", "-R", f"cat {_quote(guest_path)}", _device(image, location.offset)],
-        capture_output=True,
-        check=False,
-    )
+    argv = ["debugfs", "-R", f"cat {_quote(guest_path)}", _device(image, location.offset)]
+    proc = run_tool(argv, what=f"reading {guest_path} from {image}", deadline=Deadline(TOOL_SECONDS), error=DriverError)
     if proc.returncode != 0 or b"File not found" in proc.stderr:
         raise DriverError(f"cannot read {guest_path} from {image}")
     return proc.stdout
@@ -468,12 +479,8 @@ def read_file(image: Path, location: ExtLocation, guest_path: str) -> bytes:
 
 def list_directory(image: Path, location: ExtLocation, guest_dir: str) -> list[str]:
     """The names in one guest directory (``debugfs ls -p``), for checks."""
-    proc = subprocess.run(
-        ["debugfs", "-R", f"ls -p {_quote(guest_dir)}", _device(image, location.offset)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = _tool(["debugfs", "-R", f"ls -p {_quote(guest_dir)}", _device(image, location.offset)],
+                 what=f"listing {guest_dir} in {image}")
     names = []
     for line in proc.stdout.splitlines():
         fields = line.split("/")

@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -46,6 +47,7 @@ from typing import Self
 from attrs import frozen
 
 from pragma_core import DriverError
+from pragma_core.pluginkit import Deadline, run_tool
 
 from .e2fs import LEGACY_NETWORK_FILES, VCOUT_PATH
 
@@ -57,6 +59,9 @@ ENVIRONMENT = {"LIBGUESTFS_BACKEND": "direct", "LIBGUESTFS_BACKEND_SETTINGS": "f
 LINUX_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs"})
 #: How long to wait for the server (and its appliance) to go away after ``exit``.
 EXIT_TIMEOUT = 60.0
+#: The longest one guestfish command may take, seconds (launching the appliance under TCG takes ~10 s).
+#: The appliance reads a filesystem from the repository: a crafted one must not hold a boot for ever.
+CALL_SECONDS = 600.0
 
 _PID = re.compile(r"GUESTFISH_PID=(\d+)")
 
@@ -138,9 +143,10 @@ class GuestfishSession:
         for disk in self.disks:
             argv += [f"--format={disk.format}", "-a", str(disk.path)]
         with open(self._log, "wb") as log_fh:
-            # Files, not pipes: the forked server keeps these descriptors open.
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=log_fh,
-                                  env=self.env, check=False)
+            # Files, not pipes: the forked server keeps these descriptors open. Its own process group,
+            # which the server and the appliance stay in: close() can stop them all.
+            proc = run_tool(argv, what="guestfish --listen", deadline=Deadline(CALL_SECONDS), error=DriverError,
+                            stdout=log_fh, stderr=log_fh, env=self.env)
         output = self._log.read_text(errors="replace")
         self._log_seen = len(output.encode())
         match = _PID.search(output)
@@ -170,8 +176,10 @@ class GuestfishSession:
         if self.pid is None:
             raise DriverError("guestfish session is not running")
         argv = [self.program, f"--remote={self.pid}", "--", *words]
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              env=self.env, check=False)
+        done = run_tool(argv, what=f"guestfish {' '.join(words[:1])}", deadline=Deadline(CALL_SECONDS),
+                        error=DriverError, env=self.env)
+        proc = subprocess.CompletedProcess(argv, done.returncode, done.stdout.decode(errors="replace"),
+                                           done.stderr.decode(errors="replace"))
         if proc.returncode != 0:
             message = self._server_errors() or proc.stderr.strip() or f"exit status {proc.returncode}"
             if _process_gone(self.pid):
@@ -183,12 +191,24 @@ class GuestfishSession:
         """Stop the server and its appliance (if running) and wait for them to exit."""
         pid, self.pid = self.pid, None
         if pid is not None and not _process_gone(pid):
-            proc = subprocess.run([self.program, f"--remote={pid}", "--", "exit"], stdin=subprocess.DEVNULL,
-                                  capture_output=True, text=True, env=self.env, check=False)
-            if proc.returncode != 0:
-                log.warning("guestfish did not exit cleanly: %s", proc.stderr.strip())
-            if not _wait_gone(pid, EXIT_TIMEOUT):
-                log.warning("guestfish server %d still running %.0f s after exit", pid, EXIT_TIMEOUT)
+            try:
+                group = os.getpgid(pid)
+            except ProcessLookupError:
+                group = None
+            try:
+                proc = run_tool([self.program, f"--remote={pid}", "--", "exit"], what="guestfish exit",
+                                deadline=Deadline(EXIT_TIMEOUT), error=DriverError, env=self.env)
+                if proc.returncode != 0:
+                    log.warning("guestfish did not exit cleanly: %s", proc.stderr.decode(errors="replace").strip())
+            except DriverError as exc:
+                log.warning("%s", exc)
+            if not _wait_gone(pid, EXIT_TIMEOUT) and group is not None and group != os.getpgrp():
+                log.warning("guestfish server %d still running %.0f s after exit: stopping it and its appliance",
+                            pid, EXIT_TIMEOUT)
+                try:
+                    os.killpg(group, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         self._tmp.cleanup()
 
     def devices(self) -> list[str]:

@@ -34,15 +34,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pragma_core import RepositoryError
-from pragma_core.pluginkit import FREE_SPACE_CHECK_EVERY, FREE_SPACE_RESERVE, Deadline, free_bytes
+from pragma_core.pluginkit import FREE_SPACE_CHECK_EVERY, FREE_SPACE_RESERVE, Deadline, free_bytes, stop_tool
 
 from .czimage import PARTIMAG, ClonezillaImage, PartitionImage, read_image
 from .decompress import JoinedPieces, iter_chunks, open_decompressed
 from .isofile import BadImageError, IsoFile
 from .settings import DEFAULT_MAX_DISK_SIZE, DEFAULT_RESTORE_TIMEOUT
-from .tools import ToolError, overdue, stop, watched
-from .tools import start as start_tool
+from .tools import ToolError, overdue, watched
 from .tools import run as run_tool
+from .tools import start as start_tool
 
 log = logging.getLogger(__name__)
 
@@ -389,7 +389,7 @@ def _run_partclone(
                     broken = True
             status = process.wait()
     except BaseException:
-        stop(process)
+        stop_tool(process)
         log_file.unlink(missing_ok=True)
         raise
     text = log_file.read_text(errors="replace") if log_file.exists() else ""

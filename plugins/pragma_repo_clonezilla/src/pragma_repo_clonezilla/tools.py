@@ -1,25 +1,23 @@
 """The external tools a restore runs (sfdisk, partclone, mkswap, qemu-img, cziso, ssh), each under a deadline.
 
-A hostile image can make a tool spin for ever, and a NAS can stop reading
-what ssh sends it. Every tool that one image's restore runs shares that
-image's deadline (``restore_timeout``, a
-:class:`~pragma_core.pluginkit.Deadline`): at the deadline the tool's whole
-process group is killed (whatever cziso or ssh started with it too) and a
-:class:`ToolError` names the setting. No tool is waited for without a bound.
+A hostile image can make a tool spin for ever or print without end, and a
+NAS can stop reading what ssh sends it. Every tool that one image's restore
+runs shares that image's deadline (``restore_timeout``) and goes through
+core's bounded runner (:func:`pragma_core.pluginkit.run_tool`): at the
+deadline the tool's whole process group is killed (whatever cziso or ssh
+started with it too), and the failure is a :class:`ToolError` naming the
+setting. This module binds that runner to this plugin's error and setting.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
 from pragma_core import RepositoryError
-from pragma_core.pluginkit import Deadline
+from pragma_core.pluginkit import Deadline, overdue_error, run_tool, start_tool, watch_tool
 
 #: The setting that bounds one image's restore, named in the error when it passes.
 SETTING = "restore_timeout"
@@ -30,33 +28,15 @@ class ToolError(RepositoryError):
 
 
 def overdue(what: str, deadline: Deadline) -> ToolError:
-    """The error of a tool stopped at ``deadline``."""
-    return ToolError(f"{what}: not done within {SETTING} ({deadline.seconds:g} s); stopped")
+    """The error of ``what``, stopped at ``deadline``."""
+    error = overdue_error(what, deadline, SETTING, ToolError)
+    assert isinstance(error, ToolError)
+    return error
 
 
-def start(argv: Sequence[str], what: str, **options: Any) -> subprocess.Popen[bytes]:
-    """``argv`` started in a process group of its own (so it can be stopped whole); :class:`ToolError` when missing."""
-    try:
-        return subprocess.Popen(list(argv), start_new_session=True, **options)
-    except FileNotFoundError:
-        raise ToolError(f"{what}: {argv[0]} is not installed") from None
-    except OSError as exc:
-        raise ToolError(f"{what}: cannot run {argv[0]}: {exc.strerror or exc}") from None
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """Kill ``process``'s group and reap it."""
-    _kill_group(process)
-    process.wait()
-
-
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:  # reaped: its id may be another's by now
-        return
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def start(argv: Sequence[str], what: str, **popen: Any) -> subprocess.Popen[bytes]:
+    """``argv`` started in a process group of its own; a :class:`ToolError` when it cannot be."""
+    return start_tool(argv, what=what, error=ToolError, **popen)
 
 
 def run(
@@ -68,49 +48,17 @@ def run(
     stdin: int | IO[Any] | None = None,
     stdout: int | IO[Any] = subprocess.PIPE,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run ``argv`` to its end within ``deadline``; its output (stderr captured; stdout unless redirected).
+    """Run ``argv`` to its end within ``deadline`` (its exit status is the caller's to judge).
 
-    The exit status is the caller's to judge.
+    With ``stdout`` redirected (a log file), stderr goes there too.
     """
-    source = subprocess.PIPE if input is not None else (stdin if stdin is not None else subprocess.DEVNULL)
-    process = start(argv, what, stdin=source, stdout=stdout,
-                    stderr=subprocess.STDOUT if stdout is not subprocess.PIPE else subprocess.PIPE)
-    try:
-        out, err = process.communicate(input, timeout=max(deadline.remaining(), 0.001))
-    except subprocess.TimeoutExpired:
-        stop(process)
-        raise overdue(what, deadline) from None
-    except BaseException:
-        stop(process)
-        raise
-    return subprocess.CompletedProcess(list(argv), process.returncode, out or b"", err or b"")
+    stderr = subprocess.PIPE if stdout is subprocess.PIPE else subprocess.STDOUT
+    return run_tool(argv, what=what, deadline=deadline, setting=SETTING, error=ToolError, input=input, stdin=stdin,
+                    stdout=stdout, stderr=stderr)
 
 
 @contextmanager
 def watched(process: subprocess.Popen[bytes], what: str, deadline: Deadline) -> Iterator[None]:
-    """Stop ``process`` at ``deadline`` while the block feeds it or waits for it; then a :class:`ToolError`.
-
-    For a tool fed through a pipe: a write to a stopped tool fails with a
-    broken pipe, and its ``wait()`` returns, so the block always ends.
-    """
-    fired = threading.Event()
-
-    def expire() -> None:
-        fired.set()
-        _kill_group(process)
-
-    timer = threading.Timer(max(deadline.remaining(), 0.0), expire)
-    timer.daemon = True
-    timer.start()
-    try:
+    """Kill ``process``'s group at ``deadline`` while the block feeds or waits for it; then a :class:`ToolError`."""
+    with watch_tool(process, what=what, deadline=deadline, setting=SETTING, error=ToolError):
         yield
-    except BaseException:
-        if fired.is_set():
-            process.wait()
-            raise overdue(what, deadline) from None
-        raise
-    finally:
-        timer.cancel()
-    if fired.is_set():
-        process.wait()
-        raise overdue(what, deadline)

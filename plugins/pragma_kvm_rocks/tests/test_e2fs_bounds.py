@@ -1,0 +1,58 @@
+"""e2fsprogs on a crafted base image cannot hold a boot for ever or fill the head's memory.
+
+The base image comes from the repository. A crafted filesystem that sent
+debugfs into an endless loop, or a directory of a million entries that it
+lists, would stop a boot (as root) with no end; every e2fsprogs and sfdisk
+run goes through core's bounded runner: a deadline (``TOOL_SECONDS``) and a
+cap on what it prints. Here a ``debugfs`` standing in for that loop is first
+on ``PATH``; sfdisk and the disk are real.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from pragma_core import DriverError
+from pragma_kvm_rocks import e2fs
+
+from conftest import make_ext4_disk
+
+
+def _debugfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "debugfs"
+    tool.write_text(f"#!/bin/sh\n{body}\n")
+    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def test_a_debugfs_that_never_ends_on_a_base_fails_the_boot_by_its_deadline(tmp_path: Path, monkeypatch) -> None:
+    disk = make_ext4_disk(tmp_path / "base.img")
+    _debugfs(tmp_path, monkeypatch, "exec sleep 600")
+    monkeypatch.setattr(e2fs, "TOOL_SECONDS", 1.0)
+    started = time.monotonic()
+    with pytest.raises(DriverError) as info:
+        e2fs.find_root_filesystem(disk)
+    assert str(info.value) == f"debugfs on {disk}: not done within 1 s; stopped"
+    assert time.monotonic() - started < 15
+
+
+def test_a_debugfs_listing_without_end_is_stopped_at_the_output_cap(tmp_path: Path, monkeypatch) -> None:
+    disk = make_ext4_disk(tmp_path / "base.img")
+    _debugfs(tmp_path, monkeypatch, "exec yes '/12/100644/0/0/ifcfg-eth0-a-very-long-name/1/'")
+    with pytest.raises(DriverError) as info:
+        e2fs.plan_edits(disk, e2fs.ExtLocation(offset=1 << 20, length=63 << 20))
+    assert str(info.value) == f"debugfs on {disk}: printed more than {16 << 20} bytes; stopped"
+
+
+def test_a_missing_debugfs_still_hands_over_to_libguestfs(tmp_path: Path, monkeypatch) -> None:
+    disk = make_ext4_disk(tmp_path / "base.img")
+    monkeypatch.setattr(e2fs.shutil, "which", lambda name: None if name == "debugfs" else "/usr/bin/" + name)
+    with pytest.raises(e2fs.InjectionUnsupported, match="debugfs is not installed"):
+        e2fs.plan_edits(disk, e2fs.ExtLocation(offset=1 << 20, length=63 << 20))
