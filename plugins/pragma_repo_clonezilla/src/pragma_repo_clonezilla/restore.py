@@ -40,9 +40,8 @@ from .czimage import PARTIMAG, ClonezillaImage, PartitionImage, read_image
 from .decompress import JoinedPieces, iter_chunks, open_decompressed
 from .isofile import BadImageError, IsoFile
 from .settings import DEFAULT_MAX_DISK_SIZE, DEFAULT_RESTORE_TIMEOUT
-from .tools import ToolError, overdue, watched
-from .tools import run as run_tool
-from .tools import start as start_tool
+from . import tools
+from .tools import ToolError
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ class _Budget:
 
     def spend(self, count: int) -> None:
         if self.deadline.expired:
-            raise overdue(self.label, self.deadline)
+            raise tools.overdue(self.label, self.deadline)
         self.spent += count
         if self.spent > self.limit:
             raise BadImageError(
@@ -195,7 +194,7 @@ def _least_written(iso: IsoFile, image: ClonezillaImage) -> int:
 
 
 def _run(argv: list[str], what: str, deadline: Deadline, *, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    result = run_tool(argv, what, deadline, input=stdin)
+    result = tools.run(argv, what, deadline, input=stdin)
     if result.returncode != 0:
         message = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()
         raise ToolError(f"{what}: {Path(argv[0]).name} failed (exit {result.returncode}): {message[-1] if message else ''}")
@@ -364,8 +363,8 @@ def _run_partclone(
     log_file = Path(log_name)
     # -f 0: no progress refresh delay (the default waits 2 s at the end of every run).
     argv = [tool, "-r", "-s", "-", "-O", str(output), f"--offset={offset}", "-L", str(log_file), "-q", "-f", "0"]
-    process = start_tool(argv, f"{label}: partclone.{filesystem}", stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL)
+    process = tools.start(argv, f"{label}: partclone.{filesystem}", stdin=subprocess.PIPE,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert process.stdin is not None
     try:
         fcntl.fcntl(process.stdin.fileno(), _F_SETPIPE_SZ, _MIB)
@@ -373,7 +372,7 @@ def _run_partclone(
         pass
     broken = False
     try:
-        with watched(process, f"{label}: partclone.{filesystem}", budget.deadline):
+        with tools.watched(process, f"{label}: partclone.{filesystem}", budget.deadline):
             try:
                 budget.spend(len(first))
                 process.stdin.write(first)

@@ -42,8 +42,8 @@ from pragma_core.pluginkit import FREE_SPACE_RESERVE, Deadline
 
 from .restore import DEFAULT_MAX_DISK_SIZE, DiskLimitError, check_declared_size, ensure_free_space, restore_iso_to_raw, split_iso_name
 from .settings import DEFAULT_RESTORE_TIMEOUT
+from . import tools
 from .tools import ToolError
-from .tools import run as run_tool
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class ZfsHost:
         return [self.ssh, "-o", "BatchMode=yes", self.host, "--", *(shlex.quote(word) for word in remote)]
 
     def run(self, *remote: str, check: bool = True, stdin: int | None = None) -> subprocess.CompletedProcess[bytes]:
-        result = run_tool(self.argv(*remote), f"ssh {self.host} {' '.join(remote[:2])}", self.deadline, stdin=stdin)
+        result = tools.run(self.argv(*remote), f"ssh {self.host} {' '.join(remote[:2])}", self.deadline, stdin=stdin)
         if check and result.returncode != 0:
             lines = result.stderr.decode(errors="replace").strip().splitlines()
             raise ToolError(f"ssh {self.host} {' '.join(remote[:2])}: exit {result.returncode}: {lines[-1] if lines else ''}")
@@ -267,7 +267,7 @@ def _qemu_img_convert(raw: Path, qcow: Path, deadline: Deadline) -> None:
     argv = ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(qcow)]
     if shutil.which("qemu-img") is None:
         raise ToolError("qemu-img is not installed (Debian package qemu-utils)")
-    result = run_tool(argv, f"qemu-img convert {raw.name}", deadline)
+    result = tools.run(argv, f"qemu-img convert {raw.name}", deadline)
     if result.returncode != 0:
         lines = result.stderr.decode(errors="replace").strip().splitlines()
         raise ToolError(f"qemu-img convert to {qcow.name} failed: {lines[-1] if lines else result.returncode}")
@@ -300,7 +300,7 @@ def cziso_restore(
     if size_setting:
         argv.append(f"size={-(-size_setting // (1 << 30))}")
     with _fresh_log(log_file) as out:
-        result = run_tool(argv, f"cziso restore {iso.name}", deadline, stdout=out)
+        result = tools.run(argv, f"cziso restore {iso.name}", deadline, stdout=out)
     if result.returncode != 0:
         raise ToolError(f"cziso restore {iso.name} failed (exit {result.returncode}); see {log_file}")
 
