@@ -1,6 +1,6 @@
 """kvm_rocks against a tight libvirt floor and kcli, side by side on the real libvirtd.
 
-    python benchmarks/bench_kcli.py [--rounds 5] [--kcli-rounds 3] [--reliability 20]
+    python benchmarks/bench_kcli.py [--rounds 7] [--kcli-rounds 3] [--reliability 20]
                                     [--kcli-reliability 2] [--nodes 8] [--skip-kcli] [--no-loose] [--keep]
 
 Needs root and a running ``qemu:///system`` (``scripts/setup`` starts one).
@@ -526,7 +526,7 @@ def report(tools: Sequence[Tool], timed: dict[str, list[tuple[Run, Run]]],
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of pragma and the floors (medians)")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds of pragma and the floors (medians)")
     parser.add_argument("--kcli-rounds", type=int, default=3, help="timed rounds of each kcli mode (<= --rounds)")
     parser.add_argument("--reliability", type=int, default=20, help="consecutive pragma rounds to count failures")
     parser.add_argument("--kcli-reliability", type=int, default=2, help="consecutive kcli threaded rounds")
