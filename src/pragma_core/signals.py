@@ -374,7 +374,8 @@ def active() -> Guard | None:
 
 
 def process_alive(pid: object) -> bool:
-    """Whether process ``pid`` exists on this machine (this process counts; ``0`` and non-numbers do not).
+    """Whether process ``pid`` runs on this machine (this process counts; ``0``, non-numbers and a
+    zombie -- dead, its parent not told yet -- do not).
 
     Drivers use it to tell a reservation whose boot is still running from one
     whose process was killed (or stopped before it could roll back).
@@ -391,4 +392,9 @@ def process_alive(pid: object) -> bool:
         return True
     except OSError:
         return False
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc: kill(0) is all there is to know
+    return state not in (b"Z", b"X")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pragma_core import DriverError, PragmaError
-from pragma_core.pluginkit import Deadline, run_tool, start_tool, watch_tool
+from pragma_core.pluginkit import Deadline, process_alive, run_tool, start_tool, watch_tool
 
 #: Starts a child, prints both process ids, then sleeps: a tool that never ends, with a child of its own.
 NEVER_ENDS = (
@@ -26,19 +26,11 @@ NEVER_ENDS = (
 )
 
 
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
-
-
 def _gone(pids: list[int]) -> bool:
     until = time.monotonic() + 5
-    while any(_running(p) for p in pids) and time.monotonic() < until:
+    while any(process_alive(p) for p in pids) and time.monotonic() < until:
         time.sleep(0.05)
-    return not any(_running(p) for p in pids)
+    return not any(process_alive(p) for p in pids)
 
 
 def test_a_tool_gives_its_status_output_and_errors_and_reads_input_larger_than_a_pipe() -> None:
@@ -102,3 +94,17 @@ def test_a_tool_that_ends_in_time_is_left_alone_by_its_watch() -> None:
     with watch_tool(process, what="true", deadline=Deadline(30)):
         process.wait()
     assert process.returncode == 0
+
+
+def test_process_alive_counts_a_running_process_but_not_a_zombie_or_a_gone_one() -> None:
+    process = subprocess.Popen(["sleep", "600"])
+    try:
+        assert process_alive(process.pid)
+    finally:
+        process.kill()
+    until = time.monotonic() + 5
+    while process_alive(process.pid) and time.monotonic() < until:  # dead, not reaped yet: a zombie
+        time.sleep(0.01)
+    assert Path(f"/proc/{process.pid}").exists() and not process_alive(process.pid)
+    process.wait()
+    assert not process_alive(process.pid)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from pragma_core import DriverError
+from pragma_core.pluginkit import process_alive
 from pragma_kvm_rocks import e2fs
 
 from conftest import make_ext4_disk
@@ -100,15 +101,7 @@ def test_a_hung_guestfish_command_fails_by_its_deadline_and_the_server_goes_with
     assert "guestfish run: not done within 1 s; stopped" in str(info.value)
     server, appliance = (int(p) for p in pids.read_text().split())
     until = time.monotonic() + 5
-    while any(_running(p) for p in (server, appliance)) and time.monotonic() < until:
+    while any(process_alive(p) for p in (server, appliance)) and time.monotonic() < until:
         time.sleep(0.05)
-    assert not _running(server) and not _running(appliance), "the server and its appliance are stopped"
+    assert not process_alive(server) and not process_alive(appliance), "the server and its appliance are stopped"
     assert time.monotonic() - started < 20
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")

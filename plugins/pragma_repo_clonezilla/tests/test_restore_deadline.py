@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from czbuild import bz2_bomb, make_clonezilla_image, make_iso
-from pragma_core.pluginkit import Deadline
+from pragma_core.pluginkit import Deadline, process_alive
 from pragma_repo_clonezilla.restore import restore_iso_to_raw
 from pragma_repo_clonezilla.target import Target, cziso_restore, deliver
 from pragma_repo_clonezilla.tools import ToolError
@@ -43,21 +43,13 @@ def _tool(bin_dir: Path, name: str, text: str) -> Path:
     return path
 
 
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
-
-
 def _all_stopped(pids_file: Path) -> list[int]:
     pids = [int(p) for line in pids_file.read_text().splitlines() for p in line.split()]
     assert pids, "the tool ran"
     deadline = time.monotonic() + 5
-    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+    while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return [p for p in pids if _running(p)]
+    return [p for p in pids if process_alive(p)]
 
 
 @pytest.fixture
