@@ -30,6 +30,7 @@ from pragma_core.model import BootRequest, MemorySpec, StagedCluster
 from pragma_core.testing.contract import boot
 from pragma_core.vcout import render
 from pragma_kvm_rocks.claims import CLAIM_SUFFIX, claim_name
+from pragma_kvm_rocks.pool import HostPool
 from pragma_kvm_rocks.driver import KvmRocksDriver
 
 pytestmark = [pytest.mark.e2e]
@@ -180,7 +181,8 @@ def test_computes_spread_by_free_capacity_each_on_its_own_hosts_daemon_and_clean
     assert list(heads.diskdir.iterdir()) == []
 
 
-def test_host_local_disks_reach_each_host_through_its_pool_once_and_are_reused(lab: Lab, heads: Heads) -> None:
+def test_host_local_disks_reach_each_host_through_its_pool_once_and_are_reused(lab: Lab, heads: Heads,
+                                                                              monkeypatch) -> None:
     tag = uuid.uuid4().hex[:6]
     local = Path("/var/lib/libvirt/images") / f"pragma-lab-{tag}"  # a different directory on every host
     extra = f'diskdir = "{local}"\ndisk_storage = "pool"\ncpu_allocation_ratio = 4\n'
@@ -222,7 +224,18 @@ def test_host_local_disks_reach_each_host_through_its_pool_once_and_are_reused(l
         second.shutdown(other.cluster)
         second.clean(other.cluster)
         driver.shutdown(allocation.cluster)
+        listed: list[str] = []
+        real_names = HostPool.names
+
+        def names(pool: HostPool) -> list[str]:
+            listed.append(pool.host)
+            return real_names(pool)
+
+        monkeypatch.setattr(HostPool, "names", names)
         driver.clean(allocation.cluster)
+        monkeypatch.undo()
+        hosts_used = {n.host for n in allocation.nodes}
+        assert sorted(listed) == sorted(hosts_used), "one pool listing per host, not one per node"
     except BaseException:
         driver.rollback(allocation)
         raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: Bytes a download reads at most (a console log larger than this is read from its start only).
 MAX_DOWNLOAD = 4 << 20
+#: How long listing a pool waits for libvirt to let it be refreshed (it refuses while a volume is built), seconds.
+REFRESH_WAIT = 10.0
 
 
 class VolumeExists(DriverError):
@@ -183,11 +186,32 @@ class HostPool:
         return True
 
     def names(self) -> list[str]:
-        """Every volume in the pool (after a refresh: files other programs wrote are listed too)."""
+        """Every volume in the pool (after a refresh: files other programs wrote are listed too).
+
+        libvirt refuses to refresh a pool while it builds a volume (another
+        boot's, on this or another head): the refresh is tried again for up
+        to :data:`REFRESH_WAIT` s, then the pool is listed as libvirt last
+        saw it (the files it made itself, not yet virtlogd's newest
+        rotations).
+        """
         libvirt = import_libvirt()
         pool = self.pool()
+        until = time.monotonic() + REFRESH_WAIT
+        delay = 0.05
+        while True:
+            try:
+                pool.refresh(0)
+                break
+            except libvirt.libvirtError as exc:
+                if "asynchronous jobs" not in (exc.get_error_message() or ""):
+                    raise self._error(exc, f"listing pool {self.name}") from None
+                if time.monotonic() >= until:
+                    log.debug("host %s: pool %s still busy after %.0f s; listed unrefreshed", self.host,
+                              self.name, REFRESH_WAIT)
+                    break
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
         try:
-            pool.refresh(0)
             return sorted(v.name() for v in pool.listAllVolumes(0))
         except libvirt.libvirtError as exc:
             raise self._error(exc, f"listing pool {self.name}") from None

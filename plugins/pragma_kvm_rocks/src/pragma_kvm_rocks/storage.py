@@ -171,6 +171,11 @@ class Storage(abc.ABC):
     def remove_node(self, host: str, node: str, disk: str = "") -> None:
         """Delete ``node``'s disk (``disk``, else its usual name) and console log on ``host``."""
 
+    def remove_nodes(self, host: str, nodes: Sequence[tuple[str, str]]) -> None:
+        """:meth:`remove_node` for every ``(node, disk)`` of ``host``."""
+        for node, disk in nodes:
+            self.remove_node(host, node, disk)
+
     @abc.abstractmethod
     def remove_file(self, host: str, name: str) -> None:
         """Delete one file (or volume) of diskdir on ``host``."""
@@ -381,12 +386,19 @@ class PoolStorage(Storage):
         return self.pool(host).download(node + CONSOLE_SUFFIX)
 
     def remove_node(self, host: str, node: str, disk: str = "") -> None:
-        names = {disk_name(node, self.cfg.disk_mode), node + CONSOLE_SUFFIX}
-        if _own_disk(node, disk) and Path(disk).parent == self.diskdir:
-            names.add(Path(disk).name)
-        if self.pool(host).exists():
-            names.update(name for name in self.pool(host).names() if console_node(name) == node)
-        for name in names:
+        self.remove_nodes(host, [(node, disk)])
+
+    def remove_nodes(self, host: str, nodes: Sequence[tuple[str, str]]) -> None:
+        """Every node's disk, console log and virtlogd's rotated copies of it, from one listing of the pool."""
+        wanted = {node for node, _disk in nodes}
+        names = set()
+        for node, disk in nodes:
+            names.update({disk_name(node, self.cfg.disk_mode), node + CONSOLE_SUFFIX})
+            if _own_disk(node, disk) and Path(disk).parent == self.diskdir:
+                names.add(Path(disk).name)
+        if nodes and self.pool(host).exists():
+            names.update(name for name in self.pool(host).names() if console_node(name) in wanted)
+        for name in sorted(names):
             self.remove_file(host, name)
 
     def remove_file(self, host: str, name: str) -> None:

@@ -153,8 +153,7 @@ def _remove_on(cluster: str, host: str, nodes: Sequence[NodeRecord], hosts: Host
         for node in gone:
             storage.remove_file(host, Path(storage.console_path(host, node.name)).name)
         return
-    for node in gone:
-        storage.remove_node(host, node.name, node.disk)
+    storage.remove_nodes(host, [(node.name, node.disk) for node in gone])
 
 
 def is_node_of(cluster: str, name: str) -> bool:
