@@ -79,6 +79,7 @@ from .settings import (  # noqa: F401 - to_* and invalid are re-exported for plu
     to_path,
     to_str_list,
 )
+from .paths import DEFAULT_MAX_IMAGE_SIZE
 from .redaction import MASK, redact, register_secret
 
 log = logging.getLogger(__name__)
@@ -927,7 +928,8 @@ class SiteConfig:
     repository: RepositorySettings | None = setting(default=None, aliases=("repository_settings",))
     vcout_format: int = setting(_vcout_format, default=2, help="vc-out.xml format, 1 or 2")
     delete_parts_after_staging: bool = setting(to_bool, default=False, help="delete parts once staged")
-    max_image_size: int = setting(int_between(1 << 20, 1 << 53), default=1 << 40, help="largest staged image, in bytes")
+    max_image_size: int = setting(int_between(1 << 20, 1 << 53), default=DEFAULT_MAX_IMAGE_SIZE,
+                                  help="largest staged image, in bytes")
 
     def require(self, key: str) -> Any:
         value = getattr(self, key)

@@ -34,6 +34,7 @@ from typing import BinaryIO
 from .errors import FormatError, PragmaError
 
 __all__ = [
+    "DEFAULT_MAX_IMAGE_SIZE",
     "FREE_SPACE_CHECK_EVERY",
     "FREE_SPACE_RESERVE",
     "UnsafeFileError",
@@ -90,6 +91,8 @@ def no_follow(path: str, flags: int) -> int:
 FREE_SPACE_RESERVE = 1 << 30
 #: Bytes of data written between two checks of the free space: 256 MiB.
 FREE_SPACE_CHECK_EVERY = 256 << 20
+#: The largest image staging writes unless the site says otherwise (``max_image_size``): 1 TiB.
+DEFAULT_MAX_IMAGE_SIZE = 1 << 40
 
 
 def free_bytes(where: int | os.PathLike[str] | str) -> int:

@@ -37,7 +37,8 @@ Files (:mod:`pragma_core.paths`)
     :func:`safe_join`, :func:`open_inside`, :func:`stat_inside`,
     :func:`is_inside`, :func:`fsync_directory`, :func:`no_follow`,
     :func:`open_lane`, :func:`private_directory`, :func:`unshared_directory`, :class:`UnsafeFileError`;
-    :func:`free_bytes` and :data:`FREE_SPACE_RESERVE` (what writing an image leaves free).
+    :func:`free_bytes` and :data:`FREE_SPACE_RESERVE` (what writing an image leaves free),
+    :data:`DEFAULT_MAX_IMAGE_SIZE`.
 Images and catalogues
     :func:`check_image` (a disk image and its backing chain, before anything
     opens it), :func:`read_qcow2_header`; :func:`parse_cluster_xml`,
@@ -136,7 +137,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "install_log_redaction": ("pragma_core.redaction", "install"),
     **{
         name: ("pragma_core.paths", name)
-        for name in ("FREE_SPACE_CHECK_EVERY", "FREE_SPACE_RESERVE", "UnsafeFileError", "free_bytes",
+        for name in ("DEFAULT_MAX_IMAGE_SIZE", "FREE_SPACE_CHECK_EVERY", "FREE_SPACE_RESERVE", "UnsafeFileError", "free_bytes",
                      "fsync_directory", "is_inside", "no_follow", "open_inside", "open_lane", "private_directory",
                      "safe_join", "stat_inside", "unshared_directory")
     },
@@ -190,6 +191,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time names load on first use
     from .imagecheck import read_qcow2_header as read_qcow2_header
     from .parallel import ParallelError as ParallelError
     from .parallel import run_parallel as run_parallel
+    from .paths import DEFAULT_MAX_IMAGE_SIZE as DEFAULT_MAX_IMAGE_SIZE
     from .paths import FREE_SPACE_CHECK_EVERY as FREE_SPACE_CHECK_EVERY
     from .paths import FREE_SPACE_RESERVE as FREE_SPACE_RESERVE
     from .paths import UnsafeFileError as UnsafeFileError

@@ -94,6 +94,7 @@ from .model import (
     StagedImage,
 )
 from .paths import (
+    DEFAULT_MAX_IMAGE_SIZE,
     FREE_SPACE_CHECK_EVERY,
     FREE_SPACE_RESERVE,
     UnsafeFileError,
@@ -128,8 +129,6 @@ PartOpener = Callable[[Part], AbstractContextManager[BinaryIO]]
 INPUT_CHUNK = 256 << 10
 #: Granularity of hole detection; aligned to file offsets so holes are whole blocks.
 SPARSE_BLOCK = 64 << 10
-#: Default largest staged image (``max_image_size``): parts decompress to at most this.
-DEFAULT_MAX_IMAGE_SIZE = 1 << 40
 _ZERO_BLOCK = bytes(SPARSE_BLOCK)
 _ZERO_PAGE = bytes(4096)
 #: Start writing dirty pages to disk after this many bytes of data (in the
