@@ -62,9 +62,15 @@ def start_tool(argv: Sequence[str], *, what: str, error: type[PragmaError] = Pra
 
 
 def stop_tool(process: subprocess.Popen[bytes]) -> None:
-    """Kill ``process``'s group (the tool and what it started) and reap the tool."""
+    """Kill ``process``'s group (the tool and what it started), reap the tool and close its pipes."""
     _kill_group(process)
     process.wait()
+    for pipe in (process.stdin, process.stdout, process.stderr):
+        if pipe is not None:
+            try:
+                pipe.close()
+            except OSError:  # a write still buffered to a pipe nobody reads
+                pass
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
