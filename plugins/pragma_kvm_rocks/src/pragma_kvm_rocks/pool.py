@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -194,23 +193,25 @@ class HostPool:
         saw it (the files it made itself, not yet virtlogd's newest
         rotations).
         """
+        from pragma_core.pluginkit import poll
+
         libvirt = import_libvirt()
         pool = self.pool()
-        until = time.monotonic() + REFRESH_WAIT
-        delay = 0.05
-        while True:
+
+        def refreshed() -> bool | None:
             try:
                 pool.refresh(0)
-                break
             except libvirt.libvirtError as exc:
                 if "asynchronous jobs" not in (exc.get_error_message() or ""):
                     raise self._error(exc, f"listing pool {self.name}") from None
-                if time.monotonic() >= until:
-                    log.debug("host %s: pool %s still busy after %.0f s; listed unrefreshed", self.host,
-                              self.name, REFRESH_WAIT)
-                    break
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                return None
+            return True
+
+        try:
+            poll(refreshed, timeout=REFRESH_WAIT, interval=0.05, max_interval=1.0, timed_out=TimeoutError)
+        except TimeoutError:
+            log.debug("host %s: pool %s still busy after %.0f s; listed unrefreshed", self.host, self.name,
+                      REFRESH_WAIT)
         try:
             return sorted(v.name() for v in pool.listAllVolumes(0))
         except libvirt.libvirtError as exc:
